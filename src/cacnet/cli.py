@@ -86,6 +86,47 @@ def phantom(
     err.print(f"wrote {len(rows)} cases to {outdir} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
 
 
+@app.command()
+def train(
+    outdir: Path = typer.Argument(..., help="Folder for caches, checkpoints, logs and weights/ (rerun to resume)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="User data set: images/<id>.nii.gz with labels/ or points.csv."),
+    phantoms: int = typer.Option(300, "--phantoms", min=0, help="Synthetic training cases."),
+    val_phantoms: int = typer.Option(20, "--val-phantoms", min=1, help="Synthetic validation cases."),
+    models: int = typer.Option(5, "--models", min=1, help="Models in the ensemble."),
+    steps: int = typer.Option(2000, "--steps", min=1, help="Training steps per model."),
+    val_every: int = typer.Option(250, "--val-every", min=1, help="Validate every this many steps."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoints in OUTDIR."),
+) -> None:
+    """Train the U-Net ensemble and export it to OUTDIR/weights (needs the `train` extra)."""
+    try:
+        from .train import TrainConfig, train_ensemble
+    except ImportError as exc:
+        err.print(f"[red]error:[/red] training needs the train extra: pip install '.[train]' ({exc}).")
+        raise typer.Exit(EXIT_USAGE)
+    if data is not None and not (data / "images").is_dir():
+        err.print(f"[red]error:[/red] {data} has no images/ folder; expected images/<id>.nii.gz with labels/ or points.csv.")
+        raise typer.Exit(EXIT_INVALID)
+    if not resume and outdir.exists() and any(outdir.glob("model_*/checkpoint.pt")):
+        err.print(f"[red]error:[/red] {outdir} holds checkpoints; use --resume or another OUTDIR.")
+        raise typer.Exit(EXIT_USAGE)
+    config = TrainConfig(steps=steps, val_every=val_every)
+    with _progress() as progress:
+        tasks: dict = {}
+
+        def on_event(kind: str, info: dict) -> None:
+            if kind == "model":
+                tasks[info["index"]] = progress.add_task(f"model {info['index']}", total=info["steps"])
+            elif kind == "step":
+                progress.update(tasks[info["index"]], completed=info["step"],
+                                description=f"model {info['index']} loss {info['loss']:.3f}")
+            elif kind == "data":
+                err.print(f"preparing {info['phantoms']} training and {info['val']} validation phantoms (cached)")
+
+        manifest = train_ensemble(outdir, data=data, phantoms=phantoms, val_phantoms=val_phantoms, models=models,
+                                  config=config, on_event=on_event)
+    err.print(f"weights and manifest written: {manifest}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,170 @@
+"""Training one model and the ensemble, with checkpoints that resume (private)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._data import Case, PatchSampler, pad_to_multiple
+from ._model import UNet3D
+
+__all__ = ["TrainConfig", "train_model", "bf16_supported", "dice_ce_loss", "evaluate"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one model's training."""
+
+    steps: int = 2500
+    batch: int = 2
+    patch: tuple[int, int, int] = (40, 64, 64)
+    lr: float = 1e-3
+    val_every: int = 250
+    checkpoint_every: int = 100
+    seed: int = 0
+    threads: int = 2
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 autocast runs on this CPU (checked once by a tiny convolution)."""
+    try:
+        conv = torch.nn.Conv3d(1, 2, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(torch.zeros(1, 1, 4, 4, 4))
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - any failure means: use fp32
+        return False
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus (1 - soft Dice) of calcium vs background.
+
+    Pure Dice from a fresh network stalls on a target this rare; the
+    cross-entropy term also teaches which artery a voxel belongs to.
+    """
+    logits = logits.float()
+    ce = F.cross_entropy(logits, target)
+    prob_fg = 1.0 - torch.softmax(logits, dim=1)[:, 0]
+    fg = (target > 0).float()
+    dice = (2 * (prob_fg * fg).sum() + 1.0) / (prob_fg.sum() + fg.sum() + 1.0)
+    return ce + (1.0 - dice)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, cases: list[Case], bf16: bool) -> dict:
+    """Global calcium Dice and artery agreement on whole coarse volumes."""
+    model.eval()
+    inter = pred_sum = true_sum = 0
+    artery_ok = artery_n = 0
+    for case in cases:
+        x = torch.from_numpy(pad_to_multiple(case.x)[None, None])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x.contiguous(memory_format=torch.channels_last_3d))
+        pred = out.float().argmax(1)[0].numpy()[tuple(slice(0, n) for n in case.x.shape)]
+        p, t = pred > 0, case.y > 0
+        inter += int((p & t).sum())
+        pred_sum += int(p.sum())
+        true_sum += int(t.sum())
+        both = p & t
+        artery_ok += int((pred[both] == case.y[both]).sum())
+        artery_n += int(both.sum())
+    model.train()
+    return {
+        "dice": (2 * inter / (pred_sum + true_sum)) if pred_sum + true_sum else 1.0,
+        "artery_accuracy": artery_ok / artery_n if artery_n else 1.0,
+    }
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_model(
+    outdir: Path,
+    train_cases: list[Case],
+    val_cases: list[Case],
+    config: TrainConfig,
+    on_step: Optional[Callable[[int, float], None]] = None,
+) -> dict:
+    """Train one U-Net; resume from ``outdir/checkpoint.pt`` when it exists.
+
+    Writes ``checkpoint.pt`` (every ``checkpoint_every`` steps), ``best.pt``
+    (best validation Dice), ``log.csv`` and ``summary.json``.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    bf16 = bf16_supported()
+    model = UNet3D().to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(config.steps * 0.7), int(config.steps * 0.9)],
+                                                 gamma=0.3)
+    sampler = PatchSampler(train_cases, config.patch, seed=config.seed)
+    step, best, best_step, elapsed = 0, -1.0, 0, 0.0
+    ckpt_path = outdir / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        sampler.rng.bit_generator.state = ckpt["sampler_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        step, best, best_step, elapsed = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["elapsed"]
+    log_path = outdir / "log.csv"
+    new_log = not log_path.exists()
+    log = open(log_path, "a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(["step", "loss", "val_dice", "val_artery_accuracy", "lr", "elapsed_s"])
+    model.train()
+    t0 = time.perf_counter() - elapsed
+    losses: list[float] = []
+    while step < config.steps:
+        x, y = sampler.batch(config.batch)
+        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(xt)
+        loss = dice_ce_loss(logits, torch.from_numpy(y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+        val = None
+        if step % config.val_every == 0 or step == config.steps:
+            val = evaluate(model, val_cases, bf16)
+            if val["dice"] > best:
+                best, best_step = val["dice"], step
+                _save_atomic({"model": model.state_dict(), "step": step, "val": val}, outdir / "best.pt")
+        if step % config.checkpoint_every == 0 or val is not None:
+            writer.writerow([step, round(float(np.mean(losses)), 5), "" if val is None else round(val["dice"], 4),
+                             "" if val is None else round(val["artery_accuracy"], 4), opt.param_groups[0]["lr"],
+                             round(time.perf_counter() - t0, 1)])
+            log.flush()
+            losses = []
+            _save_atomic({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "step": step, "best": best, "best_step": best_step, "elapsed": time.perf_counter() - t0,
+            }, ckpt_path)
+    log.close()
+    summary = {"config": asdict(config), "best_val_dice": best, "best_step": best_step, "bf16": bf16,
+               "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_cases),
+               "n_val": len(val_cases)}
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
