@@ -6,13 +6,15 @@ Exit codes: 0 ok, 2 usage error, 3 invalid input, 4 partial batch failure,
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 app = typer.Typer(
     name="cac",
@@ -125,6 +127,179 @@ def train(
         manifest = train_ensemble(outdir, data=data, phantoms=phantoms, val_phantoms=val_phantoms, models=models,
                                   config=config, on_event=on_event)
     err.print(f"weights and manifest written: {manifest}")
+
+
+def _fail(message: str, code: int) -> "typer.Exit":
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _load_ensemble(weights: Optional[Path], device: str):
+    from .ensemble import DEFAULT_WEIGHTS, Ensemble
+    from .errors import CacError
+
+    try:
+        return Ensemble(weights or DEFAULT_WEIGHTS, device=device)
+    except CacError as exc:
+        raise _fail(str(exc), exc.exit_code)
+
+
+def _score_table(rows: list[dict]) -> Table:
+    table = Table(title="Coronary artery calcium", show_lines=False)
+    for col in ("scan", "Agatston", "cat.", "LM", "LAD", "LCX", "RCA", "volume mm3", "lesions", "CAC-DRS", "status"):
+        table.add_column(col, justify="left" if col in ("scan", "status") else "right")
+    for r in rows:
+        if r["status"] == "error":
+            table.add_row(r["id"], "", "", "", "", "", "", "", "", "", "[red]error[/red]")
+            continue
+        table.add_row(r["id"], f"{float(r['agatston']):.1f}", r["category"],
+                      *[f"{float(r[k]):.1f}" for k in ("LM", "LAD", "LCX", "RCA")],
+                      f"{float(r['volume_mm3']):.1f}", str(r["n_lesions"]), r["cac_drs"],
+                      r["status"] + (f" ({r['n_review']} to review)" if r["n_review"] else ""))
+    return table
+
+
+@app.command()
+def score(
+    inputs: List[Path] = typer.Argument(..., help="Scans: NIfTI/NRRD/MHA files, DICOM folders or .zip, or folders of them."),
+    outdir: Optional[Path] = typer.Option(None, "-o", "--outdir", help="Write <id>.json and <id>_calcium.nii.gz here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout (one object for one scan, else a list)."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Write one row per scan to this CSV file."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
+    calibration: Optional[float] = typer.Option(None, "--calibration", help="Mass calibration factor c (mg HA/cm3/HU)."),
+    preview: bool = typer.Option(False, "--preview", help="With -o: also write <id>.png with lesions outlined."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="With -o: skip scans whose <id>.json exists."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first scan that fails."),
+    early_stop: bool = typer.Option(False, "--early-stop",
+                                    help="Stop running models once the vote is decided (same scores, fewer vote counts)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: the shipped ensemble)."),
+) -> None:
+    """Score coronary calcium in one or more scans."""
+    from ._files import write_csv_atomic
+    from .batch import CSV_COLUMNS, csv_row, expand_inputs, read_result, write_outputs
+    from .errors import CacError
+    from .io import scan_id
+    from .pipeline import score_scan
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device must be auto, cpu or cuda; got {device!r}.", EXIT_USAGE)
+    if calibration is not None and not calibration > 0:
+        raise _fail(f"--calibration must be a positive number (mg HA/cm3/HU); got {calibration}.", EXIT_USAGE)
+    if (preview or skip_existing) and outdir is None:
+        raise _fail("--preview and --skip-existing need -o OUTDIR.", EXIT_USAGE)
+    scans = expand_inputs(inputs)
+    ensemble = _load_ensemble(weights, device)
+    rows, results, failed_code = [], [], 0
+    with _progress() as progress:
+        task = progress.add_task("scoring", total=len(scans))
+        for path in scans:
+            sid = scan_id(path)
+            try:
+                if skip_existing and outdir is not None and (outdir / f"{sid}.json").exists():
+                    data = read_result(outdir / f"{sid}.json")
+                    rows.append(csv_row(data, input_path=path, status="skipped"))
+                    results.append(data)
+                    continue
+                res = score_scan(path, ensemble, calibration=calibration, series=series, early_stop=early_stop)
+                if outdir is not None:
+                    write_outputs(res, outdir, preview=preview)
+                rows.append(csv_row(res.data, input_path=path, status="ok"))
+                results.append(res.data)
+            except CacError as exc:
+                rows.append(csv_row(None, input_path=path, status="error", error=str(exc)))
+                err.print(f"[red]error:[/red] {exc}", highlight=False)
+                failed_code = failed_code or exc.exit_code
+                if fail_fast:
+                    break
+            except Exception as exc:  # noqa: BLE001 - a batch must go on; say what happened
+                rows.append(csv_row(None, input_path=path, status="error", error=f"internal error: {exc!r}"))
+                err.print(f"[red]internal error on {path}:[/red] {exc!r} (please report it)", highlight=False)
+                failed_code = failed_code or 1
+                if fail_fast:
+                    break
+            finally:
+                progress.advance(task)
+    if csv_file is not None:
+        write_csv_atomic(csv_file, CSV_COLUMNS, rows)
+    if as_json:
+        typer.echo(json.dumps(results[0] if len(scans) == 1 and results else results, indent=2))
+    else:
+        Console().print(_score_table(rows))
+        for data in results:
+            for w in data.get("warnings", []):
+                err.print(f"[yellow]warning[/yellow] {data['id']}: {w}", highlight=False)
+    n_bad = sum(r["status"] == "error" for r in rows)
+    if n_bad:
+        if len(scans) == 1 or fail_fast:
+            raise typer.Exit(failed_code if failed_code in (EXIT_INVALID, EXIT_DEVICE) else EXIT_PARTIAL)
+        err.print(f"{n_bad} of {len(scans)} scans failed; see the messages above" + (f" and {csv_file}" if csv_file else ""))
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command(name="eval")
+def evaluate_cmd(
+    truth: Path = typer.Option(..., "--truth", help="CSV with id and agatston and/or category."),
+    pred: Optional[Path] = typer.Option(None, "--pred", help="CSV of predictions (e.g. from cac score --csv)."),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Scans to score instead of --pred."),
+    truth_masks: Optional[Path] = typer.Option(None, "--truth-masks", help="Folder of <id>.nii.gz label masks."),
+    pred_masks: Optional[Path] = typer.Option(None, "--pred-masks",
+                                              help="Folder of <id>_calcium.nii.gz (default: the masks of INPUT scoring)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    device: str = typer.Option("auto", "--device"),
+    weights: Optional[Path] = typer.Option(None, "--weights"),
+) -> None:
+    """Agreement of predicted scores (and masks) with ground truth."""
+    from .errors import CacError
+    from .evaluate import evaluate_predictions, predictions_from_csv, predictions_from_scans, read_truth
+
+    if (pred is None) == (not inputs):
+        raise _fail("give either --pred PRED.csv or scans to score (not both).", EXIT_USAGE)
+    try:
+        truth_rows = read_truth(truth)
+        if pred is not None:
+            predictions, masks = predictions_from_csv(pred), None
+        else:
+            ensemble = _load_ensemble(weights, device)
+            predictions, masks = predictions_from_scans(inputs or [], ensemble)
+        report = evaluate_predictions(truth_rows, predictions, truth_masks=truth_masks, pred_masks=pred_masks,
+                                      pred_mask_arrays=masks)
+    except CacError as exc:
+        raise _fail(str(exc), exc.exit_code)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from .evaluate import print_report
+
+    print_report(report, Console())
+
+
+@app.command()
+def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: shipped).")) -> None:
+    """Versions, onnxruntime providers and the weight files with their hashes."""
+    import onnxruntime as ort
+
+    from .ensemble import DEFAULT_WEIGHTS, load_manifest, verify_weights
+    from .errors import CacError
+    from .pipeline import versions
+
+    out = Console()
+    for k, v in versions().items():
+        out.print(f"{k:<14} {v}")
+    out.print(f"{'providers':<14} {', '.join(ort.get_available_providers())}")
+    wdir = weights or DEFAULT_WEIGHTS
+    out.print(f"{'weights':<14} {wdir}")
+    try:
+        manifest = load_manifest(wdir)
+        ok = {m["file"] for m in verify_weights(wdir)}
+    except CacError as exc:
+        raise _fail(str(exc), exc.exit_code)
+    table = Table("file", "sha256", "val Dice", "status")
+    for m in manifest["models"]:
+        table.add_row(m["file"], m["sha256"][:16] + "...", str(m.get("val_dice", "")),
+                      "ok" if m["file"] in ok else "[red]mismatch[/red]")
+    out.print(table)
+    out.print(f"trained on: {manifest.get('training', {}).get('data', 'unknown')}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

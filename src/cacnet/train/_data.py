@@ -53,18 +53,20 @@ def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: 
             todo.append(i)
     if todo:
         args = [(set_seed, i, cats[i]) for i in todo]
-        if workers > 1:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                made = pool.map(_phantom_case, args, chunksize=1)
-        else:
-            made = [_phantom_case(a) for a in args]
-        for i, case in zip(todo, made):
-            cases[i] = case
-            if cache is not None:
-                cache.mkdir(parents=True, exist_ok=True)
-                tmp = cache / f".{case.case_id}.tmp.npz"
-                np.savez_compressed(tmp, x=case.x, y=case.y, meta=json.dumps(case.meta))
-                tmp.replace(cache / f"{case.case_id}.npz")
+        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+        try:
+            made = pool.imap(_phantom_case, args, chunksize=1) if pool else map(_phantom_case, args)
+            for i, case in zip(todo, made):  # cached as they come: an interrupted run resumes
+                cases[i] = case
+                if cache is not None:
+                    cache.mkdir(parents=True, exist_ok=True)
+                    tmp = cache / f".{case.case_id}.tmp.npz"
+                    np.savez_compressed(tmp, x=case.x, y=case.y, meta=json.dumps(case.meta))
+                    tmp.replace(cache / f"{case.case_id}.npz")
+        finally:
+            if pool:
+                pool.close()
+                pool.join()
     return cases  # type: ignore[return-value]
 
 

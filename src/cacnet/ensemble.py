@@ -1,0 +1,184 @@
+"""The ONNX U-Net ensemble: verified loading, device choice, majority vote."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import DeviceUnavailableError, WeightsError
+
+__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "load_manifest", "verify_weights", "pad_to_multiple"]
+
+
+def _default_weights() -> Path:
+    """weights/ of a source checkout, or the copy installed with the package."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "weights", here.parent / "weights"):
+        if (candidate / "manifest.json").exists():
+            return candidate
+    return here.parents[2] / "weights"
+
+
+DEFAULT_WEIGHTS = _default_weights()
+
+
+def load_manifest(weights_dir: Path) -> dict:
+    """Read ``manifest.json`` of a weights folder."""
+    path = Path(weights_dir) / "manifest.json"
+    if not path.exists():
+        raise WeightsError(f"{path}: no weights manifest; pass --weights DIR holding manifest.json and the "
+                           "ONNX files (cac train writes one).")
+    try:
+        manifest = json.loads(path.read_text())
+        models = manifest["models"]
+        assert isinstance(models, list) and models
+    except (ValueError, KeyError, AssertionError):
+        raise WeightsError(f"{path}: not a valid weights manifest (needs a non-empty 'models' list).") from None
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_weights(weights_dir: Path) -> list[dict]:
+    """Check every model file of the manifest exists and matches its sha256."""
+    weights_dir = Path(weights_dir)
+    manifest = load_manifest(weights_dir)
+    out = []
+    for m in manifest["models"]:
+        f = weights_dir / m["file"]
+        if not f.exists():
+            raise WeightsError(f"{f}: listed in the manifest but missing.")
+        digest = _sha256(f)
+        if digest != m["sha256"]:
+            raise WeightsError(f"{f}: sha256 {digest[:16]}... does not match the manifest ({m['sha256'][:16]}...); "
+                               "the file is corrupt or was replaced.")
+        out.append({**m, "path": str(f)})
+    return out
+
+
+def pad_to_multiple(x: np.ndarray, multiple: int = 8) -> np.ndarray:
+    """Pad a (z, y, x) volume at the end with 0 (= -300 HU) to multiples of ``multiple``."""
+    return np.pad(x, [(0, (-n) % multiple) for n in x.shape], constant_values=0.0)
+
+
+@dataclass
+class Vote:
+    """Per coarse voxel: how many models said calcium, and the winning artery.
+
+    ``calcium`` is the majority (more than half of the models);
+    ``artery`` (1-4) the artery most voted among the models that said
+    calcium (ties: lowest label), 0 elsewhere.
+    """
+
+    votes: np.ndarray  # uint8, models voting calcium
+    artery: np.ndarray  # uint8, 0 where no model voted calcium
+    n_models: int
+    models_run: int
+
+    @property
+    def calcium(self) -> np.ndarray:
+        return self.votes * 2 > self.n_models
+
+
+@dataclass
+class Ensemble:
+    """Sessions of every model in a weights folder, created once and reused.
+
+    Parameters
+    ----------
+    weights_dir : path
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` uses CUDA when onnxruntime-gpu can, else the CPU (with a
+        warning in :attr:`warnings`); ``cuda`` that cannot be honoured raises
+        :class:`DeviceUnavailableError`.
+    threads : int, optional
+        intra-op threads per session (default: onnxruntime's choice).
+    """
+
+    weights_dir: Path = DEFAULT_WEIGHTS
+    device: str = "auto"
+    threads: Optional[int] = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda; got {self.device!r}.")
+        self.models = verify_weights(self.weights_dir)
+        self.manifest = load_manifest(self.weights_dir)
+        available = ort.get_available_providers()
+        want_cuda = self.device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        if self.device == "cuda" and not want_cuda:
+            raise DeviceUnavailableError(
+                "--device cuda: onnxruntime has no CUDA provider here (available: "
+                + ", ".join(available) + "); install onnxruntime-gpu in place of onnxruntime, or use --device cpu.")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = int(self.threads)
+        opts.log_severity_level = 3
+        self.sessions = []
+        for m in self.models:
+            try:
+                sess = ort.InferenceSession(m["path"], sess_options=opts, providers=providers)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises many kinds
+                if self.device == "cuda":
+                    raise DeviceUnavailableError(f"--device cuda: the CUDA session failed ({exc}).") from None
+                sess = ort.InferenceSession(m["path"], sess_options=opts, providers=["CPUExecutionProvider"])
+            self.sessions.append(sess)
+        running = self.sessions[0].get_providers()[0]
+        if self.device == "cuda" and running != "CUDAExecutionProvider":
+            raise DeviceUnavailableError(f"--device cuda: onnxruntime fell back to {running}.")
+        if self.device == "auto" and running != "CUDAExecutionProvider":
+            self.warnings.append("device auto: no usable CUDA GPU, ran on the CPU.")
+        self.provider = running
+        self.input_name = self.sessions[0].get_inputs()[0].name
+
+    def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False) -> Vote:
+        """Majority vote of the models on a preprocessed (z, y, x) volume in [0, 1].
+
+        With ``early_stop``, models stop being run as soon as every coarse
+        voxel in ``candidates`` has a class that more than half of all the
+        models already chose unanimously: the calcium mask and the arteries
+        are then what the full ensemble would give, but vote counts only
+        cover the models run.
+        """
+        shape = x.shape
+        inp = pad_to_multiple(x.astype(np.float32))[None, None]
+        n = len(self.sessions)
+        need = n // 2 + 1
+        votes = np.zeros(shape, dtype=np.uint8)
+        per_artery = np.zeros((4,) + shape, dtype=np.uint8)
+        first = None
+        unanimous = None
+        run = 0
+        crop = tuple(slice(0, s) for s in shape)
+        for sess in self.sessions:
+            logits = sess.run(None, {self.input_name: inp})[0][0]
+            cls = logits.argmax(axis=0)[crop].astype(np.uint8)
+            run += 1
+            fg = cls > 0
+            votes += fg
+            for a in range(4):
+                per_artery[a] += cls == a + 1
+            if early_stop and candidates is not None:
+                if first is None:
+                    first, unanimous = cls, np.ones(shape, dtype=bool)
+                else:
+                    unanimous &= cls == first
+                if run >= need and run < n and unanimous[candidates].all():
+                    break
+        artery = np.where(votes > 0, per_artery.argmax(axis=0) + 1, 0).astype(np.uint8)
+        return Vote(votes=votes, artery=artery, n_models=n, models_run=run)

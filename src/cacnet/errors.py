@@ -1,0 +1,33 @@
+"""Exceptions of cacnet; each maps to a documented exit code of `cac`."""
+
+from __future__ import annotations
+
+__all__ = ["CacError", "InvalidScanError", "SeriesSelectionError", "WeightsError", "DeviceUnavailableError"]
+
+
+class CacError(Exception):
+    """Base class of cacnet's errors; ``exit_code`` is what `cac` exits with."""
+
+    exit_code = 1
+
+
+class InvalidScanError(CacError, ValueError):
+    """A scan cannot be read or is not a usable non-contrast cardiac CT (exit 3)."""
+
+    exit_code = 3
+
+
+class SeriesSelectionError(InvalidScanError):
+    """A DICOM folder holds no, or more than one, qualifying CT series (exit 3)."""
+
+
+class WeightsError(CacError):
+    """Model weights missing, or not matching their manifest (exit 3)."""
+
+    exit_code = 3
+
+
+class DeviceUnavailableError(CacError, RuntimeError):
+    """An explicitly requested device (e.g. CUDA) cannot be used (exit 5)."""
+
+    exit_code = 5

@@ -1,0 +1,203 @@
+"""`cac eval`: agreement of predictions with ground truth (scores, categories, lesions)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+import agatston
+
+from .errors import InvalidScanError
+
+__all__ = ["read_truth", "predictions_from_csv", "predictions_from_scans", "evaluate_predictions", "print_report"]
+
+
+def _read_csv(path: Path, what: str) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidScanError(f"{path}: no such {what} CSV file.")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "id" not in rows[0]:
+        raise InvalidScanError(f"{path}: the {what} CSV needs a header with an 'id' column and at least one row.")
+    return rows
+
+
+def _parse(rows: list[dict[str, str]], path: Path, what: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    has_score = "agatston" in rows[0]
+    has_cat = "category" in rows[0]
+    if not (has_score or has_cat):
+        raise InvalidScanError(f"{path}: the {what} CSV needs an 'agatston' or a 'category' column.")
+    for n, r in enumerate(rows, start=2):
+        if r.get("status") == "error":
+            continue
+        entry: dict[str, Any] = {}
+        try:
+            if has_score and r["agatston"] != "":
+                entry["agatston"] = float(r["agatston"])
+                entry["category"] = agatston.category(entry["agatston"])
+            if has_cat and r["category"]:
+                cat = r["category"].strip().upper()
+                if cat not in agatston.CATEGORIES:
+                    raise ValueError(f"category {r['category']!r}")
+                if "category" in entry and entry["category"] != cat:
+                    raise ValueError(f"category {cat} does not match agatston {entry['agatston']}")
+                entry["category"] = cat
+        except ValueError as exc:
+            raise InvalidScanError(f"{path}, line {n}: {exc}.") from None
+        if "category" not in entry:
+            raise InvalidScanError(f"{path}, line {n}: neither agatston nor category given for {r['id']!r}.")
+        if r["id"] in out:
+            raise InvalidScanError(f"{path}, line {n}: id {r['id']!r} appears twice.")
+        out[r["id"]] = entry
+    return out
+
+
+def read_truth(path: Path) -> dict[str, dict[str, Any]]:
+    """Ground truth: ``id`` with ``agatston`` and/or ``category``."""
+    return _parse(_read_csv(path, "truth"), path, "truth")
+
+
+def predictions_from_csv(path: Path) -> dict[str, dict[str, Any]]:
+    """Predictions from a CSV (e.g. ``cac score --csv``); failed rows are left out."""
+    return _parse(_read_csv(path, "prediction"), path, "prediction")
+
+
+def predictions_from_scans(inputs, ensemble) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Score scans; returns predictions and their masks (canonical arrays with scans)."""
+    from .batch import expand_inputs
+    from .pipeline import score_scan
+
+    preds, masks = {}, {}
+    for path in expand_inputs(inputs):
+        res = score_scan(path, ensemble)
+        preds[res.id] = {"agatston": res.data["agatston"], "category": res.data["category"]}
+        masks[res.id] = res
+    return preds, masks
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    return x
+
+
+def _mask_file(folder: Path, case_id: str, suffixes: tuple[str, ...]) -> Optional[Path]:
+    for s in suffixes:
+        p = Path(folder) / f"{case_id}{s}"
+        if p.exists():
+            return p
+    return None
+
+
+def evaluate_predictions(
+    truth: dict[str, dict[str, Any]],
+    predictions: dict[str, dict[str, Any]],
+    *,
+    truth_masks: Optional[Path] = None,
+    pred_masks: Optional[Path] = None,
+    pred_mask_arrays: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """All agreement metrics over the ids present in both."""
+    import SimpleITK as sitk
+
+    ids = sorted(set(truth) & set(predictions))
+    if not ids:
+        raise InvalidScanError("no id is in both the truth and the predictions; check the id columns.")
+    t_cat = [truth[i]["category"] for i in ids]
+    p_cat = [predictions[i]["category"] for i in ids]
+    report: dict[str, Any] = {
+        "n": len(ids),
+        "missing_predictions": sorted(set(truth) - set(predictions)),
+        "extra_predictions": sorted(set(predictions) - set(truth)),
+        "c_index": agatston.c_index(p_cat, t_cat),
+        "accuracy": agatston.accuracy(p_cat, t_cat),
+        "weighted_kappa": agatston.weighted_kappa(p_cat, t_cat),
+        "confusion_matrix": {"rows_true_cols_pred": list(agatston.CATEGORIES),
+                             "counts": agatston.confusion_matrix(p_cat, t_cat).tolist()},
+    }
+    scored = [i for i in ids if "agatston" in truth[i] and "agatston" in predictions[i]]
+    if len(scored) >= 2:
+        p = [predictions[i]["agatston"] for i in scored]
+        t = [truth[i]["agatston"] for i in scored]
+        report["c_index_scores"] = agatston.c_index(p, t_cat and [truth[i]["category"] for i in scored])
+        report["icc"] = agatston.icc(p, t)
+        report["bland_altman"] = agatston.bland_altman(p, t).to_dict()
+    if truth_masks is not None:
+        lesion = {"n_true": 0, "n_pred": 0, "n_true_detected": 0, "n_pred_true_positive": 0,
+                  "true_volume_mm3": 0.0, "pred_volume_mm3": 0.0, "detected_volume_mm3": 0.0,
+                  "true_positive_volume_mm3": 0.0}
+        used = 0
+        for i in ids:
+            tf = _mask_file(truth_masks, i, (".nii.gz", ".nii", ".nrrd", ".mha"))
+            if tf is None:
+                continue
+            timg = sitk.DICOMOrient(sitk.ReadImage(str(tf)), "LPS")
+            tarr = sitk.GetArrayFromImage(timg)
+            if pred_mask_arrays is not None and i in pred_mask_arrays:
+                parr = pred_mask_arrays[i].labels
+            elif pred_masks is not None and (pf := _mask_file(pred_masks, i, ("_calcium.nii.gz", ".nii.gz"))):
+                parr = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(pf)), "LPS"))
+            else:
+                continue
+            if parr.shape != tarr.shape:
+                raise InvalidScanError(f"{tf}: mask shape {tarr.shape} differs from the prediction's {parr.shape}.")
+            sx, sy, sz = timg.GetSpacing()
+            r = agatston.detection_report(parr, tarr, (sz, sy, sx))
+            for k in lesion:
+                lesion[k] += getattr(r, k)
+            used += 1
+        if used:
+            sens = lesion["detected_volume_mm3"] / lesion["true_volume_mm3"] if lesion["true_volume_mm3"] else None
+            ppv = (lesion["true_positive_volume_mm3"] / lesion["pred_volume_mm3"]) if lesion["pred_volume_mm3"] else None
+            lesion.update({
+                "n_cases": used,
+                "sensitivity_count": lesion["n_true_detected"] / lesion["n_true"] if lesion["n_true"] else None,
+                "ppv_count": lesion["n_pred_true_positive"] / lesion["n_pred"] if lesion["n_pred"] else None,
+                "sensitivity_volume": sens, "ppv_volume": ppv,
+                "f1_volume": (2 * sens * ppv / (sens + ppv)) if sens and ppv else (0.0 if sens == 0 or ppv == 0 else None),
+            })
+            report["lesions"] = lesion
+    return _clean(report)
+
+
+def print_report(report: dict[str, Any], console) -> None:
+    """Human-readable tables of :func:`evaluate_predictions`."""
+    from rich.table import Table
+
+    def f(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    t = Table(title=f"Agreement on {report['n']} scans", show_header=False)
+    t.add_row("C-index (categories)", f(report["c_index"]))
+    if "c_index_scores" in report:
+        t.add_row("C-index (scores)", f(report["c_index_scores"]))
+    t.add_row("category accuracy", f(report["accuracy"]))
+    t.add_row("linear weighted kappa", f(report["weighted_kappa"]))
+    if "icc" in report:
+        ba = report["bland_altman"]
+        t.add_row("ICC(A,1) of Agatston", f(report["icc"]))
+        t.add_row("Bland-Altman bias [95% limits]", f"{f(ba['bias'])} [{f(ba['lower'])}, {f(ba['upper'])}]")
+    console.print(t)
+    cm = Table(title="confusion matrix (rows: truth, columns: prediction)")
+    cm.add_column("")
+    for c in report["confusion_matrix"]["rows_true_cols_pred"]:
+        cm.add_column(c, justify="right")
+    for c, row in zip(report["confusion_matrix"]["rows_true_cols_pred"], report["confusion_matrix"]["counts"]):
+        cm.add_row(c, *[str(v) for v in row])
+    console.print(cm)
+    if "lesions" in report:
+        le = report["lesions"]
+        lt = Table(title=f"lesions ({le['n_cases']} scans with masks)", show_header=False)
+        for k in ("sensitivity_count", "ppv_count", "sensitivity_volume", "ppv_volume", "f1_volume"):
+            lt.add_row(k, f(le[k]))
+        console.print(lt)
+    if report["missing_predictions"]:
+        console.print(f"[yellow]no prediction for:[/yellow] {', '.join(report['missing_predictions'])}")

@@ -1,0 +1,216 @@
+"""Scoring a scan end to end: read, preprocess, ensemble, post-process, score.
+
+The CLI (`cac score`) is a thin layer over :func:`score_scan`.
+
+Post-processing rule (whole 2D components)
+-----------------------------------------
+The ensemble votes on the coarse grid. On the original grid, every 2D
+connected component (8-connected, per axial slice) of voxels >= 130 HU is
+decided as a whole: it is calcium when the coarse voxel holding its
+**densest voxel** is calcium by majority vote, and it takes that coarse
+voxel's artery. Because the preprocessing gives a coarse voxel the maximum
+HU of its footprint when that reaches 130 HU, this is the coarse voxel that
+"saw" the lesion's peak; a lesion is never cut along coarse voxel borders.
+Each lesion reports how many models voted for it; a lesion that not every
+model voted for is flagged for review, and components that a minority of
+models voted for are listed as rejected candidates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from scipy import ndimage
+
+import agatston
+
+from .ensemble import Ensemble, Vote
+from .io import Scan, read_scan
+from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
+
+__all__ = ["ScanResult", "score_scan", "decide_components", "versions"]
+
+
+@dataclass
+class ScanResult:
+    """What `cac score` reports for one scan."""
+
+    id: str
+    labels: np.ndarray  # uint8 (z, y, x) canonical: 0, 1 LM, 2 LAD, 3 LCX, 4 RCA
+    score: agatston.ScoreResult
+    data: dict[str, Any] = field(default_factory=dict)
+    scan: Optional[Scan] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+
+def versions() -> dict[str, str]:
+    """Versions of the package and of what it runs on."""
+    import onnxruntime
+    import SimpleITK
+
+    from . import __version__
+
+    return {"cac-toolkit": __version__, "onnxruntime": onnxruntime.__version__,
+            "SimpleITK": SimpleITK.Version.VersionString(), "numpy": np.__version__}
+
+
+def decide_components(hu: np.ndarray, vote: Vote, grid: CoarseGrid, threshold_hu: float = 130.0):
+    """Label the 2D candidate components of ``hu`` from the coarse vote.
+
+    Returns the fine label volume (uint8) and one record per component whose
+    densest voxel lies in a coarse voxel with at least one vote:
+    ``(slice, centroid_y, centroid_x, votes, label, accepted)``.
+    """
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    voted = np.nonzero(vote.votes)
+    if voted[0].size == 0:
+        return labels, []
+    # fine box of the voted coarse voxels, grown until no touched component is cut
+    lo = [int(grid.starts[a][voted[a].min()]) for a in range(3)]
+    hi = [int(grid.starts[a][voted[a].max() + 1]) if voted[a].max() + 1 < len(grid.starts[a]) else hu.shape[a]
+          for a in range(3)]
+    struct = np.zeros((3, 3, 3), bool)
+    struct[1] = True
+    while True:
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        cand = hu[box] >= threshold_hu
+        comps, n = ndimage.label(cand, structure=struct)
+        if n == 0:
+            return labels, []
+        where = np.nonzero(cand)
+        ids = comps[where]
+        order = np.lexsort((-hu[box][where], ids))
+        first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
+        peak = [where[a][first] + lo[a] for a in range(3)]
+        cidx = tuple(grid.index[a][peak[a]] for a in range(3))
+        v = vote.votes[cidx]
+        comp_ids = ids[first]
+        touched = comp_ids[v > 0]
+        grow = False
+        for a in (1, 2):
+            edge_lo = np.isin(np.take(comps, 0, axis=a), touched).any() and lo[a] > 0
+            edge_hi = np.isin(np.take(comps, -1, axis=a), touched).any() and hi[a] < hu.shape[a]
+            if edge_lo:
+                lo[a] = max(0, lo[a] - 32)
+                grow = True
+            if edge_hi:
+                hi[a] = min(hu.shape[a], hi[a] + 32)
+                grow = True
+        if not grow:
+            break
+    accepted = v * 2 > vote.n_models
+    lut = np.zeros(n + 1, dtype=np.uint8)
+    lut[comp_ids[accepted]] = vote.artery[cidx][accepted]
+    labels[box] = lut[comps]
+    counts = np.bincount(ids, minlength=n + 1)
+    sy = np.bincount(ids, weights=where[1], minlength=n + 1) / np.maximum(counts, 1) + lo[1]
+    sx = np.bincount(ids, weights=where[2], minlength=n + 1) / np.maximum(counts, 1) + lo[2]
+    records = [
+        (int(peak[0][i]), float(sy[c]), float(sx[c]), int(v[i]), int(vote.artery[cidx][i]), bool(accepted[i]))
+        for i, c in enumerate(comp_ids) if v[i] > 0
+    ]
+    return labels, records
+
+
+def score_scan(
+    source: Path | str | Scan,
+    ensemble: Ensemble,
+    *,
+    calibration: Optional[float] = None,
+    series: Optional[str] = None,
+    early_stop: bool = False,
+) -> ScanResult:
+    """Score one scan with the ensemble.
+
+    Parameters
+    ----------
+    source : path or Scan
+        A scan file or DICOM folder (see :func:`cacnet.io.read_scan`), or a
+        scan already read.
+    ensemble : Ensemble
+        Loaded once, reused for every scan.
+    calibration : float, optional
+        Mass calibration factor (mg HA/cm^3/HU); mass is absent without it.
+    series : str, optional
+        SeriesInstanceUID for DICOM folders with several series.
+    early_stop : bool
+        See :meth:`Ensemble.vote` (same mask and scores, fewer vote counts).
+
+    Returns
+    -------
+    ScanResult
+        ``labels`` in canonical orientation; ``data`` is the JSON report.
+    """
+    t = {"start": time.perf_counter()}
+    scan = source if isinstance(source, Scan) else read_scan(Path(source), series=series)
+    t["read"] = time.perf_counter()
+    grid = coarse_grid(scan.hu.shape, scan.spacing)
+    coarse_hu = downsample(scan.hu, grid)
+    x = normalize(coarse_hu)
+    t["preprocess"] = time.perf_counter()
+    candidates = coarse_hu >= 130.0
+    if candidates.any():
+        vote = ensemble.vote(x, candidates=candidates, early_stop=early_stop)
+    else:  # nothing >= 130 HU anywhere: no model can change the answer
+        zeros = np.zeros(x.shape, dtype=np.uint8)
+        vote = Vote(zeros, zeros, len(ensemble.sessions), 0)
+    t["inference"] = time.perf_counter()
+    labels, records = decide_components(scan.hu, vote, grid)
+    t["postprocess"] = time.perf_counter()
+    result = agatston.score(scan.hu, scan.spacing, labels, calibration=calibration)
+    t["score"] = time.perf_counter()
+
+    by_key = {(r[0], round(r[1], 3), round(r[2], 3)): r for r in records}
+    lesions = []
+    for les in result.lesions:
+        rec = by_key.get((les.slice_index, round(les.centroid_yx[0], 3), round(les.centroid_yx[1], 3)))
+        votes = rec[3] if rec else vote.models_run
+        d = les.to_dict()
+        d.update({"artery": agatston.ARTERY_NAMES.get(les.label, str(les.label)), "votes": votes,
+                  "review": votes < vote.models_run})
+        lesions.append(d)
+    rejected = [
+        {"slice_index": r[0], "centroid_yx": [round(r[1], 2), round(r[2], 2)], "votes": r[3],
+         "artery": agatston.ARTERY_NAMES.get(r[4], "")}
+        for r in records if not r[5]
+    ]
+    arteries = {}
+    for lab, name in agatston.ARTERY_NAMES.items():
+        s = result.by_label.get(lab)
+        arteries[name] = {"agatston": s.agatston if s else 0.0, "volume_mm3": s.volume_mm3 if s else 0.0,
+                          "mass_mg": (s.mass_mg if s else (0.0 if calibration else None)),
+                          "n_lesions": s.n_lesions if s else 0}
+    drs = agatston.cac_drs({k: v["agatston"] for k, v in arteries.items()})
+    warnings = list(scan.warnings) + list(ensemble.warnings)
+    if early_stop and vote.models_run < vote.n_models:
+        warnings.append(f"early stop: {vote.models_run} of {vote.n_models} models run (vote counts cover those).")
+    data = {
+        "id": scan.id,
+        "agatston": result.agatston,
+        "category": result.category,
+        "volume_mm3": result.volume_mm3,
+        "mass_mg": result.mass_mg,
+        "arteries": arteries,
+        "cac_drs": drs.to_dict(),
+        "n_lesions": result.n_lesions,
+        "lesions": lesions,
+        "review": sorted({les["lesion_id"] for les in lesions if les["review"]}),
+        "rejected_candidates": rejected,
+        "warnings": warnings,
+        "scan": scan.meta,
+        "settings": {**result.settings, "calibration": calibration},
+        "models": {"n_models": vote.n_models, "models_run": vote.models_run, "provider": ensemble.provider,
+                   "weights": [{"file": m["file"], "sha256": m["sha256"]} for m in ensemble.models]},
+        "timings_s": {k: round(t[k] - t[p], 4) for p, k in zip(
+            ["start", "read", "preprocess", "inference", "postprocess"],
+            ["read", "preprocess", "inference", "postprocess", "score"])},
+        "versions": versions(),
+    }
+    data["timings_s"]["total"] = round(t["score"] - t["start"], 4)
+    return ScanResult(id=scan.id, labels=labels, score=result, data=data, scan=scan)
