@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID, EXIT_PARTIAL, EXIT_DEVICE = 0, 2, 3, 4, 5
 
@@ -225,7 +225,7 @@ def score(
     if as_json:
         typer.echo(json.dumps(results[0] if len(scans) == 1 and results else results, indent=2))
     else:
-        Console().print(_score_table(rows))
+        Console(width=None if sys.stdout.isatty() else 160).print(_score_table(rows))
         for data in results:
             for w in data.get("warnings", []):
                 err.print(f"[yellow]warning[/yellow] {data['id']}: {w}", highlight=False)

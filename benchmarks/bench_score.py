@@ -1,0 +1,120 @@
+"""End-to-end `cac score` speed and memory against the plain pipeline.
+
+On a 512 x 512 x 60 synthetic scan (written as .nii.gz), in one run:
+
+* plain: read, preprocess, five onnxruntime sessions created with default
+  options and run in turn on the whole volume, the same component decision,
+  and the naive per-slice, per-component Agatston loop;
+* cac score (default): sessions created once and reused, every model run,
+  vectorised scoring;
+* cac score --early-stop: stops running models once every candidate voxel
+  has a unanimous majority (same mask and scores).
+
+Both results are checked to be identical. Peak RSS of a `cac score` process
+is measured with /usr/bin/time-free getrusage in a child process.
+
+Run:  python benchmarks/bench_score.py [--weights weights] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_agatston import naive_score  # noqa: E402
+
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, Vote, verify_weights  # noqa: E402
+from cacnet.io import read_scan  # noqa: E402
+from cacnet.phantom import generate_phantom, oriented_image  # noqa: E402
+from cacnet.pipeline import decide_components, score_scan  # noqa: E402
+from cacnet.preprocess import coarse_grid, downsample, normalize, pad_to_multiple  # noqa: E402
+
+
+def plain(path: Path, weights: Path) -> tuple[float, np.ndarray]:
+    import onnxruntime as ort
+
+    scan = read_scan(path)
+    grid = coarse_grid(scan.hu.shape, scan.spacing)
+    x = normalize(downsample(scan.hu, grid))
+    inp = pad_to_multiple(x)[None, None]
+    crop = tuple(slice(0, s) for s in x.shape)
+    votes = np.zeros(x.shape, np.uint8)
+    per = np.zeros((4,) + x.shape, np.uint8)
+    models = verify_weights(weights)
+    for m in models:
+        sess = ort.InferenceSession(m["path"], providers=["CPUExecutionProvider"])
+        cls = sess.run(None, {sess.get_inputs()[0].name: inp})[0][0].argmax(0)[crop]
+        votes += cls > 0
+        for a in range(4):
+            per[a] += cls == a + 1
+    artery = np.where(votes > 0, per.argmax(0) + 1, 0).astype(np.uint8)
+    labels, _ = decide_components(scan.hu, Vote(votes, artery, len(models), len(models)), grid)
+    return naive_score(scan.hu, scan.spacing, labels), labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=4242)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    case = None
+    for s in range(args.seed, args.seed + 500):  # the first seed that gives 512 x 512 x 60
+        case = generate_phantom(s, category="D")
+        if case.hu.shape[0] == 60:
+            break
+    assert case is not None and case.hu.shape == (60, 512, 512)
+    path = tmp / "scan.nii.gz"
+    sitk.WriteImage(oriented_image(case.hu, case, "identity"), str(path))
+    print(f"scan {case.hu.shape[::-1]} (x, y, z), truth Agatston {case.truth.agatston:.1f} ({case.truth.category})")
+
+    t_plain, t_fast, t_early = [], [], []
+    ens = Ensemble(args.weights, device="cpu")
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        ref_score, ref_labels = plain(path, args.weights)
+        t_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        res = score_scan(path, ens)
+        t_fast.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        early = score_scan(path, ens, early_stop=True)
+        t_early.append(time.perf_counter() - t)
+        assert np.array_equal(res.labels, ref_labels) and np.array_equal(early.labels, ref_labels)
+        assert abs(res.score.agatston - ref_score) < 1e-6 * max(1, ref_score)
+        assert early.score.agatston == res.score.agatston
+    timings = res.data["timings_s"]
+    print(f"prediction: Agatston {res.score.agatston:.1f} ({res.score.category}); identical in all three pipelines")
+    print(f"models run with --early-stop: {early.data['models']['models_run']} of 5")
+    med = statistics.median
+    print(f"\n{'pipeline':<28}{'median s':>10}{'speed-up':>10}")
+    print(f"{'plain':<28}{med(t_plain):>10.2f}{1.0:>10.2f}")
+    print(f"{'cac score':<28}{med(t_fast):>10.2f}{med(t_plain) / med(t_fast):>10.2f}")
+    print(f"{'cac score --early-stop':<28}{med(t_early):>10.2f}{med(t_plain) / med(t_early):>10.2f}")
+    print("\nstages of cac score (last run):", json.dumps(timings))
+
+    code = ("import resource, sys; from cacnet.cli import app; "
+            "sys.argv=['cac','score',sys.argv[1],'--json','--weights',sys.argv[2]] + sys.argv[3:]; "
+            "\ntry:\n app()\nexcept SystemExit: pass\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    for extra in ([], ["--early-stop"]):
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(args.weights), *extra],
+                             capture_output=True, text=True)
+        rss_mb = int(out.stderr.strip().splitlines()[-1]) / 1024
+        print(f"peak RSS of `cac score {' '.join(extra)}` process: {rss_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

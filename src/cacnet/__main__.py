@@ -1,0 +1,5 @@
+"""``python -m cacnet`` runs the `cac` command."""
+
+from .cli import main
+
+main()

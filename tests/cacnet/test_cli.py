@@ -1,0 +1,159 @@
+"""The `cac` command through typer's CliRunner and a real subprocess."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from cacnet.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_single_scan_json(phantom_scans, toy_weights):
+    folder, _ = phantom_scans
+    r = run("score", folder / "case21.nii.gz", "--json", "--weights", toy_weights)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["id"] == "case21" and {"agatston", "category", "volume_mm3", "arteries", "lesions", "warnings"} <= set(d)
+
+
+def test_table_output(phantom_scans, toy_weights):
+    folder, _ = phantom_scans
+    r = run("score", folder / "case23.nii.gz", "--weights", toy_weights)
+    assert r.exit_code == 0 and "case23" in r.stdout and "Agatston" in r.stdout
+
+
+def test_outputs_on_the_input_grid(phantom_scans, toy_weights, tmp_path):
+    folder, cases = phantom_scans
+    r = run("score", folder / "case22.nii.gz", "-o", tmp_path / "out", "--preview", "--csv", tmp_path / "s.csv",
+            "--weights", toy_weights)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"case22.json", "case22_calcium.nii.gz", "case22.png"}
+    src = sitk.ReadImage(str(folder / "case22.nii.gz"))
+    mask = sitk.ReadImage(str(out / "case22_calcium.nii.gz"))
+    assert mask.GetSize() == src.GetSize() and mask.GetSpacing() == pytest.approx(src.GetSpacing())
+    assert mask.GetOrigin() == pytest.approx(src.GetOrigin(), abs=1e-3)
+    assert mask.GetDirection() == pytest.approx(src.GetDirection())
+    m, hu = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(src)
+    assert m.dtype == np.uint8 and m.any() and (hu[m > 0] >= 130).all()
+    with open(tmp_path / "s.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["id"] == "case22" and row["status"] == "ok"
+    d = json.loads((out / "case22.json").read_text())
+    assert float(row["agatston"]) == pytest.approx(d["agatston"], abs=1e-3)
+
+
+def test_batch_goes_on_past_a_bad_scan(phantom_scans, toy_weights, tmp_path):
+    folder, _ = phantom_scans
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in ("case21.nii.gz", "case23.nii.gz"):
+        shutil.copy(folder / name, batch / name)
+    (batch / "broken.nii.gz").write_bytes((folder / "case22.nii.gz").read_bytes()[:5000])
+    r = run("score", batch, "--csv", tmp_path / "b.csv", "-o", tmp_path / "o", "--weights", toy_weights)
+    assert r.exit_code == 4
+    assert "broken.nii.gz" in r.stderr and "Traceback" not in r.output
+    with open(tmp_path / "b.csv") as fh:
+        rows = {row["id"]: row for row in csv.DictReader(fh)}
+    assert rows["broken"]["status"] == "error" and "truncated" in rows["broken"]["error"]
+    assert rows["case21"]["status"] == "ok" and rows["case23"]["status"] == "ok"
+    assert not list((tmp_path / "o").glob(".*"))  # nothing half-written
+    again = run("score", batch, "-o", tmp_path / "o", "--skip-existing", "--csv", tmp_path / "c.csv",
+                "--weights", toy_weights)
+    with open(tmp_path / "c.csv") as fh:
+        statuses = {row["id"]: row["status"] for row in csv.DictReader(fh)}
+    assert statuses == {"case21": "skipped", "case23": "skipped", "broken": "error"} and again.exit_code == 4
+    ff = run("score", batch / "broken.nii.gz", batch / "case21.nii.gz", "--fail-fast", "--csv", tmp_path / "f.csv",
+             "--weights", toy_weights)
+    assert ff.exit_code == 3
+    with open(tmp_path / "f.csv") as fh:
+        assert [row["id"] for row in csv.DictReader(fh)] == ["broken"]
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["score", "MISSING.nii.gz"], 3, "no such file"),
+        (["score", "X", "--device", "tpu"], 2, "--device must be auto, cpu or cuda"),
+        (["score", "X", "--calibration", "-1"], 2, "--calibration must be a positive"),
+        (["score", "X", "--preview"], 2, "need -o OUTDIR"),
+    ],
+)
+def test_usage_and_input_errors(tmp_path, toy_weights, args, code, message):
+    args = [a.replace("MISSING", str(tmp_path / "missing")) for a in args]
+    r = run(*args, "--weights", toy_weights)
+    assert r.exit_code == code and message in r.stderr and "Traceback" not in r.output
+
+
+def test_device_and_weights_errors(phantom_scans, tmp_path, toy_weights):
+    import onnxruntime as ort
+
+    folder, _ = phantom_scans
+    r = run("score", folder / "case21.nii.gz", "--weights", tmp_path)
+    assert r.exit_code == 3 and "no weights manifest" in r.stderr
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        r = run("score", folder / "case21.nii.gz", "--device", "cuda", "--weights", toy_weights)
+        assert r.exit_code == 5 and "onnxruntime-gpu" in r.stderr
+
+
+def test_eval_from_csv(tmp_path):
+    (tmp_path / "truth.csv").write_text("id,agatston\na,0\nb,5\nc,50\nd,250\ne,900\nf,3\n")
+    (tmp_path / "pred.csv").write_text("id,agatston,status\na,0,ok\nb,4,ok\nc,60,ok\nd,500,ok\ne,1000,ok\ng,1,ok\n")
+    r = run("eval", "--truth", tmp_path / "truth.csv", "--pred", tmp_path / "pred.csv", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["n"] == 5 and d["accuracy"] == pytest.approx(0.8) and d["missing_predictions"] == ["f"]
+    assert d["extra_predictions"] == ["g"] and d["confusion_matrix"]["counts"][3][4] == 1
+    assert 0 < d["c_index"] <= 1 and "icc" in d and "bland_altman" in d
+    human = run("eval", "--truth", tmp_path / "truth.csv", "--pred", tmp_path / "pred.csv")
+    assert human.exit_code == 0 and "C-index" in human.stdout
+    bad = run("eval", "--truth", tmp_path / "nope.csv", "--pred", tmp_path / "pred.csv")
+    assert bad.exit_code == 3 and "no such truth CSV" in bad.stderr
+
+
+def test_eval_scans_with_masks(phantom_scans, toy_weights, tmp_path):
+    folder, cases = phantom_scans
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    rows = ["id,agatston"]
+    for cid, (case, orientation) in cases.items():
+        from cacnet.phantom import oriented_image
+
+        sitk.WriteImage(oriented_image(case.labels, case, orientation), str(masks / f"{cid}.nii.gz"))
+        rows.append(f"{cid},{case.truth.agatston}")
+    (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
+    r = run("eval", folder, "--truth", tmp_path / "truth.csv", "--truth-masks", masks, "--json",
+            "--weights", toy_weights)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["n"] == 3 and d["lesions"]["n_cases"] == 3
+    assert d["lesions"]["sensitivity_count"] == 1.0  # >= 130 HU everywhere finds every lesion
+    assert d["lesions"]["ppv_count"] < 0.5  # ... and bone with it
+
+
+def test_info(toy_weights):
+    r = run("info", "--weights", toy_weights)
+    assert r.exit_code == 0 and "toy_0.onnx" in r.stdout and "CPUExecutionProvider" in r.stdout
+
+
+def test_real_subprocess(phantom_scans, toy_weights):
+    folder, _ = phantom_scans
+    out = subprocess.run([sys.executable, "-m", "cacnet", "score", str(folder / "case23.nii.gz"), "--json",
+                          "--weights", str(toy_weights)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["id"] == "case23"
+    bad = subprocess.run([sys.executable, "-m", "cacnet", "score", str(folder / "nope.nii.gz"),
+                          "--weights", str(toy_weights)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 3 and "no such file" in bad.stderr and "Traceback" not in bad.stderr

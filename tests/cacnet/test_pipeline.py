@@ -1,0 +1,109 @@
+"""Ensemble vote, whole-component decisions and end-to-end scoring (toy models)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import agatston
+from cacnet.ensemble import Ensemble, Vote, verify_weights
+from cacnet.errors import DeviceUnavailableError, WeightsError
+from cacnet.io import read_scan
+from cacnet.pipeline import decide_components, score_scan
+from cacnet.preprocess import coarse_grid
+
+from .conftest import make_weights
+
+
+def test_decide_whole_components_by_their_peak():
+    hu = np.zeros((1, 12, 24), np.float32)
+    hu[0, 2:4, 3:10] = 200.0  # crosses the coarse border at x = 6
+    hu[0, 2, 8] = 450.0  # its peak lies in coarse voxel x = 1
+    hu[0, 8:10, 2:5] = 300.0  # a second component, peak in coarse voxel x = 0
+    grid = coarse_grid(hu.shape, (3.0, 0.5, 0.5))
+    assert grid.coarse_shape == (1, 2, 4)
+    votes = np.zeros(grid.coarse_shape, np.uint8)
+    artery = np.zeros(grid.coarse_shape, np.uint8)
+    votes[0, 0, 1], artery[0, 0, 1] = 5, 3  # only the peak's coarse voxel of the first lesion
+    votes[0, 1, 0], artery[0, 1, 0] = 2, 4  # minority vote on the second one
+    labels, records = decide_components(hu, Vote(votes, artery, 5, 5), grid)
+    assert (labels[0, 2:4, 3:10] == 3).all()  # kept whole, although half lies in an unvoted coarse voxel
+    assert (labels[0, 8:10, 2:5] == 0).all()  # rejected whole
+    assert sorted((r[3], r[5]) for r in records) == [(2, False), (5, True)]
+
+
+def test_weights_are_verified(tmp_path):
+    w = make_weights(tmp_path / "w", thresholds=(130, 300))
+    assert len(verify_weights(w)) == 2
+    (w / "toy_1.onnx").write_bytes((w / "toy_1.onnx").read_bytes() + b"x")
+    with pytest.raises(WeightsError, match="does not match the manifest"):
+        verify_weights(w)
+    (w / "toy_1.onnx").unlink()
+    with pytest.raises(WeightsError, match="missing"):
+        verify_weights(w)
+    with pytest.raises(WeightsError, match="no weights manifest"):
+        verify_weights(tmp_path)
+
+
+def test_explicit_cuda_without_gpu_is_an_error(toy_weights):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a CUDA provider is present")
+    with pytest.raises(DeviceUnavailableError, match="onnxruntime-gpu"):
+        Ensemble(toy_weights, device="cuda")
+    auto = Ensemble(toy_weights, device="auto")
+    assert auto.provider == "CPUExecutionProvider" and any("CPU" in w for w in auto.warnings)
+
+
+def test_vote_and_early_stop(toy_weights):
+    ens = Ensemble(toy_weights, device="cpu")
+    x = ((np.array([0.0, 140.0, 250.0, 500.0], np.float32) + 300) / 1100).reshape(1, 1, 4)
+    full = ens.vote(x)
+    assert full.votes.ravel().tolist() == [0, 3, 3, 5] and full.models_run == 5
+    assert full.calcium.ravel().tolist() == [False, True, True, True]
+    assert full.artery.ravel().tolist() == [0, 2, 2, 2]
+    fast = ens.vote(x, candidates=x >= (130 + 300) / 1100, early_stop=True)
+    assert fast.models_run == 3
+    assert np.array_equal(fast.calcium, full.calcium) and np.array_equal(fast.artery, full.artery)
+
+
+@pytest.fixture(scope="module")
+def ensemble(toy_weights):
+    return Ensemble(toy_weights, device="cpu")
+
+
+def test_score_scan_end_to_end(phantom_scans, ensemble):
+    folder, cases = phantom_scans
+    res = score_scan(folder / "case22.nii.gz", ensemble, calibration=0.8)
+    case, _ = cases["case22"]
+    d = res.data
+    for key in ("id", "agatston", "category", "volume_mm3", "arteries", "lesions", "warnings", "cac_drs",
+                "timings_s", "versions", "models"):
+        assert key in d
+    assert d["id"] == "case22" and set(d["arteries"]) == {"LM", "LAD", "LCX", "RCA"}
+    # toy models call every coarse candidate calcium: the result is the >= 130 HU score, all LAD
+    expected = agatston.score(case.hu, case.spacing, (case.hu >= 130).astype(np.uint8) * 2, calibration=0.8)
+    assert d["agatston"] == pytest.approx(expected.agatston) and d["mass_mg"] == pytest.approx(expected.mass_mg)
+    assert d["arteries"]["LAD"]["agatston"] == pytest.approx(expected.agatston)
+    votes = {les["votes"] for les in d["lesions"]}
+    assert votes <= {3, 5} and any(les["review"] for les in d["lesions"]) == (3 in votes)
+    json.dumps(d)  # JSON-ready
+
+
+def test_rerun_gives_identical_output(phantom_scans, ensemble):
+    folder, _ = phantom_scans
+    a = score_scan(folder / "case21.nii.gz", ensemble).data
+    b = score_scan(folder / "case21.nii.gz", ensemble).data
+    a.pop("timings_s"), b.pop("timings_s")
+    assert a == b
+
+
+def test_no_candidates_skips_the_models(tmp_path, ensemble):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.full((4, 20, 20), -50, np.int16))
+    img.SetSpacing((0.5, 0.5, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "empty.nii.gz"))
+    res = score_scan(read_scan(tmp_path / "empty.nii.gz"), ensemble)
+    assert res.data["agatston"] == 0.0 and res.data["models"]["models_run"] == 0

@@ -1,0 +1,88 @@
+"""Training: a tiny run that learns, resumes, and exports models cacnet can load."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+pytest.importorskip("onnx", reason="ONNX export needs onnx")
+
+from cacnet.ensemble import Ensemble, verify_weights  # noqa: E402
+from cacnet.train import Case, TrainConfig, UNet3D, dice_ce_loss, export_onnx, train_model, write_manifest  # noqa: E402
+
+
+def toy_cases(n, seed):
+    """Coarse volumes with bright blobs; left blobs are LAD (2), right ones RCA (4)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        x = rng.normal(0.3, 0.02, size=(16, 32, 32)).astype(np.float32)
+        y = np.zeros(x.shape, np.uint8)
+        for _ in range(3):
+            z, r, c = rng.integers(2, 14), rng.integers(4, 28), rng.integers(4, 28)
+            x[z - 1 : z + 1, r - 1 : r + 2, c - 1 : c + 2] = 0.8
+            y[z - 1 : z + 1, r - 1 : r + 2, c - 1 : c + 2] = 2 if c < 16 else 4
+        cases.append(Case(f"toy{i}", x, y, {}))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    cfg = TrainConfig(steps=40, batch=2, patch=(16, 32, 32), lr=3e-3, val_every=20, checkpoint_every=10, seed=0,
+                      threads=2)
+    summary = train_model(out / "m", toy_cases(6, 0), toy_cases(2, 1), cfg)
+    return out, summary, cfg
+
+
+def test_model_shape_and_prior():
+    m = UNet3D().eval()
+    with torch.no_grad():
+        out = m(torch.zeros(1, 1, 8, 16, 24))
+    assert out.shape == (1, 5, 8, 16, 24)
+    assert float(torch.softmax(out, 1)[:, 1:].mean()) < 0.05  # starts near the rare-calcium prior
+
+
+def test_tiny_training_decreases_the_loss(trained):
+    out, summary, _ = trained
+    with open(out / "m" / "log.csv") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+    assert losses[-1] < losses[0] * 0.8
+    assert (out / "m" / "best.pt").exists() and summary["best_val_dice"] >= 0
+
+
+def test_resume_continues_from_the_checkpoint(trained):
+    out, _, cfg = trained
+    more = TrainConfig(**{**cfg.__dict__, "steps": 50})
+    train_model(out / "m", toy_cases(6, 0), toy_cases(2, 1), more)
+    with open(out / "m" / "log.csv") as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh)]
+    assert steps == sorted(steps) and steps[-1] == 50 and steps.count(40) == 1  # no step trained twice
+    ckpt = torch.load(out / "m" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 50
+
+
+def test_export_agrees_with_torch_and_loads_in_cacnet(trained, tmp_path):
+    out, _, _ = trained
+    best = torch.load(out / "m" / "best.pt", weights_only=False)
+    weights = tmp_path / "weights"
+    diffs = [export_onnx(best["model"], weights / f"unet_{i}.onnx") for i in range(3)]
+    assert max(diffs) < 1e-4
+    write_manifest(weights, [{"file": f"unet_{i}.onnx", "seed": i} for i in range(3)], {"data": "toy"}, {})
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["architecture"]["levels"] == 4 and manifest["preprocessing"]["clip_hu"] == [-300.0, 800.0]
+    assert len(verify_weights(weights)) == 3
+    ens = Ensemble(weights, device="cpu")
+    vote = ens.vote(toy_cases(1, 5)[0].x)
+    assert vote.votes.shape == (16, 32, 32) and vote.models_run == 3
+
+
+def test_loss_is_low_for_the_right_answer():
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    target[0, 1, 1, 1] = 2
+    good = torch.full((1, 5, 4, 4, 4), -10.0)
+    good[:, 0] = 10
+    good[0, 0, 1, 1, 1], good[0, 2, 1, 1, 1] = -10, 10
+    assert float(dice_ce_loss(good, target)) < 0.01 < float(dice_ce_loss(-good, target))
