@@ -32,6 +32,7 @@ ORIENTATIONS: dict[str, tuple[tuple[int, int, int], tuple[int, ...]]] = {
 CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 10.0), "C": (12.0, 100.0), "D": (105.0, 400.0), "E": (420.0, 2500.0)}
 
 _ZONE_HU = 20.0  # blurred coronary calcium contribution that makes a voxel "in a plaque"
+_REACH_HU = 0.5  # smallest contribution that still counts a voxel to a plaque
 
 
 @dataclass
@@ -177,8 +178,8 @@ def _truth(final: np.ndarray, bc: np.ndarray, bl: np.ndarray):
 
     A voxel is coronary calcium when it is >= 130 HU, belongs to a
     26-connected component that reaches a plaque (blurred plaque contribution
-    >= _ZONE_HU), and the plaques contribute at least as much HU to it as the
-    look-alikes. Each truth lesion (26-connected) takes the artery that
+    >= _ZONE_HU), the plaques still reach it (contribution >= _REACH_HU) and
+    they contribute at least as much HU to it as the look-alikes. Each truth lesion (26-connected) takes the artery that
     contributes most to it. Returns labels and the number of components
     shared with a look-alike.
     """
@@ -188,7 +189,10 @@ def _truth(final: np.ndarray, bc: np.ndarray, bl: np.ndarray):
     touched = np.zeros(n + 1, dtype=bool)
     touched[comps[cand & (total >= _ZONE_HU)]] = True
     touched[0] = False
-    truth = touched[comps] & (total >= bl)
+    # Within those components, only voxels the plaques reach (a blurred
+    # contribution of at least _REACH_HU) and where they outweigh look-alikes:
+    # bone or a look-alike that a noise bridge joins to a plaque stays out.
+    truth = touched[comps] & (total >= bl) & (total >= _REACH_HU)
     merged = np.unique(comps[touched[comps] & ~truth])
     lesions, m = ndimage.label(truth, structure=np.ones((3, 3, 3), bool))
     labels = np.zeros(final.shape, dtype=np.uint8)

@@ -35,7 +35,12 @@ class TrainConfig:
 
 
 def bf16_supported() -> bool:
-    """Whether bf16 autocast runs on this CPU (checked once by a tiny convolution)."""
+    """Whether bf16 autocast runs on this CPU (checked once by a tiny convolution).
+
+    ``CAC_TRAIN_FP32=1`` in the environment forces fp32.
+    """
+    if os.environ.get("CAC_TRAIN_FP32") == "1":
+        return False
     try:
         conv = torch.nn.Conv3d(1, 2, 3)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -45,16 +50,31 @@ def bf16_supported() -> bool:
         return False
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy plus (1 - soft Dice) of calcium vs background.
+#: Input value of 130 HU after preprocessing: coarse voxels below it can never
+#: become calcium (the final mask keeps voxels >= 130 HU only).
+CANDIDATE_X = (130.0 + 300.0) / 1100.0
+CLASS_WEIGHTS = (1.0, 3.0, 3.0, 3.0, 3.0)
 
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted cross-entropy plus (1 - soft Dice) of calcium among candidate voxels.
+
+    The Dice term is computed over the coarse voxels that reach 130 HU
+    (``x >= CANDIDATE_X``; all voxels when ``x`` is None): only these can
+    end up in the mask, so the network learns to tell calcium from bone,
+    look-alikes and noise instead of spending its effort on soft tissue.
     Pure Dice from a fresh network stalls on a target this rare; the
-    cross-entropy term also teaches which artery a voxel belongs to.
+    cross-entropy term (calcium classes weighted 3x) also teaches which
+    artery a voxel belongs to.
     """
     logits = logits.float()
-    ce = F.cross_entropy(logits, target)
+    weight = torch.tensor(CLASS_WEIGHTS, dtype=logits.dtype)
+    ce = F.cross_entropy(logits, target, weight=weight)
     prob_fg = 1.0 - torch.softmax(logits, dim=1)[:, 0]
     fg = (target > 0).float()
+    if x is not None:
+        cand = (x[:, 0] >= CANDIDATE_X).float()
+        prob_fg, fg = prob_fg * cand, fg * cand
     dice = (2 * (prob_fg * fg).sum() + 1.0) / (prob_fg.sum() + fg.sum() + 1.0)
     return ce + (1.0 - dice)
 
@@ -131,13 +151,19 @@ def train_model(
     model.train()
     t0 = time.perf_counter() - elapsed
     losses: list[float] = []
+    skipped = 0
     while step < config.steps:
         x, y = sampler.batch(config.batch)
         xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(xt)
-        loss = dice_ce_loss(logits, torch.from_numpy(y))
+        loss = dice_ce_loss(logits, torch.from_numpy(y), torch.from_numpy(x))
         opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):  # never let one bad batch poison the weights
+            skipped += 1
+            if skipped > 20:
+                raise FloatingPointError(f"{skipped} non-finite losses; retry without bf16 (CAC_TRAIN_FP32=1)")
+            continue
         loss.backward()
         opt.step()
         sched.step()

@@ -31,7 +31,7 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm3d(cout)
         self.skip = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1, bias=False)
-        self.act = nn.ELU(inplace=True)
+        self.act = nn.ELU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.bn1(self.conv1(x)))
