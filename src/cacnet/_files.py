@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-__all__ = ["atomic_path", "write_text_atomic", "write_csv_atomic", "write_image_atomic"]
+__all__ = ["atomic_path", "write_text_atomic", "write_csv_atomic", "write_image_atomic", "sha256_file"]
 
 
 @contextlib.contextmanager
@@ -55,3 +56,12 @@ def write_image_atomic(image: Any, path: Path, compress: bool = True) -> None:
 
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +9,11 @@ from typing import Optional
 
 import numpy as np
 
+from ._files import sha256_file
 from .errors import DeviceUnavailableError, WeightsError
+from .preprocess import pad_to_multiple
 
-__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "load_manifest", "verify_weights", "pad_to_multiple"]
+__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "load_manifest", "verify_weights"]
 
 
 def _default_weights() -> Path:
@@ -42,14 +43,6 @@ def load_manifest(weights_dir: Path) -> dict:
     return manifest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_weights(weights_dir: Path) -> list[dict]:
     """Check every model file of the manifest exists and matches its sha256."""
     weights_dir = Path(weights_dir)
@@ -59,17 +52,12 @@ def verify_weights(weights_dir: Path) -> list[dict]:
         f = weights_dir / m["file"]
         if not f.exists():
             raise WeightsError(f"{f}: listed in the manifest but missing.")
-        digest = _sha256(f)
+        digest = sha256_file(f)
         if digest != m["sha256"]:
             raise WeightsError(f"{f}: sha256 {digest[:16]}... does not match the manifest ({m['sha256'][:16]}...); "
                                "the file is corrupt or was replaced.")
         out.append({**m, "path": str(f)})
     return out
-
-
-def pad_to_multiple(x: np.ndarray, multiple: int = 8) -> np.ndarray:
-    """Pad a (z, y, x) volume at the end with 0 (= -300 HU) to multiples of ``multiple``."""
-    return np.pad(x, [(0, (-n) % multiple) for n in x.shape], constant_values=0.0)
 
 
 @dataclass

@@ -47,6 +47,7 @@ __all__ = [
     "downsample_labels",
     "upsample",
     "PREPROCESSING",
+    "pad_to_multiple",
 ]
 
 CLIP_HU = (-300.0, 800.0)
@@ -170,3 +171,12 @@ def downsample_labels(labels: np.ndarray, grid: CoarseGrid, n_labels: int = 4) -
 def upsample(coarse: np.ndarray, grid: CoarseGrid) -> np.ndarray:
     """Nearest assignment of a coarse volume back to the fine grid."""
     return coarse[np.ix_(grid.index[0], grid.index[1], grid.index[2])]
+
+
+def pad_to_multiple(x: np.ndarray, multiple: int = 8) -> np.ndarray:
+    """Pad the last three axes at the end with 0 (= -300 HU) to multiples of ``multiple``.
+
+    The U-Net pools three times, so its input sizes must be multiples of 8.
+    """
+    pad = [(0, 0)] * (x.ndim - 3) + [(0, (-n) % multiple) for n in x.shape[-3:]]
+    return np.pad(x, pad, constant_values=0.0)

@@ -86,3 +86,44 @@ def test_loss_is_low_for_the_right_answer():
     good[:, 0] = 10
     good[0, 0, 1, 1, 1], good[0, 2, 1, 1, 1] = -10, 10
     assert float(dice_ce_loss(good, target)) < 0.01 < float(dice_ce_loss(-good, target))
+
+
+def test_user_dataset_from_labels_and_points(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from cacnet.phantom import generate_phantom, oriented_image
+    from cacnet.train import dataset_cases
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cases = {}
+    rows = ["id,label,artery,x_mm,y_mm,z_mm"]
+    truth = ["id,category"]
+    for seed, orientation in ((31, "flip_y"), (32, "swap_xy")):
+        case = generate_phantom(seed, category="C", size=96)
+        cid = f"c{seed}"
+        cases[cid] = case
+        sitk.WriteImage(oriented_image(case.hu, case, orientation), str(root / "images" / f"{cid}.nii.gz"))
+        truth.append(f"{cid},C")
+        if seed == 31:  # labels given
+            sitk.WriteImage(oriented_image(case.labels, case, orientation), str(root / "labels" / f"{cid}.nii.gz"))
+        else:  # points given, in LPS mm
+            for p in case.points:
+                z, y, x = p["mm_zyx"]
+                rows.append(f"{cid},{p['label']},{p['artery']},{x},{y},{z}")
+    (root / "points.csv").write_text("\n".join(rows) + "\n")
+    (root / "truth.csv").write_text("\n".join(truth) + "\n")
+    got = {c.case_id: c for c in dataset_cases(root)}
+    assert set(got) == {"c31", "c32"}
+    for cid, case in cases.items():
+        from cacnet.preprocess import downsample_labels, preprocess
+
+        x, grid = preprocess(case.hu.astype(np.float32), case.spacing)
+        assert np.allclose(got[cid].x, x)
+        if case.meta["merged_with_lookalike"] == 0:
+            assert np.array_equal(got[cid].y, downsample_labels(case.labels, grid))
+        assert got[cid].meta["category"] == "C"
+    (root / "truth.csv").write_text("id,category\nc31,E\nc32,C\n")  # a wrong annotation is caught
+    assert {c.case_id for c in dataset_cases(root)} == {"c32"}
+    assert "annotated E" in capsys.readouterr().out

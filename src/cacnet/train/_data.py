@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import downsample_labels, preprocess
+from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
 __all__ = ["Case", "phantom_cases", "dataset_cases", "PatchSampler", "pad_to_multiple"]
 
@@ -75,8 +75,10 @@ def dataset_cases(data_dir: Path) -> list[Case]:
 
     ``points.csv`` has columns ``id, label`` and either ``x_mm, y_mm, z_mm``
     (LPS) or voxel indices ``k, j, i`` of the image file. Masks are built with
-    :func:`agatston.mask_from_points` (the paper's rule); cases whose points
-    miss calcium are reported and skipped.
+    :func:`agatston.mask_from_points` (the paper's rule). When ``truth.csv``
+    (``id, category``) is present, the paper's consistency check runs: a case
+    whose mask scores in another risk category than annotated is reported and
+    left out (the paper reviewed such masks by hand).
     """
     import SimpleITK as sitk
 
@@ -93,6 +95,10 @@ def dataset_cases(data_dir: Path) -> list[Case]:
         with open(data_dir / "points.csv", newline="") as fh:
             for row in csv.DictReader(fh):
                 points.setdefault(row["id"], []).append(row)
+    annotated = {}
+    if (data_dir / "truth.csv").exists():
+        with open(data_dir / "truth.csv", newline="") as fh:
+            annotated = {r["id"]: r.get("category", "").strip().upper() for r in csv.DictReader(fh)}
     out = []
     for path in images:
         case_id = path.name.split(".")[0]
@@ -122,14 +128,12 @@ def dataset_cases(data_dir: Path) -> list[Case]:
         x, grid = preprocess(scan.hu, scan.spacing)
         y = downsample_labels(labels, grid)
         truth = agatston.score(scan.hu, scan.spacing, labels)
+        if annotated.get(case_id) and annotated[case_id] != truth.category:
+            print(f"warning: {case_id}: the mask scores {truth.agatston:.1f} ({truth.category}) but the case is "
+                  f"annotated {annotated[case_id]}; left out, review its mask")
+            continue
         out.append(Case(case_id, x, y, {"category": truth.category, "agatston": truth.agatston}))
     return out
-
-
-def pad_to_multiple(x: np.ndarray, multiple: int = 8, value: float = 0.0) -> np.ndarray:
-    """Pad the last three axes at the end up to a multiple of ``multiple``."""
-    pad = [(0, 0)] * (x.ndim - 3) + [(0, (-n) % multiple) for n in x.shape[-3:]]
-    return np.pad(x, pad, constant_values=value)
 
 
 class PatchSampler:

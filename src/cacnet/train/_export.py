@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -10,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import sha256_file as sha256
 from ..preprocess import PREPROCESSING
 from ._model import ARCHITECTURE, UNet3D
 
 __all__ = ["export_onnx", "sha256", "write_manifest"]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_onnx(state_dict: dict, path: Path, check_shape=(1, 1, 40, 48, 56)) -> float:

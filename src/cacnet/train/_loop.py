@@ -68,7 +68,7 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, x: torch.Tensor | N
     artery a voxel belongs to.
     """
     logits = logits.float()
-    weight = torch.tensor(CLASS_WEIGHTS, dtype=logits.dtype)
+    weight = torch.tensor(CLASS_WEIGHTS, dtype=logits.dtype, device=logits.device)
     ce = F.cross_entropy(logits, target, weight=weight)
     prob_fg = 1.0 - torch.softmax(logits, dim=1)[:, 0]
     fg = (target > 0).float()
@@ -86,10 +86,11 @@ def evaluate(model: torch.nn.Module, cases: list[Case], bf16: bool) -> dict:
     inter = pred_sum = true_sum = 0
     artery_ok = artery_n = 0
     for case in cases:
-        x = torch.from_numpy(pad_to_multiple(case.x)[None, None])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        device = next(model.parameters()).device
+        x = torch.from_numpy(pad_to_multiple(case.x)[None, None]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x.contiguous(memory_format=torch.channels_last_3d))
-        pred = out.float().argmax(1)[0].numpy()[tuple(slice(0, n) for n in case.x.shape)]
+        pred = out.float().argmax(1)[0].cpu().numpy()[tuple(slice(0, n) for n in case.x.shape)]
         p, t = pred > 0, case.y > 0
         inter += int((p & t).sum())
         pred_sum += int(p.sum())
@@ -126,8 +127,9 @@ def train_model(
     outdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    bf16 = bf16_supported()
-    model = UNet3D().to(memory_format=torch.channels_last_3d)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when there is one
+    bf16 = device.type == "cuda" or bf16_supported()
+    model = UNet3D().to(device=device, memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(config.steps * 0.7), int(config.steps * 0.9)],
                                                  gamma=0.3)
@@ -135,7 +137,7 @@ def train_model(
     step, best, best_step, elapsed = 0, -1.0, 0, 0.0
     ckpt_path = outdir / "checkpoint.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -154,10 +156,10 @@ def train_model(
     skipped = 0
     while step < config.steps:
         x, y = sampler.batch(config.batch)
-        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(xt)
-        loss = dice_ce_loss(logits, torch.from_numpy(y), torch.from_numpy(x))
+        loss = dice_ce_loss(logits, torch.from_numpy(y).to(device), xt)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):  # never let one bad batch poison the weights
             skipped += 1
@@ -176,7 +178,8 @@ def train_model(
             val = evaluate(model, val_cases, bf16)
             if val["dice"] > best:
                 best, best_step = val["dice"], step
-                _save_atomic({"model": model.state_dict(), "step": step, "val": val}, outdir / "best.pt")
+                state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                _save_atomic({"model": state, "step": step, "val": val}, outdir / "best.pt")
         if step % config.checkpoint_every == 0 or val is not None:
             writer.writerow([step, round(float(np.mean(losses)), 5), "" if val is None else round(val["dice"], 4),
                              "" if val is None else round(val["artery_accuracy"], 4), opt.param_groups[0]["lr"],
@@ -190,6 +193,7 @@ def train_model(
             }, ckpt_path)
     log.close()
     summary = {"config": asdict(config), "best_val_dice": best, "best_step": best_step, "bf16": bf16,
+               "device": device.type,
                "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_cases),
                "n_val": len(val_cases)}
     (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
