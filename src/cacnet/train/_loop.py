@@ -53,35 +53,38 @@ def bf16_supported() -> bool:
 #: Input value of 130 HU after preprocessing: coarse voxels below it can never
 #: become calcium (the final mask keeps voxels >= 130 HU only).
 CANDIDATE_X = (130.0 + 300.0) / 1100.0
-CLASS_WEIGHTS = (1.0, 3.0, 3.0, 3.0, 3.0)
+CLASS_WEIGHTS = (1.0, 8.0, 8.0, 8.0, 8.0)
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted cross-entropy plus (1 - soft Dice) of calcium among candidate voxels.
+    """Weighted cross-entropy plus (1 - soft Dice), over the candidate voxels.
 
-    The Dice term is computed over the coarse voxels that reach 130 HU
-    (``x >= CANDIDATE_X``; all voxels when ``x`` is None): only these can
-    end up in the mask, so the network learns to tell calcium from bone,
-    look-alikes and noise instead of spending its effort on soft tissue.
-    Pure Dice from a fresh network stalls on a target this rare; the
-    cross-entropy term (calcium classes weighted 3x) also teaches which
-    artery a voxel belongs to.
+    Candidates are the coarse voxels that reach 130 HU (``x >= CANDIDATE_X``;
+    every voxel when ``x`` is None). Only they can end up in a mask (the
+    ensemble's vote is read at the coarse voxel holding a lesion's peak), so
+    the loss is spent on telling calcium from bone, look-alikes and noise,
+    not on soft tissue. Calcium classes weigh 8x in the cross-entropy, which
+    also teaches the artery; a network trained with the loss over all voxels
+    (or with pure Dice) collapsed to predicting no calcium at all.
     """
     logits = logits.float()
+    if x is None:
+        cand = torch.ones_like(target, dtype=torch.bool)
+    else:
+        cand = x[:, 0] >= CANDIDATE_X
     weight = torch.tensor(CLASS_WEIGHTS, dtype=logits.dtype, device=logits.device)
-    ce = F.cross_entropy(logits, target, weight=weight)
-    prob_fg = 1.0 - torch.softmax(logits, dim=1)[:, 0]
-    fg = (target > 0).float()
-    if x is not None:
-        cand = (x[:, 0] >= CANDIDATE_X).float()
-        prob_fg, fg = prob_fg * cand, fg * cand
+    ce_map = F.cross_entropy(logits, target, weight=weight, reduction="none")
+    w = weight[target] * cand
+    ce = (ce_map * cand).sum() / w.sum().clamp_min(1.0)
+    prob_fg = (1.0 - torch.softmax(logits, dim=1)[:, 0]) * cand
+    fg = (target > 0).float() * cand
     dice = (2 * (prob_fg * fg).sum() + 1.0) / (prob_fg.sum() + fg.sum() + 1.0)
     return ce + (1.0 - dice)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, cases: list[Case], bf16: bool) -> dict:
-    """Global calcium Dice and artery agreement on whole coarse volumes."""
+    """Global calcium Dice (over candidate voxels) and artery agreement on whole coarse volumes."""
     model.eval()
     inter = pred_sum = true_sum = 0
     artery_ok = artery_n = 0
@@ -91,7 +94,8 @@ def evaluate(model: torch.nn.Module, cases: list[Case], bf16: bool) -> dict:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x.contiguous(memory_format=torch.channels_last_3d))
         pred = out.float().argmax(1)[0].cpu().numpy()[tuple(slice(0, n) for n in case.x.shape)]
-        p, t = pred > 0, case.y > 0
+        # only candidate voxels (>= 130 HU) can reach a mask: score the model there
+        p, t = (pred > 0) & (case.x >= CANDIDATE_X), case.y > 0
         inter += int((p & t).sum())
         pred_sum += int(p.sum())
         true_sum += int(t.sum())
