@@ -70,11 +70,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=4242)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    from cacnet.phantom._generate import _sample_acquisition
+
     case = None
-    for s in range(args.seed, args.seed + 500):  # the first seed that gives 512 x 512 x 60
-        case = generate_phantom(s, category="D")
-        if case.hu.shape[0] == 60:
-            break
+    for s in range(args.seed, args.seed + 5000):  # the first seed that gives 512 x 512 x 60
+        # with a category given, the acquisition is the seed's first draw
+        if _sample_acquisition(np.random.default_rng(s)).n_slices == 60:
+            case = generate_phantom(s, category="D")
+            if case.hu.shape[0] == 60:
+                break
     assert case is not None and case.hu.shape == (60, 512, 512)
     path = tmp / "scan.nii.gz"
     sitk.WriteImage(oriented_image(case.hu, case, "identity"), str(path))

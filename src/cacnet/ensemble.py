@@ -117,6 +117,9 @@ class Ensemble:
         if self.threads:
             opts.intra_op_num_threads = int(self.threads)
         opts.log_severity_level = 3
+        # No per-session memory arena: five sessions each keeping their peak
+        # activations would hold >2 GB; without it a scan peaks well below.
+        opts.enable_cpu_mem_arena = False
         self.sessions = []
         for m in self.models:
             try:

@@ -171,6 +171,11 @@ def train_model(
                 raise FloatingPointError(f"{skipped} non-finite losses; retry without bf16 (CAC_TRAIN_FP32=1)")
             continue
         loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        if not torch.isfinite(grad_norm):  # a bf16 overflow in backward: drop this step
+            skipped += 1
+            opt.zero_grad(set_to_none=True)
+            continue
         opt.step()
         sched.step()
         step += 1
@@ -197,6 +202,7 @@ def train_model(
             }, ckpt_path)
     log.close()
     summary = {"config": asdict(config), "best_val_dice": best, "best_step": best_step, "bf16": bf16,
+               "skipped_steps": skipped,
                "device": device.type,
                "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_cases),
                "n_val": len(val_cases)}

@@ -1,0 +1,43 @@
+"""The shipped ensemble: present, verified, documented, and usable on the bundled example."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import agatston
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, verify_weights
+from cacnet.pipeline import score_scan
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "data" / "phantom_example.nii.gz"
+
+
+def test_manifest_matches_the_files():
+    models = verify_weights(DEFAULT_WEIGHTS)
+    manifest = json.loads((DEFAULT_WEIGHTS / "manifest.json").read_text())
+    assert len(models) == 5 and [m["seed"] for m in models] == [0, 1, 2, 3, 4]
+    assert "synthetic phantoms" in manifest["training"]["data"]
+    assert manifest["architecture"]["filters"] == [16, 32, 64, 128]
+    assert manifest["preprocessing"]["clip_hu"] == [-300.0, 800.0]
+    assert all(m["onnx_vs_torch_max_prob_diff"] < 1e-4 for m in manifest["models"])
+    card = (DEFAULT_WEIGHTS / "README.md").read_text()
+    assert "synthetic phantoms only" in card.lower() or "Trained on synthetic phantoms only" in card
+
+
+def test_shipped_ensemble_scores_the_bundled_example():
+    truth = json.loads((ROOT / "examples" / "data" / "phantom_example_truth.json").read_text())
+    res = score_scan(EXAMPLE, Ensemble(device="cpu"))
+    d = res.data
+    assert d["models"]["n_models"] == 5 and d["models"]["models_run"] == 5
+    assert d["category"] == truth["category"]
+    # every voxel the ensemble keeps is >= 130 HU, and the mask overlaps the truth
+    truth_img = sitk.DICOMOrient(sitk.ReadImage(str(ROOT / "examples" / "data" / "phantom_example_truth.nii.gz")),
+                                 "LPS")
+    t = sitk.GetArrayFromImage(truth_img)
+    assert (res.scan.hu[res.labels > 0] >= 130).all()
+    rep = agatston.detection_report(res.labels, t, res.scan.spacing)
+    assert rep.sensitivity_count is not None and rep.sensitivity_count > 0
+    assert np.isfinite(d["agatston"])
