@@ -34,11 +34,11 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
         p = Path(p)
         if p.is_dir():
             children = sorted(c for c in p.iterdir() if not c.name.startswith("."))
-            items = [c for c in children if _is_image(c) or c.is_dir()]
-            if items and not any(c.is_file() and not _is_image(c) for c in children if c.is_file()):
-                out.extend(items)
-            elif items and any(_is_image(c) for c in children):
-                out.extend(items)
+            images = [c for c in children if _is_image(c)]
+            folders = [c for c in children if c.is_dir()]
+            others = [c for c in children if c.is_file() and not _is_image(c)]
+            if images or (folders and not others):
+                out.extend(sorted(images + folders))  # a batch
             else:
                 out.append(p)  # one DICOM series (or an empty folder: read_scan says so)
         else:

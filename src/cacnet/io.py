@@ -143,7 +143,6 @@ def _read_dicom(folder: Path, series: Optional[str], label: str):
             raise InvalidScanError(f"{label}: series {s.uid} is a localizer (scout), not an axial CT series.")
     else:
         ok = [s for s in all_series if _qualifies(s)]
-        listing = "\n  ".join(str(s) for s in all_series)
         if not ok:
             why = "; ".join(
                 f"{s.uid}: " + ("modality " + (s.modality or "unknown") if s.modality != "CT"
@@ -156,7 +155,6 @@ def _read_dicom(folder: Path, series: Optional[str], label: str):
                 f"{label}: {len(ok)} CT series found; choose one with --series UID:\n  "
                 + "\n  ".join(str(s) for s in ok))
         s = ok[0]
-        del listing
     return _read_series(s, label)
 
 
@@ -309,13 +307,10 @@ def _drop_unit_axes(image, label: str):
         raise InvalidScanError(f"{label}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                                "expected a grey-level CT.")
     real = [n for n in size if n > 1]
-    if len(size) > 3 and len(real) <= 3:
-        idx = [i for i, n in enumerate(size) if n > 1] or [0]
-        extract = [n if n > 1 else 0 for n in size]
-        image = sitk.Extract(image, extract, [0] * len(size))
+    if len(size) > 3 and len(real) <= 3:  # drop size-1 axes (a 4D file holding one volume)
+        image = sitk.Extract(image, [n if n > 1 else 0 for n in size], [0] * len(size))
         size = image.GetSize()
         real = [n for n in size if n > 1]
-        del idx
     if len(size) != 3 or len(real) < 3:
         shape = "x".join(str(n) for n in size)
         kind = "2D" if len(real) <= 2 else f"{len(real)}D"

@@ -38,6 +38,6 @@ def test_docstring_examples(module):
 
 def test_bundled_example_runs():
     script = Path(__file__).resolve().parents[2] / "examples" / "score_qrm_phantom.py"
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Large HD" in out.stdout and "402.9" in out.stdout

@@ -151,9 +151,9 @@ def test_info(toy_weights):
 def test_real_subprocess(phantom_scans, toy_weights):
     folder, _ = phantom_scans
     out = subprocess.run([sys.executable, "-m", "cacnet", "score", str(folder / "case23.nii.gz"), "--json",
-                          "--weights", str(toy_weights)], capture_output=True, text=True, timeout=120)
+                          "--weights", str(toy_weights)], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["id"] == "case23"
     bad = subprocess.run([sys.executable, "-m", "cacnet", "score", str(folder / "nope.nii.gz"),
-                          "--weights", str(toy_weights)], capture_output=True, text=True, timeout=120)
+                          "--weights", str(toy_weights)], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert bad.returncode == 3 and "no such file" in bad.stderr and "Traceback" not in bad.stderr

@@ -203,3 +203,10 @@ def test_missing_rescale_and_contrast_warnings(tmp_path):
     _nifti(tmp_path / "cta.nii.gz", contrast.astype(np.int16))
     assert any("contrast-enhanced" in w for w in read_scan(tmp_path / "cta.nii.gz").warnings)
     assert read_scan(_nifti(tmp_path / "ok.nii.gz", ct_like().astype(np.int16))).warnings == []
+
+
+def test_size_one_axes_are_dropped(tmp_path):
+    arr = ct_like().astype(np.int16)[None]  # a 4D file holding one volume
+    img = sitk.GetImageFromArray(arr, isVector=False)
+    sitk.WriteImage(img, str(tmp_path / "one.nii.gz"))
+    assert np.array_equal(read_scan(tmp_path / "one.nii.gz").hu, ct_like())
