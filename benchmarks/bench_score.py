@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_agatston import naive_score  # noqa: E402
 
-from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, Vote, verify_weights  # noqa: E402
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes, verify_weights  # noqa: E402
 from cacnet.io import read_scan  # noqa: E402
 from cacnet.phantom import generate_phantom, oriented_image  # noqa: E402
 from cacnet.pipeline import decide_components, score_scan  # noqa: E402
@@ -49,17 +49,12 @@ def plain(path: Path, weights: Path) -> tuple[float, np.ndarray]:
     x = normalize(downsample(scan.hu, grid))
     inp = pad_to_multiple(x)[None, None]
     crop = tuple(slice(0, s) for s in x.shape)
-    votes = np.zeros(x.shape, np.uint8)
-    per = np.zeros((4,) + x.shape, np.uint8)
+    classes = []
     models = verify_weights(weights)
     for m in models:
         sess = ort.InferenceSession(m["path"], providers=["CPUExecutionProvider"])
-        cls = sess.run(None, {sess.get_inputs()[0].name: inp})[0][0].argmax(0)[crop]
-        votes += cls > 0
-        for a in range(4):
-            per[a] += cls == a + 1
-    artery = np.where(votes > 0, per.argmax(0) + 1, 0).astype(np.uint8)
-    labels, _ = decide_components(scan.hu, Vote(votes, artery, len(models), len(models)), grid)
+        classes.append(sess.run(None, {sess.get_inputs()[0].name: inp})[0][0].argmax(0)[crop].astype(np.uint8))
+    labels, _ = decide_components(scan.hu, combine_votes(classes, len(models)), grid)
     return naive_score(scan.hu, scan.spacing, labels), labels
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import agatston
-from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, Vote
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes
 from cacnet.phantom import case_seed, generate_phantom
 from cacnet.pipeline import decide_components
 from cacnet.preprocess import coarse_grid, downsample, normalize, pad_to_multiple
@@ -66,15 +66,11 @@ def main() -> None:
         inp = pad_to_multiple(x)[None, None]
         crop = tuple(slice(0, s) for s in x.shape)
         classes = [s.run(None, {ens.input_name: inp})[0][0].argmax(0)[crop].astype(np.uint8) for s in ens.sessions]
-        per = np.stack([[c == a + 1 for a in range(4)] for c in classes]).sum(0).astype(np.uint8)
-        votes = sum((c > 0).astype(np.uint8) for c in classes)
-        artery = np.where(votes > 0, per.argmax(0) + 1, 0).astype(np.uint8)
-        labels, _ = decide_components(hu, Vote(votes, artery, n_models, n_models), grid)
+        labels, _ = decide_components(hu, combine_votes(classes, n_models), grid)
         ens_score = agatston.score(hu, case.spacing, labels)
         singles = []
         for c in classes:
-            v = (c > 0).astype(np.uint8)
-            lab, _ = decide_components(hu, Vote(v, c, 1, 1), grid)
+            lab, _ = decide_components(hu, combine_votes([c], 1), grid)
             singles.append(agatston.score(hu, case.spacing, lab).agatston)
         thr = agatston.score(hu, case.spacing).agatston
         heart = agatston.score(hu, case.spacing, heart_region(hu.shape, case.spacing)).agatston

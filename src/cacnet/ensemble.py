@@ -13,7 +13,7 @@ from ._files import sha256_file
 from .errors import DeviceUnavailableError, WeightsError
 from .preprocess import pad_to_multiple
 
-__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "load_manifest", "verify_weights"]
+__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "combine_votes", "load_manifest", "verify_weights"]
 
 
 def _default_weights() -> Path:
@@ -77,6 +77,22 @@ class Vote:
     @property
     def calcium(self) -> np.ndarray:
         return self.votes * 2 > self.n_models
+
+
+def combine_votes(classes: list[np.ndarray], n_models: int) -> Vote:
+    """Majority vote of per-model class maps (0 background, 1-4 arteries).
+
+    ``n_models`` is the size of the whole ensemble (the majority is taken
+    over it), ``classes`` the maps of the models actually run.
+    """
+    votes = np.zeros(classes[0].shape, dtype=np.uint8)
+    per_artery = np.zeros((4,) + classes[0].shape, dtype=np.uint8)
+    for cls in classes:
+        votes += cls > 0
+        for a in range(4):
+            per_artery[a] += cls == a + 1
+    artery = np.where(votes > 0, per_artery.argmax(axis=0) + 1, 0).astype(np.uint8)
+    return Vote(votes=votes, artery=artery, n_models=n_models, models_run=len(classes))
 
 
 @dataclass
@@ -150,26 +166,14 @@ class Ensemble:
         inp = pad_to_multiple(x.astype(np.float32))[None, None]
         n = len(self.sessions)
         need = n // 2 + 1
-        votes = np.zeros(shape, dtype=np.uint8)
-        per_artery = np.zeros((4,) + shape, dtype=np.uint8)
-        first = None
-        unanimous = None
-        run = 0
         crop = tuple(slice(0, s) for s in shape)
+        classes: list[np.ndarray] = []
+        unanimous = np.ones(shape, dtype=bool)
         for sess in self.sessions:
             logits = sess.run(None, {self.input_name: inp})[0][0]
-            cls = logits.argmax(axis=0)[crop].astype(np.uint8)
-            run += 1
-            fg = cls > 0
-            votes += fg
-            for a in range(4):
-                per_artery[a] += cls == a + 1
+            classes.append(logits.argmax(axis=0)[crop].astype(np.uint8))
             if early_stop and candidates is not None:
-                if first is None:
-                    first, unanimous = cls, np.ones(shape, dtype=bool)
-                else:
-                    unanimous &= cls == first
-                if run >= need and run < n and unanimous[candidates].all():
+                unanimous &= classes[-1] == classes[0]
+                if need <= len(classes) < n and unanimous[candidates].all():
                     break
-        artery = np.where(votes > 0, per_artery.argmax(axis=0) + 1, 0).astype(np.uint8)
-        return Vote(votes=votes, artery=artery, n_models=n, models_run=run)
+        return combine_votes(classes, n)

@@ -127,7 +127,7 @@ def evaluate_predictions(
     if len(scored) >= 2:
         p = [predictions[i]["agatston"] for i in scored]
         t = [truth[i]["agatston"] for i in scored]
-        report["c_index_scores"] = agatston.c_index(p, t_cat and [truth[i]["category"] for i in scored])
+        report["c_index_scores"] = agatston.c_index(p, [truth[i]["category"] for i in scored])
         report["icc"] = agatston.icc(p, t)
         report["bland_altman"] = agatston.bland_altman(p, t).to_dict()
     if truth_masks is not None:
