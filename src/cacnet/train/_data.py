@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from scipy import ndimage
 
 from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
-__all__ = ["Case", "phantom_cases", "dataset_cases", "PatchSampler", "pad_to_multiple"]
+__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "PatchSampler", "pad_to_multiple"]
 
 
 @dataclass
@@ -39,6 +38,14 @@ def _phantom_case(args) -> Case:
     return Case(case.case_id, x, y, meta)
 
 
+def save_case(case: Case, cache: Path) -> Path:
+    """Write a case into a cache folder atomically (``<case_id>.npz``)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{case.case_id}.tmp.npz"
+    np.savez_compressed(tmp, x=case.x, y=case.y, meta=json.dumps(case.meta))
+    return tmp.replace(cache / f"{case.case_id}.npz")
+
+
 def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: int = 2,
                   balanced: bool = True) -> list[Case]:
     """``n`` phantoms of a set (balanced A-E), preprocessed; cached as .npz files."""
@@ -59,10 +66,7 @@ def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: 
             for i, case in zip(todo, made):  # cached as they come: an interrupted run resumes
                 cases[i] = case
                 if cache is not None:
-                    cache.mkdir(parents=True, exist_ok=True)
-                    tmp = cache / f".{case.case_id}.tmp.npz"
-                    np.savez_compressed(tmp, x=case.x, y=case.y, meta=json.dumps(case.meta))
-                    tmp.replace(cache / f"{case.case_id}.npz")
+                    save_case(case, cache)
         finally:
             if pool:
                 pool.close()
@@ -137,25 +141,53 @@ def dataset_cases(data_dir: Path) -> list[Case]:
 
 
 class PatchSampler:
-    """Random, augmented (z, y, x) patches from cases.
+    """Random, augmented (z, y, x) patches from cases, cut on ``device``.
 
     Augmentation that suits CT: in-plane rotation (+-10 deg) and scaling
     (0.9-1.1), HU offset (+-15 HU) and contrast (+-5 %), a little noise. No
     flips: the heart sits on the left and the arteries' labels depend on it.
     Two thirds of the patches are centred near calcium.
+
+    The cases live on ``device`` and patches are resampled there
+    (``grid_sample``: trilinear for the image, nearest for the labels, zeros
+    outside), so a GPU is not starved by CPU-side augmentation. The random
+    choices come from ``rng`` (numpy) and the noise from a torch generator on
+    the device; both states are saved in checkpoints (:meth:`state`).
     """
 
-    def __init__(self, cases: list[Case], patch=(48, 64, 64), seed: int = 0):
+    def __init__(self, cases: list[Case], patch=(48, 64, 64), seed: int = 0, device="cpu"):
+        import torch
+
         self.cases = cases
         self.patch = np.array(patch)
+        self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(seed)
         self.fg = [np.argwhere(c.y > 0) for c in cases]
+        self.x = [torch.from_numpy(np.ascontiguousarray(c.x, dtype=np.float32)).to(self.device) for c in cases]
+        self.y = [torch.from_numpy(np.ascontiguousarray(c.y, dtype=np.uint8)).to(self.device) for c in cases]
+        grid = np.indices(self.patch, dtype=np.float64).reshape(3, -1) - (self.patch[:, None] - 1) / 2
+        self._grid = grid
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+    def state(self) -> dict:
+        """Random states, for checkpoints."""
+        return {"rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"].cpu())
+
+    def sample(self):
+        """One patch as torch tensors on the device: image (1, *patch) float32, labels (*patch) int64."""
+        import torch
+        import torch.nn.functional as F
+
         rng = self.rng
         i = int(rng.integers(len(self.cases)))
-        case, fg = self.cases[i], self.fg[i]
-        shape = np.array(case.x.shape)
+        fg = self.fg[i]
+        shape = np.array(self.cases[i].x.shape)
         if len(fg) and rng.random() < 0.67:
             center = fg[rng.integers(len(fg))] + rng.integers(-12, 13, size=3)
         else:
@@ -164,13 +196,21 @@ class PatchSampler:
         scale = rng.uniform(0.9, 1.1)
         rot = np.array([[1, 0, 0], [0, np.cos(ang), -np.sin(ang)], [0, np.sin(ang), np.cos(ang)]])
         mat = rot * np.array([1, scale, scale])[None, :]
-        grid = np.indices(self.patch, dtype=np.float32).reshape(3, -1) - (self.patch[:, None] - 1) / 2
-        coords = mat @ grid + center[:, None]
-        x = ndimage.map_coordinates(case.x, coords, order=1, mode="constant", cval=0.0).reshape(self.patch)
-        y = ndimage.map_coordinates(case.y, coords, order=0, mode="constant", cval=0).reshape(self.patch)
-        x = x * rng.uniform(0.95, 1.05) + rng.uniform(-15, 15) / 1100 + rng.normal(0, rng.uniform(0, 0.01), x.shape)
-        return x.astype(np.float32), y.astype(np.int64)
+        coords = mat @ self._grid + center[:, None]  # voxel (z, y, x) of every patch voxel
+        norm = 2 * coords / np.maximum(shape[:, None] - 1, 1) - 1  # align_corners=True
+        grid = torch.from_numpy(norm[::-1].T.reshape(1, *self.patch, 3).astype(np.float32)).to(self.device)
+        x = F.grid_sample(self.x[i][None, None], grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=True)[0]
+        y = F.grid_sample(self.y[i][None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                          align_corners=True)[0, 0]
+        sd = rng.uniform(0, 0.01)
+        noise = torch.randn(x.shape, generator=self.gen, device=self.device) * sd
+        x = x * rng.uniform(0.95, 1.05) + rng.uniform(-15, 15) / 1100 + noise
+        return x, y.round().long()
 
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, n: int):
+        """``n`` patches: image (n, 1, *patch) and labels (n, *patch), torch tensors on the device."""
+        import torch
+
         xs, ys = zip(*(self.sample() for _ in range(n)))
-        return np.stack(xs)[:, None], np.stack(ys)
+        return torch.stack(xs), torch.stack(ys)

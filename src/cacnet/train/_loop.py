@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ._data import Case, PatchSampler, pad_to_multiple
 from ._model import UNet3D
 
-__all__ = ["TrainConfig", "train_model", "bf16_supported", "dice_ce_loss", "evaluate"]
+__all__ = ["TrainConfig", "learning_rate", "train_model", "bf16_supported", "dice_ce_loss", "evaluate"]
 
 
 @dataclass
@@ -32,6 +32,21 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     threads: int = 2
+    #: Stop after this much training time (seconds) even before ``steps``; the
+    #: learning-rate drops then follow the time (see :func:`learning_rate`).
+    max_seconds: Optional[float] = None
+
+
+def learning_rate(config: TrainConfig, step: int, elapsed: float) -> float:
+    """Adam's rate: ``lr``, x0.3 from 70 % and again from 90 % of the run.
+
+    Progress is ``step / steps``, or the share of ``max_seconds`` used when
+    that is further along (a run limited by time).
+    """
+    progress = step / config.steps
+    if config.max_seconds:
+        progress = max(progress, elapsed / config.max_seconds)
+    return config.lr * (0.3 if progress >= 0.7 else 1.0) * (0.3 if progress >= 0.9 else 1.0)
 
 
 def bf16_supported() -> bool:
@@ -133,20 +148,19 @@ def train_model(
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when there is one
     bf16 = device.type == "cuda" or bf16_supported()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the patch shape never changes
     model = UNet3D().to(device=device, memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(config.steps * 0.7), int(config.steps * 0.9)],
-                                                 gamma=0.3)
-    sampler = PatchSampler(train_cases, config.patch, seed=config.seed)
+    sampler = PatchSampler(train_cases, config.patch, seed=config.seed, device=device)
     step, best, best_step, elapsed = 0, -1.0, 0, 0.0
     ckpt_path = outdir / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        sampler.rng.bit_generator.state = ckpt["sampler_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
+        sampler.set_state(ckpt["sampler"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
         step, best, best_step, elapsed = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["elapsed"]
     log_path = outdir / "log.csv"
     new_log = not log_path.exists()
@@ -158,12 +172,18 @@ def train_model(
     t0 = time.perf_counter() - elapsed
     losses: list[float] = []
     skipped = 0
-    while step < config.steps:
+
+    def out_of_time() -> bool:
+        return config.max_seconds is not None and time.perf_counter() - t0 >= config.max_seconds
+
+    while step < config.steps and not out_of_time():
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(config, step, time.perf_counter() - t0)
         x, y = sampler.batch(config.batch)
-        xt = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last_3d)
+        xt = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(xt)
-        loss = dice_ce_loss(logits, torch.from_numpy(y).to(device), xt)
+        loss = dice_ce_loss(logits, y, xt)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):  # never let one bad batch poison the weights
             skipped += 1
@@ -177,13 +197,12 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             continue
         opt.step()
-        sched.step()
         step += 1
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])
         val = None
-        if step % config.val_every == 0 or step == config.steps:
+        if step % config.val_every == 0 or step == config.steps or out_of_time():
             val = evaluate(model, val_cases, bf16)
             if val["dice"] > best:
                 best, best_step = val["dice"], step
@@ -196,12 +215,13 @@ def train_model(
             log.flush()
             losses = []
             _save_atomic({
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "sampler": sampler.state(), "torch_rng": torch.get_rng_state(),
                 "step": step, "best": best, "best_step": best_step, "elapsed": time.perf_counter() - t0,
             }, ckpt_path)
     log.close()
-    summary = {"config": asdict(config), "best_val_dice": best, "best_step": best_step, "bf16": bf16,
+    summary = {"config": asdict(config), "steps_done": step, "best_val_dice": best, "best_step": best_step,
+               "bf16": bf16,
                "skipped_steps": skipped,
                "device": device.type,
                "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_cases),
