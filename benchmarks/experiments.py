@@ -2,14 +2,16 @@
 
 * a held-out set made with a seed never used in training (9999), balanced A-E;
 * each single model (mean +- sd over the five) against the ensemble: C-index
-  and category accuracy (the paper's Table 1, for the shipped training size);
+  and category accuracy (the paper's Table 1), for the shipped weights and for
+  every ``--compare`` weights folder (other training-set sizes);
 * the ensemble's confusion matrix (the paper's figure 4) and example overlays
   (figure 5: truth outlined on the left, prediction on the right);
 * two baselines on the same cases: everything >= 130 HU, and >= 130 HU inside
   a simple heart region (an ellipsoid around the centre of the field of view);
 * the hard cases separately: small faint lesions, mitral annulus calcification.
 
-Run:  python benchmarks/experiments.py [--n 100] [--weights weights] [--out docs/experiments]
+Run:  python benchmarks/experiments.py [--n 100] [--weights weights] [--compare LABEL=DIR ...]
+             [--cache DIR] [--out docs/experiments]
 Writes results.json, tables.md, confusion.png and overlays.png into --out.
 """
 
@@ -46,46 +48,91 @@ def metrics(pred_scores, true_cats) -> dict:
             "kappa": agatston.weighted_kappa(pred_cats, true_cats)}
 
 
+def held_out_case(i: int, cache: Path | None) -> dict:
+    """Held-out phantom ``i`` (seed HELD_OUT_SEED, category ABCDE[i % 5]), from ``cache`` when there."""
+    path = cache / f"held_out_{i:04d}.npz" if cache else None
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            return {"hu": z["hu"], "labels": z["labels"], "spacing": tuple(z["spacing"].tolist()),
+                    **json.loads(str(z["info"]))}
+    case = generate_phantom(case_seed(HELD_OUT_SEED, i), category="ABCDE"[i % 5])
+    info = {"id": case.case_id, "true": case.truth.agatston, "true_category": case.truth.category,
+            **{k: case.meta[k] for k in ("faint_lesion", "mitral_annulus", "lookalikes")}}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez_compressed(tmp, hu=case.hu, labels=case.labels, spacing=np.array(case.spacing),
+                            info=json.dumps(info))
+        tmp.replace(path)
+    return {"hu": case.hu, "labels": case.labels, "spacing": case.spacing, **info}
+
+
+def model_scores(sessions, input_name, hu, spacing, grid, inp, crop):
+    """Ensemble labels, ensemble Agatston and each single model's Agatston of one case."""
+    classes = [s.run(None, {input_name: inp})[0][0].argmax(0)[crop].astype(np.uint8) for s in sessions]
+    labels, _ = decide_components(hu, combine_votes(classes, len(classes)), grid)
+    singles = []
+    for c in classes:
+        lab, _ = decide_components(hu, combine_votes([c], 1), grid)
+        singles.append(agatston.score(hu, spacing, lab).agatston)
+    return labels, agatston.score(hu, spacing, labels), singles
+
+
+def describe_weights(path: Path) -> dict:
+    """Training-set size, steps and batch of a weights folder, read from its manifest."""
+    m = json.loads((Path(path) / "manifest.json").read_text())
+    cfg = m["training"].get("config", {})
+    n = int(m["training"]["data"].split()[0])
+    steps = [e.get("best_step") for e in m["models"]]
+    return {"training_cases": n, "batch": cfg.get("batch"), "patch": cfg.get("patch"), "best_steps": steps,
+            "machine": m["training"].get("machine", "")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
+                        help="another weights folder for the size table (Table 1); repeatable")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the held-out phantoms here (npz)")
     parser.add_argument("--out", type=Path, default=Path("docs/experiments"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     ens = Ensemble(args.weights, device="cpu")
     n_models = len(ens.sessions)
+    others = {}
+    for item in args.compare:
+        label, _, folder = item.partition("=")
+        others[label] = Ensemble(Path(folder), device="cpu")
     rows = []
     overlays = []
     t0 = time.perf_counter()
     for i in range(args.n):
-        case = generate_phantom(case_seed(HELD_OUT_SEED, i), category="ABCDE"[i % 5])
-        hu = case.hu.astype(np.float32)
-        grid = coarse_grid(hu.shape, case.spacing)
+        case = held_out_case(i, args.cache)
+        hu, spacing, truth_labels = case["hu"].astype(np.float32), case["spacing"], case["labels"]
+        grid = coarse_grid(hu.shape, spacing)
         x = normalize(downsample(hu, grid))
         inp = pad_to_multiple(x)[None, None]
         crop = tuple(slice(0, s) for s in x.shape)
-        classes = [s.run(None, {ens.input_name: inp})[0][0].argmax(0)[crop].astype(np.uint8) for s in ens.sessions]
-        labels, _ = decide_components(hu, combine_votes(classes, n_models), grid)
-        ens_score = agatston.score(hu, case.spacing, labels)
-        singles = []
-        for c in classes:
-            lab, _ = decide_components(hu, combine_votes([c], 1), grid)
-            singles.append(agatston.score(hu, case.spacing, lab).agatston)
-        thr = agatston.score(hu, case.spacing).agatston
-        heart = agatston.score(hu, case.spacing, heart_region(hu.shape, case.spacing)).agatston
-        det = agatston.detection_report(labels, case.labels, case.spacing)
+        labels, ens_score, singles = model_scores(ens.sessions, ens.input_name, hu, spacing, grid, inp, crop)
+        compared = {}
+        for label, other in others.items():
+            _, o_score, o_singles = model_scores(other.sessions, other.input_name, hu, spacing, grid, inp, crop)
+            compared[label] = {"ensemble": o_score.agatston, "singles": o_singles}
+        thr = agatston.score(hu, spacing).agatston
+        heart = agatston.score(hu, spacing, heart_region(hu.shape, spacing)).agatston
+        det = agatston.detection_report(labels, truth_labels, spacing)
         rows.append({
-            "id": case.case_id, "true": case.truth.agatston, "true_category": case.truth.category,
+            "id": case["id"], "true": case["true"], "true_category": case["true_category"],
             "ensemble": ens_score.agatston, "singles": singles, "threshold_130": thr, "heart_region_130": heart,
-            "faint_lesion": case.meta["faint_lesion"], "mitral_annulus": case.meta["mitral_annulus"],
-            "lookalikes": case.meta["lookalikes"], "detection": det.to_dict(),
+            "faint_lesion": case["faint_lesion"], "mitral_annulus": case["mitral_annulus"],
+            "lookalikes": case["lookalikes"], "detection": det.to_dict(), "compared": compared,
         })
-        if len(overlays) < 4 and case.truth.category in "BCDE"[len(overlays)]:
-            z = int(np.argmax((case.labels > 0).sum(axis=(1, 2)) + (labels > 0).sum(axis=(1, 2))))
-            overlays.append(np.concatenate([render_montage(hu, case.labels, [z], columns=1),
+        if len(overlays) < 4 and case["true_category"] in "BCDE"[len(overlays)]:
+            z = int(np.argmax((truth_labels > 0).sum(axis=(1, 2)) + (labels > 0).sum(axis=(1, 2))))
+            overlays.append(np.concatenate([render_montage(hu, truth_labels, [z], columns=1),
                                             render_montage(hu, labels, [z], columns=1)], axis=1))
-        print(f"{i + 1}/{args.n} {case.case_id} truth {case.truth.agatston:7.1f} ({case.truth.category}) "
+        print(f"{i + 1}/{args.n} {case['id']} truth {case['true']:7.1f} ({case['true_category']}) "
               f"ensemble {ens_score.agatston:7.1f} ({ens_score.category})", flush=True)
     seconds = time.perf_counter() - t0
 
@@ -103,6 +150,22 @@ def main() -> None:
         "confusion_ensemble": agatston.confusion_matrix([agatston.category(r["ensemble"]) for r in rows],
                                                         true_cats).tolist(),
     }
+    def size_row(label, ens_scores, single_scores, weights_dir):
+        singles = [metrics(s, true_cats) for s in single_scores]
+        return {"label": label, **describe_weights(weights_dir), "n_models": len(singles),
+                "ensemble": metrics(ens_scores, true_cats),
+                "single_mean": {k: statistics.mean(m[k] for m in singles) for k in ("c_index", "accuracy")},
+                "single_sd": {k: statistics.stdev(m[k] for m in singles) if len(singles) > 1 else 0.0
+                              for k in ("c_index", "accuracy")}}
+
+    table1 = [size_row("shipped", [r["ensemble"] for r in rows],
+                       [[r["singles"][m] for r in rows] for m in range(n_models)], args.weights)]
+    for item in args.compare:
+        label, _, folder = item.partition("=")
+        k = len(others[label].sessions)
+        table1.append(size_row(label, [r["compared"][label]["ensemble"] for r in rows],
+                               [[r["compared"][label]["singles"][m] for r in rows] for m in range(k)], Path(folder)))
+    res["table1"] = table1
     for name, key in (("faint_lesion", "faint_lesion"), ("mitral_annulus", "mitral_annulus")):
         sub = [r for r in rows if r[key]]
         if len(sub) >= 2:
@@ -130,6 +193,17 @@ def main() -> None:
         f"| ensemble of {n_models} (majority vote) | {fmt(res['ensemble'])} |",
         f"| baseline: everything >= 130 HU | {fmt(res['threshold_130'])} |",
         f"| baseline: >= 130 HU in a heart region | {fmt(res['heart_region_130'])} |",
+        "",
+        "Training-set size (the paper's Table 1): C-index and category accuracy of single models "
+        "(mean +- sd) and of their ensemble:",
+        "",
+        "| weights | training phantoms | batch x patch | steps (best, per model) | single C-index | single accuracy "
+        "| ensemble C-index | ensemble accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {t['label']} | {t['training_cases']} | {t['batch']} x {'x'.join(map(str, t['patch'] or []))} | "
+          f"{', '.join(str(v) for v in t['best_steps'])} | {t['single_mean']['c_index']:.3f} +- "
+          f"{t['single_sd']['c_index']:.3f} | {t['single_mean']['accuracy']:.3f} +- {t['single_sd']['accuracy']:.3f} | "
+          f"{t['ensemble']['c_index']:.3f} | {t['ensemble']['accuracy']:.3f} |" for t in res["table1"]],
         "",
         "Confusion matrix of the ensemble (rows: truth A-E, columns: prediction A-E):",
         "",

@@ -303,6 +303,9 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    from ._memory import return_large_buffers_to_os
+
+    return_large_buffers_to_os()
     app()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -153,14 +153,18 @@ class Ensemble:
         self.provider = running
         self.input_name = self.sessions[0].get_inputs()[0].name
 
-    def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False) -> Vote:
+    def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False,
+             irrelevant: Optional[Callable[[np.ndarray], bool]] = None) -> Vote:
         """Majority vote of the models on a preprocessed (z, y, x) volume in [0, 1].
 
-        With ``early_stop``, models stop being run as soon as every coarse
-        voxel in ``candidates`` has a class that more than half of all the
-        models already chose unanimously: the calcium mask and the arteries
-        are then what the full ensemble would give, but vote counts only
-        cover the models run.
+        With ``early_stop``, models stop being run as soon as more than half
+        of the whole ensemble has run and every coarse voxel in
+        ``candidates`` where those models are not unanimous is
+        ``irrelevant`` (a callable given the boolean map of such voxels; by
+        default none may be left). Where the models run so far agree, the
+        rest cannot change the majority or the most voted artery, so the
+        calcium mask and the arteries are what the full ensemble gives; vote
+        counts only cover the models run.
         """
         shape = x.shape
         inp = pad_to_multiple(x.astype(np.float32))[None, None]
@@ -172,8 +176,11 @@ class Ensemble:
         for sess in self.sessions:
             logits = sess.run(None, {self.input_name: inp})[0][0]
             classes.append(logits.argmax(axis=0)[crop].astype(np.uint8))
+            del logits
             if early_stop and candidates is not None:
                 unanimous &= classes[-1] == classes[0]
-                if need <= len(classes) < n and unanimous[candidates].all():
-                    break
+                if need <= len(classes) < n:
+                    undecided = candidates & ~unanimous
+                    if not undecided.any() or (irrelevant is not None and irrelevant(undecided)):
+                        break
         return combine_votes(classes, n)

@@ -55,13 +55,15 @@ class Scan:
     id : str
         File name without extension, or folder name.
     hu : numpy.ndarray of float32
-        (z, y, x) in HU, LPS identity orientation.
+        (z, y, x) in HU, LPS identity orientation; a read-only view of
+        ``image``'s pixels (copy it to modify it).
     spacing : tuple of float
         (dz, dy, dx) mm; dz is the slice increment.
     image : SimpleITK.Image
-        Canonical image (geometry only is needed; pixels as read).
+        Canonical image (float32 HU; ``hu`` views its pixels).
     source_image : SimpleITK.Image
-        The image as stored (geometry of the input grid).
+        The grid of the input as stored (size, spacing, origin, direction);
+        its pixels are not kept (uint8 zeros).
     meta : dict
         kVp, slice thickness and increment, modality, series, manufacturer.
     warnings : list of str
@@ -396,16 +398,24 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
         image, meta = _read_file(path, label)
     image = _drop_unit_axes(image, label)
     _check_geometry(image, label)
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
     canonical = sitk.DICOMOrient(image, "LPS")
-    hu = sitk.GetArrayFromImage(canonical).astype(np.float32, copy=False)
+    # Memory: ``hu`` is a read-only view of the canonical image's pixels, and
+    # the source pixels are dropped (only their grid is kept, as uint8), so a
+    # scan costs one float32 volume plus a byte per voxel.
+    source = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    source.CopyInformation(image)
+    del image
+    hu = sitk.GetArrayViewFromImage(canonical)
     if not np.isfinite(hu).all():
         raise InvalidScanError(f"{label}: contains NaN or infinite voxel values.")
     sx, sy, sz = canonical.GetSpacing()
     spacing = (float(sz), float(sy), float(sx))
     meta.setdefault("slice_increment_mm", round(spacing[0], 4))
-    meta.update({"size_xyz": list(image.GetSize()), "spacing_zyx_mm": list(spacing),
-                 "orientation": sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())})
-    return Scan(id=scan_id(path), hu=hu, spacing=spacing, image=canonical, source_image=image, meta=meta,
+    meta.update({"size_xyz": list(source.GetSize()), "spacing_zyx_mm": list(spacing),
+                 "orientation": sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(source.GetDirection())})
+    return Scan(id=scan_id(path), hu=hu, spacing=spacing, image=canonical, source_image=source, meta=meta,
                 warnings=_warnings(hu, spacing, meta))
 
 

@@ -118,6 +118,18 @@ def decide_components(hu: np.ndarray, vote: Vote, grid: CoarseGrid, threshold_hu
     return labels, records
 
 
+def deciding_any(hu: np.ndarray, coarse: np.ndarray, grid: CoarseGrid, threshold_hu: float = 130.0) -> bool:
+    """Whether any 2D candidate component of ``hu`` is decided at a coarse voxel in ``coarse``.
+
+    :func:`decide_components` reads the vote only at the coarse voxel that
+    holds each component's densest voxel; disagreement anywhere else cannot
+    change the mask. Used by the exact early stop.
+    """
+    marks = coarse.astype(np.uint8)
+    _, records = decide_components(hu, Vote(marks, marks, 1, 1), grid, threshold_hu)
+    return bool(records)
+
+
 def score_scan(
     source: Path | str | Scan,
     ensemble: Ensemble,
@@ -156,7 +168,8 @@ def score_scan(
     t["preprocess"] = time.perf_counter()
     candidates = coarse_hu >= 130.0
     if candidates.any():
-        vote = ensemble.vote(x, candidates=candidates, early_stop=early_stop)
+        vote = ensemble.vote(x, candidates=candidates, early_stop=early_stop,
+                             irrelevant=lambda undecided: not deciding_any(scan.hu, undecided, grid))
     else:  # nothing >= 130 HU anywhere: no model can change the answer
         zeros = np.zeros(x.shape, dtype=np.uint8)
         vote = Vote(zeros, zeros, len(ensemble.sessions), 0)

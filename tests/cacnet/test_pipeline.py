@@ -10,7 +10,7 @@ from cacnet.ensemble import Ensemble, Vote, verify_weights
 from cacnet.errors import DeviceUnavailableError, WeightsError
 from cacnet.io import read_scan
 from cacnet.pipeline import decide_components, score_scan
-from cacnet.preprocess import coarse_grid
+from cacnet.preprocess import coarse_grid, downsample, normalize
 
 from .conftest import make_weights
 
@@ -107,3 +107,64 @@ def test_no_candidates_skips_the_models(tmp_path, ensemble):
     sitk.WriteImage(img, str(tmp_path / "empty.nii.gz"))
     res = score_scan(read_scan(tmp_path / "empty.nii.gz"), ensemble)
     assert res.data["agatston"] == 0.0 and res.data["models"]["models_run"] == 0
+
+
+def test_early_stop_ignores_disagreement_where_no_component_is_decided(tmp_path):
+    """Models disagree only at a coarse voxel that holds no component's densest voxel: stop after 3, same mask."""
+    from cacnet.pipeline import deciding_any
+
+    ens = Ensemble(make_weights(tmp_path / "w", thresholds=(130, 130, 200, 130, 130)), device="cpu")
+    hu = np.full((6, 24, 24), -50.0, np.float32)
+    hu[2, 10:13, 1:5] = 500.0  # the peak of the component: every model says calcium here
+    hu[2, 10:13, 5:14] = 150.0  # its faint tail reaches other coarse voxels, where model 3 says no
+    spacing = (3.0, 0.5, 0.5)
+    grid = coarse_grid(hu.shape, spacing)
+    coarse = downsample(hu, grid)
+    x = normalize(coarse)
+    cand = coarse >= 130
+    full = ens.vote(x)
+    plain_stop = ens.vote(x, candidates=cand, early_stop=True)
+    assert plain_stop.models_run == 5  # not unanimous everywhere: the simple rule runs every model
+
+    def irrelevant(undecided):
+        return not deciding_any(hu, undecided, grid)
+
+    fast = ens.vote(x, candidates=cand, early_stop=True, irrelevant=irrelevant)
+    assert fast.models_run == 3
+    lab_full, _ = decide_components(hu, full, grid)
+    lab_fast, _ = decide_components(hu, fast, grid)
+    assert np.array_equal(lab_full, lab_fast) and (lab_full[2, 10:13, 1:14] == 2).all()
+    # a disagreement at the peak's own coarse voxel does matter
+    peak = np.zeros(coarse.shape, bool)
+    peak[grid.index[0][2], grid.index[1][10], grid.index[2][1]] = True
+    assert deciding_any(hu, peak, grid) and not deciding_any(hu, cand & ~peak, grid)
+
+
+def test_large_buffers_go_back_to_the_os():
+    """glibc keeps freed 8 MB buffers resident after a 16 MB free; with the setting they go back."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from cacnet._memory import return_large_buffers_to_os\n"
+        "ok = return_large_buffers_to_os() if sys.argv[1] == '1' else None\n"
+        "a = np.ones(2**22, np.float32); del a\n"  # 16 MB by mmap, freed: glibc raises its threshold
+        "b = [np.ones(2**21, np.float32) for _ in range(8)]\n"  # 64 MB in 8 MB buffers
+        "keep = [np.ones(64) for _ in range(1000)]\n"  # small objects above them in the heap
+        "del b\n"
+        "print(ok, int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    runs = {}
+    for flag in "01":
+        out = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, env=env, check=True)
+        ok, rss_kb = out.stdout.split()
+        runs[flag] = (ok, int(rss_kb))
+    if not sys.platform.startswith("linux"):
+        assert runs["1"][0] == "False"
+        return
+    assert runs["1"][0] == "True"
+    assert runs["0"][1] - runs["1"][1] > 40_000  # kB: the freed 64 MB stayed resident only without it

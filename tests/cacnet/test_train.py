@@ -127,3 +127,61 @@ def test_user_dataset_from_labels_and_points(tmp_path, capsys):
     (root / "truth.csv").write_text("id,category\nc31,E\nc32,C\n")  # a wrong annotation is caught
     assert {c.case_id for c in dataset_cases(root)} == {"c32"}
     assert "annotated E" in capsys.readouterr().out
+
+
+def test_patches_match_a_scipy_reference():
+    """The grid_sample patch equals map_coordinates (trilinear image, nearest labels) at the same coordinates."""
+    from scipy import ndimage
+
+    from cacnet.train import PatchSampler
+
+    rng = np.random.default_rng(3)
+    shape, patch = (24, 40, 40), (6, 10, 8)
+    x = rng.random(shape).astype(np.float32)
+    y = (rng.random(shape) > 0.9).astype(np.uint8) * rng.integers(1, 5, shape).astype(np.uint8)
+    sampler = PatchSampler([Case("r", x, y, {})], patch=patch, seed=0)
+    fg = np.argwhere(y > 0)
+    compared = 0
+    for _ in range(6):
+        state = sampler.state()
+        px, py = sampler.sample()
+        assert px.shape == (1, *patch) and py.dtype == torch.int64
+        sampler.set_state(state)  # replay the same random choices by hand
+        r = sampler.rng
+        r.integers(1)
+        if r.random() < 0.67:
+            center = fg[r.integers(len(fg))] + r.integers(-12, 13, size=3)
+        else:
+            center = r.uniform(0, 1, size=3) * np.array(shape)
+        ang, scale = np.deg2rad(r.uniform(-10, 10)), r.uniform(0.9, 1.1)
+        rot = np.array([[1, 0, 0], [0, np.cos(ang), -np.sin(ang)], [0, np.sin(ang), np.cos(ang)]])
+        grid = np.indices(patch, dtype=np.float64).reshape(3, -1) - (np.array(patch)[:, None] - 1) / 2
+        coords = (rot * np.array([1, scale, scale])[None, :]) @ grid + center[:, None]
+        ref_x = ndimage.map_coordinates(x, coords, order=1, mode="constant", cval=0.0).reshape(patch)
+        ref_y = ndimage.map_coordinates(y, coords, order=0, mode="constant", cval=0).reshape(patch)
+        sd = r.uniform(0, 0.01)
+        gain, offset = r.uniform(0.95, 1.05), r.uniform(-15, 15) / 1100
+        sampler.sample()  # move on to the next patch's random state
+        c = coords.reshape(3, *patch)
+        inside = np.all((c >= 0) & (c <= np.array(shape)[:, None, None, None] - 1), axis=0)
+        # inside the volume both interpolate the same values (the noise is at most a few sd)
+        assert np.abs(px[0].numpy()[inside] - (ref_x[inside] * gain + offset)).max(initial=0) < 6 * sd + 1e-4
+        exact = inside & (np.abs(c - np.round(c)).max(0) < 0.49)  # nearest neighbour is unambiguous
+        assert np.array_equal(py.numpy()[exact], ref_y[exact].astype(np.int64))
+        compared += int(exact.sum())
+    assert compared > 100
+
+
+def test_time_limited_run_stops_and_drops_the_rate(tmp_path):
+    from cacnet.train import learning_rate
+
+    cfg = TrainConfig(steps=10**6, lr=1e-3, max_seconds=100.0)
+    assert learning_rate(cfg, 0, 0.0) == 1e-3
+    assert learning_rate(cfg, 0, 75.0) == pytest.approx(3e-4)
+    assert learning_rate(cfg, 0, 95.0) == pytest.approx(9e-5)
+    assert learning_rate(TrainConfig(steps=100, lr=1e-3), 95, 0.0) == pytest.approx(9e-5)
+    run = TrainConfig(steps=10**6, batch=1, patch=(8, 16, 16), val_every=10**6, checkpoint_every=10**6,
+                      threads=1, max_seconds=2.0)
+    summary = train_model(tmp_path / "t", toy_cases(2, 0), toy_cases(1, 1), run)
+    assert 0 < summary["steps_done"] < 10**6 and summary["train_seconds"] < 30
+    assert (tmp_path / "t" / "best.pt").exists()  # validated at the end of the time

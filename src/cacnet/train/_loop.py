@@ -159,7 +159,10 @@ def train_model(
         ckpt = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sampler.set_state(ckpt["sampler"])
+        if "sampler" in ckpt:
+            sampler.set_state(ckpt["sampler"])
+        else:  # a checkpoint of version 0.1.0 (numpy sampler)
+            sampler.rng.bit_generator.state = ckpt["sampler_rng"]
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         step, best, best_step, elapsed = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["elapsed"]
     log_path = outdir / "log.csv"
