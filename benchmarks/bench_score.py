@@ -7,8 +7,8 @@ On a 512 x 512 x 60 synthetic scan (written as .nii.gz), in one run:
   and the naive per-slice, per-component Agatston loop;
 * cac score (default): sessions created once and reused, every model run,
   vectorised scoring;
-* cac score --early-stop: stops running models once every candidate voxel
-  has a unanimous majority (same mask and scores).
+* cac score --early-stop: stops after 3 of the 5 models when they agree at
+  every coarse voxel that decides a component (same mask and scores).
 
 Both results are checked to be identical. Peak RSS of a `cac score` process
 is measured with /usr/bin/time-free getrusage in a child process.
@@ -104,9 +104,9 @@ def main() -> None:
     print(f"{'cac score --early-stop':<28}{med(t_early):>10.2f}{med(t_plain) / med(t_early):>10.2f}")
     print("\nstages of cac score (last run):", json.dumps(timings))
 
-    code = ("import resource, sys; from cacnet.cli import app; "
+    code = ("import resource, sys; from cacnet.cli import main; "
             "sys.argv=['cac','score',sys.argv[1],'--json','--weights',sys.argv[2]] + sys.argv[3:]; "
-            "\ntry:\n app()\nexcept SystemExit: pass\n"
+            "\ntry:\n main()\nexcept SystemExit: pass\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
     for extra in ([], ["--early-stop"]):
         out = subprocess.run([sys.executable, "-c", code, str(path), str(args.weights), *extra],

@@ -97,6 +97,9 @@ def train(
     models: int = typer.Option(5, "--models", min=1, help="Models in the ensemble."),
     steps: int = typer.Option(2000, "--steps", min=1, help="Training steps per model."),
     val_every: int = typer.Option(250, "--val-every", min=1, help="Validate every this many steps."),
+    max_minutes: Optional[float] = typer.Option(
+        None, "--max-minutes", min=0.1,
+        help="Stop each model after this many minutes of training even before --steps (rate drops follow the time)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoints in OUTDIR."),
 ) -> None:
     """Train the U-Net ensemble and export it to OUTDIR/weights (needs the `train` extra)."""
@@ -111,7 +114,8 @@ def train(
     if not resume and outdir.exists() and any(outdir.glob("model_*/checkpoint.pt")):
         err.print(f"[red]error:[/red] {outdir} holds checkpoints; use --resume or another OUTDIR.")
         raise typer.Exit(EXIT_USAGE)
-    config = TrainConfig(steps=steps, val_every=val_every)
+    config = TrainConfig(steps=steps, val_every=val_every,
+                         max_seconds=None if max_minutes is None else max_minutes * 60.0)
     with _progress() as progress:
         tasks: dict = {}
 
@@ -171,8 +175,10 @@ def score(
     preview: bool = typer.Option(False, "--preview", help="With -o: also write <id>.png with lesions outlined."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="With -o: skip scans whose <id>.json exists."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first scan that fails."),
-    early_stop: bool = typer.Option(False, "--early-stop",
-                                    help="Stop running models once the vote is decided (same scores, fewer vote counts)."),
+    early_stop: bool = typer.Option(
+        False, "--early-stop",
+        help="Stop after 3 of 5 models when they agree wherever a lesion is decided "
+             "(same mask and scores; vote counts cover the models run)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: the shipped ensemble)."),
 ) -> None:
     """Score coronary calcium in one or more scans."""
