@@ -29,7 +29,7 @@ import agatston
 from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes
 from cacnet.phantom import case_seed, generate_phantom
 from cacnet.pipeline import decide_components
-from cacnet.preprocess import coarse_grid, downsample, normalize, pad_to_multiple
+from cacnet.preprocess import coarse_grid, downsample, normalize
 from cacnet.preview import render_montage
 
 HELD_OUT_SEED = 9999
@@ -67,9 +67,9 @@ def held_out_case(i: int, cache: Path | None) -> dict:
     return {"hu": case.hu, "labels": case.labels, "spacing": case.spacing, **info}
 
 
-def model_scores(sessions, input_name, hu, spacing, grid, inp, crop):
+def model_scores(ens: Ensemble, hu, spacing, grid, x):
     """Ensemble labels, ensemble Agatston and each single model's Agatston of one case."""
-    classes = [s.run(None, {input_name: inp})[0][0].argmax(0)[crop].astype(np.uint8) for s in sessions]
+    classes = list(ens.predict(x))
     labels, _ = decide_components(hu, combine_votes(classes, len(classes)), grid)
     singles = []
     for c in classes:
@@ -112,12 +112,10 @@ def main() -> None:
         hu, spacing, truth_labels = case["hu"].astype(np.float32), case["spacing"], case["labels"]
         grid = coarse_grid(hu.shape, spacing)
         x = normalize(downsample(hu, grid))
-        inp = pad_to_multiple(x)[None, None]
-        crop = tuple(slice(0, s) for s in x.shape)
-        labels, ens_score, singles = model_scores(ens.sessions, ens.input_name, hu, spacing, grid, inp, crop)
+        labels, ens_score, singles = model_scores(ens, hu, spacing, grid, x)
         compared = {}
         for label, other in others.items():
-            _, o_score, o_singles = model_scores(other.sessions, other.input_name, hu, spacing, grid, inp, crop)
+            _, o_score, o_singles = model_scores(other, hu, spacing, grid, x)
             compared[label] = {"ensemble": o_score.agatston, "singles": o_singles}
         thr = agatston.score(hu, spacing).agatston
         heart = agatston.score(hu, spacing, heart_region(hu.shape, spacing)).agatston

@@ -20,9 +20,10 @@ import torch
 from cacnet.train import export_onnx, write_manifest
 
 
-def load_packs(pack_dir: Path) -> dict[int, dict[int, dict[str, torch.Tensor]]]:
-    """{size: {seed: state_dict (float32)}} from ``size_<n>_part<k>.npz`` files."""
+def load_packs(pack_dir: Path) -> tuple[dict[int, dict[int, dict[str, torch.Tensor]]], dict[int, str]]:
+    """{size: {seed: state_dict (float32)}} from ``size_<n>_part<k>.npz`` files, and each size's stored dtype."""
     states: dict[int, dict[int, dict[str, torch.Tensor]]] = defaultdict(dict)
+    dtypes: dict[int, str] = {}
     for path in sorted(pack_dir.glob("size_*_part*.npz")):
         size = int(re.match(r"size_(\d+)_part", path.name).group(1))
         with np.load(path) as z:
@@ -30,9 +31,11 @@ def load_packs(pack_dir: Path) -> dict[int, dict[int, dict[str, torch.Tensor]]]:
                 model, name = key.split("/", 1)
                 seed = int(model.split("_")[1])
                 arr = z[key]
+                if arr.dtype.kind == "f":
+                    dtypes[size] = str(arr.dtype)
                 t = torch.from_numpy(arr.astype(np.float32) if arr.dtype == np.float16 else arr.copy())
                 states[size].setdefault(seed, {})[name] = t
-    return states
+    return states, dtypes
 
 
 def main() -> None:
@@ -42,11 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     log = json.loads((args.pack_dir / "train_sizes.json").read_text())
     summaries = {(r["size"], r["seed"]): r["summary"] for r in log["results"] if r["summary"]}
-    dtypes = {}
-    for path in args.pack_dir.glob("size_*_part*.npz"):
-        with np.load(path) as z:
-            dtypes[int(re.match(r"size_(\d+)_part", path.name).group(1))] = str(z[z.files[0]].dtype)
-    for size, models in sorted(load_packs(args.pack_dir).items()):
+    states, dtypes = load_packs(args.pack_dir)
+    for size, models in sorted(states.items()):
         out = args.out / f"size_{size}"
         entries = []
         for seed, state in sorted(models.items()):

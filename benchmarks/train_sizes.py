@@ -53,30 +53,6 @@ def _train_one(run_dir: str, size: int, seed: int, cfg: dict, n_val: int, result
         result_q.put((size, seed, None, traceback.format_exc()))
 
 
-def generate_until(cache: Path, n: int, workers: int, deadline: float) -> int:
-    """Training phantoms 0..n-1 into ``cache`` until ``deadline``; returns how many in a row exist."""
-    from cacnet.train import TRAIN_SET_SEED
-    from cacnet.train._data import _phantom_case, save_case
-
-    def have(i: int) -> bool:
-        return (cache / f"phantom_{TRAIN_SET_SEED}_{i:04d}.npz").exists()
-
-    todo = [(TRAIN_SET_SEED, i, "ABCDE"[i % 5]) for i in range(n) if not have(i)]
-    pool = mp.get_context("spawn").Pool(workers)
-    try:
-        for case in pool.imap(_phantom_case, todo, chunksize=1):  # in order: a prefix is always complete
-            save_case(case, cache)
-            if time.perf_counter() > deadline:
-                break
-    finally:
-        pool.terminate()
-        pool.join()
-    made = 0
-    while made < n and have(made):
-        made += 1
-    return made
-
-
 def pack(run_dir: Path, sizes: list[int], models: int, ship_size: int, out: Path, log: dict) -> list[str]:
     """Best weights of every model into .npz files of at most CHUNK_BYTES each."""
     import torch
@@ -148,8 +124,8 @@ def main() -> None:
     print(json.dumps(log["machine"]), flush=True)
     t0 = time.perf_counter()
     phantom_cases(VAL_SET_SEED, args.val, cache=args.run_dir / "cache" / "val", workers=args.workers)
-    made = generate_until(args.run_dir / "cache" / "train", max(args.sizes), args.workers,
-                          t0 + args.generation_minutes * 60)
+    made = len(phantom_cases(TRAIN_SET_SEED, max(args.sizes), cache=args.run_dir / "cache" / "train",
+                             workers=args.workers, deadline=t0 + args.generation_minutes * 60))
     log["generation_seconds"] = round(time.perf_counter() - t0, 1)
     if made < max(args.sizes):  # out of time: the largest set is what was made
         sizes = sorted({min(s, made) for s in args.sizes})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -153,6 +153,18 @@ class Ensemble:
         self.provider = running
         self.input_name = self.sessions[0].get_inputs()[0].name
 
+    def predict(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        """Each model's class map of a preprocessed (z, y, x) volume, one model at a time.
+
+        Yields uint8 arrays of ``x``'s shape: 0 background, 1-4 LM/LAD/LCX/RCA
+        (the argmax of the model's output). Models not yet asked for are not run.
+        """
+        inp = pad_to_multiple(x.astype(np.float32))[None, None]
+        crop = tuple(slice(0, s) for s in x.shape)
+        for sess in self.sessions:
+            logits = sess.run(None, {self.input_name: inp})[0][0]
+            yield logits.argmax(axis=0)[crop].astype(np.uint8)
+
     def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False,
              irrelevant: Optional[Callable[[np.ndarray], bool]] = None) -> Vote:
         """Majority vote of the models on a preprocessed (z, y, x) volume in [0, 1].
@@ -166,17 +178,12 @@ class Ensemble:
         calcium mask and the arteries are what the full ensemble gives; vote
         counts only cover the models run.
         """
-        shape = x.shape
-        inp = pad_to_multiple(x.astype(np.float32))[None, None]
         n = len(self.sessions)
         need = n // 2 + 1
-        crop = tuple(slice(0, s) for s in shape)
         classes: list[np.ndarray] = []
-        unanimous = np.ones(shape, dtype=bool)
-        for sess in self.sessions:
-            logits = sess.run(None, {self.input_name: inp})[0][0]
-            classes.append(logits.argmax(axis=0)[crop].astype(np.uint8))
-            del logits
+        unanimous = np.ones(x.shape, dtype=bool)
+        for cls in self.predict(x):
+            classes.append(cls)
             if early_stop and candidates is not None:
                 unanimous &= classes[-1] == classes[0]
                 if need <= len(classes) < n:

@@ -185,3 +185,16 @@ def test_time_limited_run_stops_and_drops_the_rate(tmp_path):
     summary = train_model(tmp_path / "t", toy_cases(2, 0), toy_cases(1, 1), run)
     assert 0 < summary["steps_done"] < 10**6 and summary["train_seconds"] < 30
     assert (tmp_path / "t" / "best.pt").exists()  # validated at the end of the time
+
+
+def test_phantom_cases_stop_at_the_deadline(tmp_path):
+    """Past the deadline no further case is waited for: the first ones come back, and are cached."""
+    import time
+
+    from cacnet.train import phantom_cases
+
+    got = phantom_cases(7, 3, cache=tmp_path, workers=1, deadline=time.perf_counter())
+    assert [c.case_id for c in got] == ["phantom_7_0000"]
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["phantom_7_0000.npz"]
+    again = phantom_cases(7, 1, cache=tmp_path, workers=1)  # from the cache
+    assert np.array_equal(again[0].x, got[0].x)

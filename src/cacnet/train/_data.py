@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing as mp
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -47,8 +48,13 @@ def save_case(case: Case, cache: Path) -> Path:
 
 
 def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: int = 2,
-                  balanced: bool = True) -> list[Case]:
-    """``n`` phantoms of a set (balanced A-E), preprocessed; cached as .npz files."""
+                  balanced: bool = True, deadline: Optional[float] = None) -> list[Case]:
+    """``n`` phantoms of a set (balanced A-E), preprocessed; cached as .npz files.
+
+    With ``deadline`` (a ``time.perf_counter()`` value), no new case is waited
+    for once it has passed: the cases come in order, and the ones made so far
+    (the first ``k <= n``) are returned.
+    """
     cats = ["ABCDE"[i % 5] if balanced else None for i in range(n)]
     todo, cases = [], [None] * n
     for i in range(n):
@@ -67,11 +73,14 @@ def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: 
                 cases[i] = case
                 if cache is not None:
                     save_case(case, cache)
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
         finally:
-            if pool:
-                pool.close()
+            if pool:  # every result asked for has come: nothing of use is stopped
+                pool.terminate()
                 pool.join()
-    return cases  # type: ignore[return-value]
+    done = next((i for i, c in enumerate(cases) if c is None), n)
+    return cases[:done]  # type: ignore[return-value]
 
 
 def dataset_cases(data_dir: Path) -> list[Case]:
