@@ -7,8 +7,9 @@ On a 512 x 512 x 60 synthetic scan (written as .nii.gz), in one run:
   and the naive per-slice, per-component Agatston loop;
 * cac score (default): sessions created once and reused, every model run,
   vectorised scoring;
-* cac score --early-stop: stops after 3 of the 5 models when they agree at
-  every coarse voxel that decides a component (same mask and scores).
+* cac score --early-stop: stops after 3 or 4 of the 5 models once the rest
+  cannot change the vote at any coarse voxel that decides a component (same
+  mask and scores).
 
 Both results are checked to be identical. Peak RSS of a `cac score` process
 is its VmHWM (Linux), read in a child process at its end.

@@ -82,7 +82,9 @@ def describe_weights(path: Path) -> dict:
     """Training-set size, steps and batch of a weights folder, read from its manifest."""
     m = json.loads((Path(path) / "manifest.json").read_text())
     cfg = m["training"].get("config", {})
-    n = int(m["training"]["data"].split()[0])
+    n = m["training"].get("train_cases")
+    if n is None:  # manifests written before train_cases existed say it in prose: "300 synthetic phantoms ..."
+        n = int(m["training"]["data"].split()[0])
     steps = [e.get("best_step") for e in m["models"]]
     return {"training_cases": n, "batch": cfg.get("batch"), "patch": cfg.get("patch"), "best_steps": steps,
             "machine": m["training"].get("machine", "")}

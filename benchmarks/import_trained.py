@@ -60,6 +60,8 @@ def main() -> None:
         training = {
             "data": f"{size} synthetic phantoms (cacnet.phantom, seed 1000, balanced A-E)",
             "validation": "20 synthetic phantoms (seed 1001)",
+            "train_cases": size,
+            "val_cases": 20,
             "real_scans": "none",
             "config": cfg,
             "weights_stored_as": dtypes[size],

@@ -177,8 +177,8 @@ def score(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first scan that fails."),
     early_stop: bool = typer.Option(
         False, "--early-stop",
-        help="Stop after 3 of 5 models when they agree wherever a lesion is decided "
-             "(same mask and scores; vote counts cover the models run)."),
+        help="Stop running models (after 3 or 4 of 5) once the rest cannot change any lesion's "
+             "outcome (same mask and scores; vote counts cover the models run)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: the shipped ensemble)."),
 ) -> None:
     """Score coronary calcium in one or more scans."""

@@ -13,7 +13,7 @@ from ._files import sha256_file
 from .errors import DeviceUnavailableError, WeightsError
 from .preprocess import pad_to_multiple
 
-__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "combine_votes", "load_manifest", "verify_weights"]
+__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "combine_votes", "decided", "load_manifest", "verify_weights"]
 
 
 def _default_weights() -> Path:
@@ -73,6 +73,7 @@ class Vote:
     artery: np.ndarray  # uint8, 0 where no model voted calcium
     n_models: int
     models_run: int
+    per_artery: Optional[np.ndarray] = None  # uint8 (4, ...), models voting each artery
 
     @property
     def calcium(self) -> np.ndarray:
@@ -92,7 +93,39 @@ def combine_votes(classes: list[np.ndarray], n_models: int) -> Vote:
         for a in range(4):
             per_artery[a] += cls == a + 1
     artery = np.where(votes > 0, per_artery.argmax(axis=0) + 1, 0).astype(np.uint8)
-    return Vote(votes=votes, artery=artery, n_models=n_models, models_run=len(classes))
+    return Vote(votes=votes, artery=artery, n_models=n_models, models_run=len(classes), per_artery=per_artery)
+
+
+def decided(vote: Vote) -> np.ndarray:
+    """Voxels whose outcome the models not yet run cannot change.
+
+    Of a partial vote (``vote.models_run`` of ``vote.n_models`` models), a
+    voxel is decided when, for every way the remaining ``r`` models could
+    vote, the calcium majority is the same and, where it is calcium, so is
+    the most voted artery (ties go to the lowest label): the calcium votes
+    already reach the majority or cannot reach it any more, and the leading
+    artery is ahead of every other by more than ``r`` (by ``r`` when the
+    other has a higher label).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> maps = [np.array([2, 2, 0, 2]), np.array([2, 2, 0, 0]), np.array([2, 3, 0, 0]), np.array([2, 2, 0, 3])]
+    >>> decided(combine_votes(maps, 5)).tolist()  # 4 of 5 models run
+    [True, True, True, False]
+    """
+    r = vote.n_models - vote.models_run
+    need = vote.n_models // 2 + 1
+    calcium_fixed = (vote.votes >= need) | (vote.votes.astype(np.int16) + r < need)
+    counts = vote.per_artery.astype(np.int16)
+    lead = vote.artery.astype(np.int16) - 1  # 0-3 where any model voted calcium
+    lead_count = np.take_along_axis(counts, np.maximum(lead, 0)[None], axis=0)[0]
+    artery_fixed = np.ones(vote.votes.shape, dtype=bool)
+    for b in range(counts.shape[0]):
+        # a higher label must stay below the leader, a lower one must not reach it
+        margin = np.where(b > lead, lead_count - counts[b] >= r, lead_count - counts[b] > r)
+        artery_fixed &= (lead == b) | margin
+    return calcium_fixed & ((vote.votes < need) | artery_fixed)
 
 
 @dataclass
@@ -169,25 +202,22 @@ class Ensemble:
              irrelevant: Optional[Callable[[np.ndarray], bool]] = None) -> Vote:
         """Majority vote of the models on a preprocessed (z, y, x) volume in [0, 1].
 
-        With ``early_stop``, models stop being run as soon as more than half
-        of the whole ensemble has run and every coarse voxel in
-        ``candidates`` where those models are not unanimous is
-        ``irrelevant`` (a callable given the boolean map of such voxels; by
-        default none may be left). Where the models run so far agree, the
-        rest cannot change the majority or the most voted artery, so the
-        calcium mask and the arteries are what the full ensemble gives; vote
-        counts only cover the models run.
+        With ``early_stop``, models stop being run as soon as every coarse
+        voxel in ``candidates`` that is not yet :func:`decided` (whatever the
+        remaining models say, the majority and the most voted artery stay
+        the same) is ``irrelevant`` (a callable given the boolean map of
+        such voxels; by default none may be left). After 3 of 5 models that
+        needs unanimity; after 4 only no 2-2 split and a clear artery. The
+        calcium mask and the arteries are then what the full ensemble gives;
+        vote counts only cover the models run.
         """
         n = len(self.sessions)
         need = n // 2 + 1
         classes: list[np.ndarray] = []
-        unanimous = np.ones(x.shape, dtype=bool)
         for cls in self.predict(x):
             classes.append(cls)
-            if early_stop and candidates is not None:
-                unanimous &= classes[-1] == classes[0]
-                if need <= len(classes) < n:
-                    undecided = candidates & ~unanimous
-                    if not undecided.any() or (irrelevant is not None and irrelevant(undecided)):
-                        break
+            if early_stop and candidates is not None and need <= len(classes) < n:
+                undecided = candidates & ~decided(combine_votes(classes, n))
+                if not undecided.any() or (irrelevant is not None and irrelevant(undecided)):
+                    break
         return combine_votes(classes, n)

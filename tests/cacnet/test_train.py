@@ -198,3 +198,20 @@ def test_phantom_cases_stop_at_the_deadline(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["phantom_7_0000.npz"]
     again = phantom_cases(7, 1, cache=tmp_path, workers=1)  # from the cache
     assert np.array_equal(again[0].x, got[0].x)
+
+
+def test_cac_train_end_to_end_writes_a_loadable_ensemble(tmp_path):
+    """`cac train` on two tiny phantom sets: cache, one model, export, manifest with the set sizes."""
+    from typer.testing import CliRunner
+
+    from cacnet.cli import app
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", str(out), "--phantoms", "2", "--val-phantoms", "1", "--models", "1",
+                                   "--steps", "2", "--val-every", "1"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "weights" / "manifest.json").read_text())
+    assert manifest["training"]["train_cases"] == 2 and manifest["training"]["val_cases"] == 1
+    assert [m["file"] for m in manifest["models"]] == ["unet_0.onnx"] and manifest["models"][0]["best_step"] in (1, 2)
+    assert len(list((out / "cache" / "train").glob("*.npz"))) == 2
+    assert Ensemble(out / "weights", device="cpu").vote(np.zeros((8, 16, 16), np.float32)).models_run == 1

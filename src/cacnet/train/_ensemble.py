@@ -70,6 +70,8 @@ def train_ensemble(
         "data": (f"{phantoms} synthetic phantoms (cacnet.phantom, seed {TRAIN_SET_SEED}, balanced A-E)"
                  + (f" + user data set {Path(data).name}" if data else "")),
         "validation": f"{val_phantoms} synthetic phantoms (seed {VAL_SET_SEED})",
+        "train_cases": len(train),
+        "val_cases": len(val),
         "real_scans": "none" if data is None else "user data set",
         "config": {k: v for k, v in config.__dict__.items() if k != "seed"},
         "loss": ("cross-entropy (calcium classes x8) + (1 - soft Dice of calcium vs background), both over "
