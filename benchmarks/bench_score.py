@@ -14,7 +14,13 @@ On a 512 x 512 x 60 synthetic scan (written as .nii.gz), in one run:
 Both results are checked to be identical. Peak RSS of a `cac score` process
 is its VmHWM (Linux), read in a child process at its end.
 
+Then, since one scan says little about how often early stop fires, the first
+``--early-stop-cases`` held-out phantoms of benchmarks/experiments.py are
+scored with and without it: how many models ran, the time, and a check that
+the masks are identical.
+
 Run:  python benchmarks/bench_score.py [--weights weights] [--repeat 3]
+          [--early-stop-cases 20] [--cache DIR (held-out phantoms, as experiments.py)]
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--early-stop-cases", type=int, default=20)
+    parser.add_argument("--cache", type=Path, default=None, help="held-out phantom cache (experiments.py --cache)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     from cacnet.phantom._generate import _sample_acquisition
@@ -118,6 +126,32 @@ def main() -> None:
                              capture_output=True, text=True)
         rss_mb = int(out.stderr.strip().splitlines()[-1]) / 1024
         print(f"peak RSS of `cac score {' '.join(extra)}` process: {rss_mb:.0f} MB")
+    if args.early_stop_cases:
+        early_stop_frequency(ens, args.early_stop_cases, args.cache, tmp)
+
+
+def early_stop_frequency(ens: Ensemble, n: int, cache: Path | None, tmp: Path) -> None:
+    """Models run and time with --early-stop on the first ``n`` held-out phantoms; masks must be identical."""
+    from experiments import held_out_case
+
+    runs, t_full, t_early = [], 0.0, 0.0
+    for i in range(n):
+        case = held_out_case(i, cache)
+        img = sitk.GetImageFromArray(case["hu"])
+        img.SetSpacing(tuple(float(v) for v in case["spacing"][::-1]))
+        path = tmp / f"held_out_{i}.nii.gz"
+        sitk.WriteImage(img, str(path))
+        t = time.perf_counter()
+        full = score_scan(path, ens)
+        t_full += time.perf_counter() - t
+        t = time.perf_counter()
+        early = score_scan(path, ens, early_stop=True)
+        t_early += time.perf_counter() - t
+        assert np.array_equal(full.labels, early.labels), f"held-out case {i}: early stop changed the mask"
+        runs.append(early.data["models"]["models_run"])
+    counts = {k: runs.count(k) for k in sorted(set(runs))}
+    print(f"\n--early-stop on {n} held-out phantoms: models run {counts} (cases per count); masks identical; "
+          f"total {t_full:.1f} s without, {t_early:.1f} s with ({t_full / t_early:.2f}x)")
 
 
 if __name__ == "__main__":
