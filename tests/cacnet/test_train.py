@@ -45,11 +45,29 @@ def test_model_shape_and_prior():
     assert float(torch.softmax(out, 1)[:, 1:].mean()) < 0.05  # starts near the rare-calcium prior
 
 
+def _loss_on(cases, state=None) -> float:
+    """The training loss of a model over whole toy volumes (eval mode: no patch sampling noise)."""
+    torch.manual_seed(0)
+    model = UNet3D()
+    if state is not None:
+        model.load_state_dict(state)
+    model.eval()
+    x = torch.from_numpy(np.stack([c.x for c in cases]))[:, None]
+    y = torch.from_numpy(np.stack([c.y for c in cases])).long()
+    with torch.no_grad():
+        return float(dice_ce_loss(model(x), y, x))
+
+
 def test_tiny_training_decreases_the_loss(trained):
+    # The per-step loss of 40 steps on random patches is too noisy to compare
+    # (windows of 10 steps vary by +-20 %); the loss over the whole training
+    # volumes is not: ~5.0 untrained, ~1.0 after training, in repeated runs.
     out, summary, _ = trained
+    ckpt = torch.load(out / "m" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 40
+    assert _loss_on(toy_cases(6, 0), ckpt["model"]) < 0.5 * _loss_on(toy_cases(6, 0))
     with open(out / "m" / "log.csv") as fh:
-        losses = [float(r["loss"]) for r in csv.DictReader(fh)]
-    assert losses[-1] < losses[0] * 0.8
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [10, 20, 30, 40]
     assert (out / "m" / "best.pt").exists() and summary["best_val_dice"] >= 0
 
 
