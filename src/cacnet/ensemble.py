@@ -114,6 +114,8 @@ def decided(vote: Vote) -> np.ndarray:
     >>> decided(combine_votes(maps, 5)).tolist()  # 4 of 5 models run
     [True, True, True, False]
     """
+    if vote.per_artery is None:
+        raise ValueError("decided() needs the per-artery counts of a vote made by combine_votes().")
     r = vote.n_models - vote.models_run
     need = vote.n_models // 2 + 1
     calcium_fixed = (vote.votes >= need) | (vote.votes.astype(np.int16) + r < need)
@@ -217,7 +219,8 @@ class Ensemble:
         for cls in self.predict(x):
             classes.append(cls)
             if early_stop and candidates is not None and need <= len(classes) < n:
-                undecided = candidates & ~decided(combine_votes(classes, n))
+                partial = combine_votes(classes, n)
+                undecided = candidates & ~decided(partial)
                 if not undecided.any() or (irrelevant is not None and irrelevant(undecided)):
-                    break
+                    return partial
         return combine_votes(classes, n)
