@@ -179,7 +179,8 @@ def train_model(
     def out_of_time() -> bool:
         return config.max_seconds is not None and time.perf_counter() - t0 >= config.max_seconds
 
-    while step < config.steps and not out_of_time():
+    done = out_of_time()  # decided once per step, so that the last step is always validated
+    while step < config.steps and not done:
         for group in opt.param_groups:
             group["lr"] = learning_rate(config, step, time.perf_counter() - t0)
         x, y = sampler.batch(config.batch)
@@ -201,11 +202,12 @@ def train_model(
             continue
         opt.step()
         step += 1
+        done = step >= config.steps or out_of_time()
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])
         val = None
-        if step % config.val_every == 0 or step == config.steps or out_of_time():
+        if step % config.val_every == 0 or done:
             val = evaluate(model, val_cases, bf16)
             if val["dice"] > best:
                 best, best_step = val["dice"], step
