@@ -159,7 +159,7 @@ def test_patches_match_a_scipy_reference():
     y = (rng.random(shape) > 0.9).astype(np.uint8) * rng.integers(1, 5, shape).astype(np.uint8)
     sampler = PatchSampler([Case("r", x, y, {})], patch=patch, seed=0)
     fg = np.argwhere(y > 0)
-    compared = 0
+    compared = near_calcium = 0
     for _ in range(6):
         state = sampler.state()
         px, py = sampler.sample()
@@ -167,14 +167,17 @@ def test_patches_match_a_scipy_reference():
         sampler.set_state(state)  # replay the same random choices by hand
         r = sampler.rng
         r.integers(1)
-        if r.random() < 0.67:
-            center = fg[r.integers(len(fg))] + r.integers(-12, 13, size=3)
+        if r.random() < 0.67:  # near calcium, half a voxel off where the patch size is even
+            center = fg[r.integers(len(fg))] + r.integers(-12, 13, size=3) + 0.5
+            near_calcium += 1
         else:
             center = r.uniform(0, 1, size=3) * np.array(shape)
         ang, scale = np.deg2rad(r.uniform(-10, 10)), r.uniform(0.9, 1.1)
         rot = np.array([[1, 0, 0], [0, np.cos(ang), -np.sin(ang)], [0, np.sin(ang), np.cos(ang)]])
         grid = np.indices(patch, dtype=np.float64).reshape(3, -1) - (np.array(patch)[:, None] - 1) / 2
         coords = (rot * np.array([1, scale, scale])[None, :]) @ grid + center[:, None]
+        if center[0] % 1 == 0.5:  # z is never rotated or scaled: patch slices land on the case's slices
+            assert np.array_equal(coords[0], np.round(coords[0]))
         ref_x = ndimage.map_coordinates(x, coords, order=1, mode="constant", cval=0.0).reshape(patch)
         ref_y = ndimage.map_coordinates(y, coords, order=0, mode="constant", cval=0).reshape(patch)
         sd = r.uniform(0, 0.01)
@@ -187,7 +190,7 @@ def test_patches_match_a_scipy_reference():
         exact = inside & (np.abs(c - np.round(c)).max(0) < 0.49)  # nearest neighbour is unambiguous
         assert np.array_equal(py.numpy()[exact], ref_y[exact].astype(np.int64))
         compared += int(exact.sum())
-    assert compared > 100
+    assert compared > 100 and near_calcium > 0
 
 
 def test_time_limited_run_stops_and_drops_the_rate(tmp_path):
@@ -233,3 +236,39 @@ def test_cac_train_end_to_end_writes_a_loadable_ensemble(tmp_path):
     assert [m["file"] for m in manifest["models"]] == ["unet_0.onnx"] and manifest["models"][0]["best_step"] in (1, 2)
     assert len(list((out / "cache" / "train").glob("*.npz"))) == 2
     assert Ensemble(out / "weights", device="cpu").vote(np.zeros((8, 16, 16), np.float32)).models_run == 1
+
+
+def test_batch_sampler_cuts_the_patches_of_patch_sampler():
+    """One batched cut from the padded buffer gives PatchSampler's patches for the same random draws."""
+    from cacnet.train import BatchSampler, PatchSampler
+
+    rng = np.random.default_rng(5)
+    cases = []
+    for i, shape in enumerate([(20, 36, 30), (16, 40, 40), (24, 28, 36)]):  # different shapes share one buffer
+        x = rng.random(shape).astype(np.float32)
+        y = ((rng.random(shape) > 0.9) * rng.integers(1, 5, shape)).astype(np.uint8)
+        cases.append(Case(f"c{i}", x, y, {}))
+    patch = (8, 12, 10)
+    batched = BatchSampler(capacity=3, patch=patch, device="cpu", max_shape=(26, 42, 40))
+    assert all(batched.add(c) for c in cases)
+    assert not batched.add(cases[0])  # full
+    single = PatchSampler(cases, patch=patch, seed=11)
+    bx, by = batched.batch(12, np.random.default_rng(11), torch.Generator().manual_seed(11))
+    assert bx.shape == (12, 1, *patch) and by.shape == (12, *patch) and by.dtype == torch.int64
+    same_labels = 0
+    for j in range(12):
+        px, py = single.sample()
+        # same case, place, rotation, scaling, gain and offset; the noise (sd <= 0.01) may differ
+        assert torch.abs(bx[j] - px).max() < 0.06
+        same_labels += int((by[j] == py).sum())
+    # nearest-neighbour labels can differ only at coordinates that fall half-way between voxels
+    assert same_labels >= 0.999 * by.numel()
+    assert int(by.sum()) > 0
+
+
+def test_batch_sampler_refuses_a_case_larger_than_its_buffer():
+    from cacnet.train import BatchSampler
+
+    s = BatchSampler(capacity=2, patch=(4, 4, 4), device="cpu", max_shape=(8, 8, 8))
+    big = Case("big", np.zeros((9, 8, 8), np.float32), np.zeros((9, 8, 8), np.uint8), {})
+    assert not s.add(big) and len(s) == 0

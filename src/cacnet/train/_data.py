@@ -14,7 +14,7 @@ import numpy as np
 
 from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
-__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "PatchSampler", "pad_to_multiple"]
+__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "PatchSampler", "BatchSampler", "pad_to_multiple"]
 
 
 @dataclass
@@ -149,13 +149,47 @@ def dataset_cases(data_dir: Path) -> list[Case]:
     return out
 
 
+@dataclass
+class PatchDraw:
+    """The random choices behind one augmented patch."""
+
+    case: int
+    center: np.ndarray  # (z, y, x) voxel the patch centre maps to
+    matrix: np.ndarray  # 3 x 3: in-plane rotation and scaling, patch voxel offsets -> case voxel offsets
+    noise_sd: float
+    gain: float
+    offset: float
+
+
+def draw_patch(rng: np.random.Generator, shapes, fg: list[np.ndarray], patch) -> PatchDraw:
+    """Draw one patch's augmentation (shared by :class:`PatchSampler` and :class:`BatchSampler`).
+
+    Two thirds of the patches are centred near a calcium voxel. Their centre
+    is shifted by half a voxel along each axis where the patch size is even,
+    so that without rotation and scaling (always so along z) patch voxels land
+    on voxel centres: the image is then not interpolated half-way between two
+    slices while the label comes from one of them.
+    """
+    i = int(rng.integers(len(shapes)))
+    shape = np.asarray(shapes[i])
+    if len(fg[i]) and rng.random() < 0.67:
+        center = fg[i][rng.integers(len(fg[i]))] + rng.integers(-12, 13, size=3) + (np.asarray(patch) - 1) / 2 % 1
+    else:
+        center = rng.uniform(0, 1, size=3) * shape
+    ang = np.deg2rad(rng.uniform(-10, 10))
+    scale = rng.uniform(0.9, 1.1)
+    rot = np.array([[1, 0, 0], [0, np.cos(ang), -np.sin(ang)], [0, np.sin(ang), np.cos(ang)]])
+    return PatchDraw(i, center.astype(np.float64), rot * np.array([1, scale, scale])[None, :],
+                     rng.uniform(0, 0.01), rng.uniform(0.95, 1.05), rng.uniform(-15, 15) / 1100)
+
+
 class PatchSampler:
     """Random, augmented (z, y, x) patches from cases, cut on ``device``.
 
     Augmentation that suits CT: in-plane rotation (+-10 deg) and scaling
     (0.9-1.1), HU offset (+-15 HU) and contrast (+-5 %), a little noise. No
     flips: the heart sits on the left and the arteries' labels depend on it.
-    Two thirds of the patches are centred near calcium.
+    Two thirds of the patches are centred near calcium (see :func:`draw_patch`).
 
     The cases live on ``device`` and patches are resampled there
     (``grid_sample``: trilinear for the image, nearest for the labels, zeros
@@ -174,6 +208,7 @@ class PatchSampler:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.fg = [np.argwhere(c.y > 0) for c in cases]
+        self.shapes = [c.x.shape for c in cases]
         self.x = [torch.from_numpy(np.ascontiguousarray(c.x, dtype=np.float32)).to(self.device) for c in cases]
         self.y = [torch.from_numpy(np.ascontiguousarray(c.y, dtype=np.uint8)).to(self.device) for c in cases]
         grid = np.indices(self.patch, dtype=np.float64).reshape(3, -1) - (self.patch[:, None] - 1) / 2
@@ -193,28 +228,17 @@ class PatchSampler:
         import torch
         import torch.nn.functional as F
 
-        rng = self.rng
-        i = int(rng.integers(len(self.cases)))
-        fg = self.fg[i]
-        shape = np.array(self.cases[i].x.shape)
-        if len(fg) and rng.random() < 0.67:
-            center = fg[rng.integers(len(fg))] + rng.integers(-12, 13, size=3)
-        else:
-            center = rng.uniform(0, 1, size=3) * shape
-        ang = np.deg2rad(rng.uniform(-10, 10))
-        scale = rng.uniform(0.9, 1.1)
-        rot = np.array([[1, 0, 0], [0, np.cos(ang), -np.sin(ang)], [0, np.sin(ang), np.cos(ang)]])
-        mat = rot * np.array([1, scale, scale])[None, :]
-        coords = mat @ self._grid + center[:, None]  # voxel (z, y, x) of every patch voxel
+        d = draw_patch(self.rng, self.shapes, self.fg, self.patch)
+        i, shape = d.case, np.array(self.cases[d.case].x.shape)
+        coords = d.matrix @ self._grid + d.center[:, None]  # voxel (z, y, x) of every patch voxel
         norm = 2 * coords / np.maximum(shape[:, None] - 1, 1) - 1  # align_corners=True
         grid = torch.from_numpy(norm[::-1].T.reshape(1, *self.patch, 3).astype(np.float32)).to(self.device)
         x = F.grid_sample(self.x[i][None, None], grid, mode="bilinear", padding_mode="zeros",
                           align_corners=True)[0]
         y = F.grid_sample(self.y[i][None, None].float(), grid, mode="nearest", padding_mode="zeros",
                           align_corners=True)[0, 0]
-        sd = rng.uniform(0, 0.01)
-        noise = torch.randn(x.shape, generator=self.gen, device=self.device) * sd
-        x = x * rng.uniform(0.95, 1.05) + rng.uniform(-15, 15) / 1100 + noise
+        noise = torch.randn(x.shape, generator=self.gen, device=self.device) * d.noise_sd
+        x = x * d.gain + d.offset + noise
         return x, y.round().long()
 
     def batch(self, n: int):
@@ -223,3 +247,90 @@ class PatchSampler:
 
         xs, ys = zip(*(self.sample() for _ in range(n)))
         return torch.stack(xs), torch.stack(ys)
+
+
+#: Default buffer size of :class:`BatchSampler` (the 320 training and validation phantoms reach 70 x 102 x 102).
+MAX_SHAPE = (80, 112, 112)
+
+
+class BatchSampler:
+    """:class:`PatchSampler`'s augmented patches, a whole batch cut at once on ``device``.
+
+    All cases sit in one zero-padded tensor of ``max_shape`` (so a batch is
+    one gather, one batched affine grid and one ``grid_sample``), and cases
+    can be added while training runs (:meth:`add`). The random choices come
+    from the ``rng`` and torch ``gen`` passed to :meth:`batch`, in the order
+    :meth:`PatchSampler.sample` draws them, so several models can share the
+    cases with their own random streams. Padding with zeros is what
+    :class:`PatchSampler` does outside a case, so the patches are the same
+    (up to float32 rounding of the coordinates).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> s = BatchSampler(capacity=1, patch=(8, 16, 16), device="cpu", max_shape=(16, 32, 32))
+    >>> s.add(Case("c", np.zeros((16, 32, 32), np.float32), np.zeros((16, 32, 32), np.uint8), {}))
+    True
+    >>> x, y = s.batch(2, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    >>> tuple(x.shape), tuple(y.shape)
+    ((2, 1, 8, 16, 16), (2, 8, 16, 16))
+    """
+
+    def __init__(self, capacity: int, patch, device, max_shape=MAX_SHAPE):
+        import torch
+
+        self.patch = np.array(patch)
+        self.device = device
+        self.max_shape = np.array(max_shape)
+        self.x = torch.zeros((capacity, 1, *max_shape), dtype=torch.float32, device=device)
+        self.y = torch.zeros((capacity, 1, *max_shape), dtype=torch.uint8, device=device)
+        self.shapes: list[np.ndarray] = []
+        self.fg: list[np.ndarray] = []
+        self.ids: list[str] = []
+        grid = np.indices(self.patch, dtype=np.float64).reshape(3, -1) - (self.patch[:, None] - 1) / 2
+        self.base = torch.from_numpy(grid.astype(np.float32)).to(device)
+        self.scale = torch.from_numpy((2.0 / (self.max_shape - 1)).astype(np.float32)).to(device)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, case) -> bool:
+        """Put a case in the next free slot; False when it is larger than the buffer."""
+        import torch
+
+        shape = np.array(case.x.shape)
+        if np.any(shape > self.max_shape) or len(self.ids) >= self.x.shape[0]:
+            return False
+        i = len(self.ids)
+        sl = (i, 0) + tuple(slice(0, n) for n in shape)
+        self.x[sl] = torch.from_numpy(np.ascontiguousarray(case.x, dtype=np.float32)).to(self.device)
+        self.y[sl] = torch.from_numpy(np.ascontiguousarray(case.y, dtype=np.uint8)).to(self.device)
+        self.shapes.append(shape)
+        self.fg.append(np.argwhere(case.y > 0))
+        self.ids.append(case.case_id)
+        return True
+
+    def batch(self, n: int, rng: np.random.Generator, gen):
+        """``n`` patches: image (n, 1, *patch) float32 and labels (n, *patch) int64, on the device."""
+        import torch
+        import torch.nn.functional as F
+
+        draws = [draw_patch(rng, self.shapes, self.fg, self.patch) for _ in range(n)]
+        idx = [d.case for d in draws]
+        mats, centers = [d.matrix for d in draws], [d.center for d in draws]
+        sds, gains, offsets = [d.noise_sd for d in draws], [d.gain for d in draws], [d.offset for d in draws]
+        dev = self.device
+        mat = torch.tensor(np.array(mats), dtype=torch.float32, device=dev)
+        ctr = torch.tensor(np.array(centers), dtype=torch.float32, device=dev)
+        coords = mat @ self.base + ctr[:, :, None]  # (n, 3, points): voxel (z, y, x) in the buffer
+        norm = coords * self.scale[None, :, None] - 1  # align_corners=True on the padded buffer
+        grid = norm.flip(1).transpose(1, 2).reshape(n, *self.patch, 3)
+        ii = torch.tensor(idx, device=dev)
+        x = F.grid_sample(self.x[ii], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        y = F.grid_sample(self.y[ii].float(), grid, mode="nearest", padding_mode="zeros", align_corners=True)
+        shape = (n, 1, 1, 1, 1)
+        sd = torch.tensor(sds, dtype=torch.float32, device=dev).view(shape)
+        noise = torch.randn(x.shape, generator=gen, device=dev) * sd
+        x = x * torch.tensor(gains, dtype=torch.float32, device=dev).view(shape) \
+            + torch.tensor(offsets, dtype=torch.float32, device=dev).view(shape) + noise
+        return x, y[:, 0].round().long()
