@@ -8,10 +8,17 @@
   (figure 5: truth outlined on the left, prediction on the right);
 * two baselines on the same cases: everything >= 130 HU, and >= 130 HU inside
   a simple heart region (an ellipsoid around the centre of the field of view);
-* the hard cases separately: small faint lesions, mitral annulus calcification.
+* the hard cases separately: small faint lesions, mitral annulus calcification;
+* per-artery agreement: artery label of the calcium voxels found by both truth
+  and ensemble, ICC of each artery's Agatston score, and the number of arteries
+  with calcium (CAC-DRS N's count).
 
-Run:  python benchmarks/experiments.py [--n 100] [--weights weights] [--compare LABEL=DIR ...]
-             [--cache DIR] [--out docs/experiments]
+Rows of an earlier run's Table 1 (other weights, scored on the same cases) can
+be carried over with ``--keep-rows results.json``, so that one run need not
+score every weight set again.
+
+Run:  python benchmarks/experiments.py [--n 100] [--weights weights] [--label shipped]
+             [--compare LABEL=DIR ...] [--keep-rows OLD/results.json] [--cache DIR] [--out docs/experiments]
 Writes results.json, tables.md, confusion.png and overlays.png into --out.
 """
 
@@ -33,6 +40,7 @@ from cacnet.preprocess import coarse_grid, downsample, normalize
 from cacnet.preview import render_montage
 
 HELD_OUT_SEED = 9999
+ARTERIES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
 
 
 def heart_region(shape, spacing) -> np.ndarray:
@@ -98,8 +106,17 @@ def main() -> None:
                         help="another weights folder for the size table (Table 1); repeatable")
     parser.add_argument("--cache", type=Path, default=None, help="keep the held-out phantoms here (npz)")
     parser.add_argument("--out", type=Path, default=Path("docs/experiments"))
+    parser.add_argument("--label", default="shipped", help="Table 1 label of --weights")
+    parser.add_argument("--keep-rows", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="carry over Table 1 rows of an earlier run on the same cases (labels not scored now)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    old = None
+    if args.keep_rows is not None:  # checked before the long run
+        old = json.loads(args.keep_rows.read_text())["summary"]
+        if old.get("n_cases") != args.n or old.get("held_out_seed") != HELD_OUT_SEED:
+            raise SystemExit(f"{args.keep_rows}: scored on other cases ({old.get('n_cases')} of seed "
+                             f"{old.get('held_out_seed')}); its rows cannot be compared with {args.n} cases")
     ens = Ensemble(args.weights, device="cpu")
     n_models = len(ens.sessions)
     others = {}
@@ -122,11 +139,21 @@ def main() -> None:
         thr = agatston.score(hu, spacing).agatston
         heart = agatston.score(hu, spacing, heart_region(hu.shape, spacing)).agatston
         det = agatston.detection_report(labels, truth_labels, spacing)
+        truth_score = agatston.score(hu, spacing, truth_labels)
+        both = (labels > 0) & (truth_labels > 0)
+        arteries = {
+            "voxels_both": int(both.sum()), "voxels_same_artery": int((labels[both] == truth_labels[both]).sum()),
+            "true": {name: truth_score.by_label[k].agatston if k in truth_score.by_label else 0.0
+                     for k, name in ARTERIES.items()},
+            "ensemble": {name: ens_score.by_label[k].agatston if k in ens_score.by_label else 0.0
+                         for k, name in ARTERIES.items()},
+        }
         rows.append({
             "id": case["id"], "true": case["true"], "true_category": case["true_category"],
             "ensemble": ens_score.agatston, "singles": singles, "threshold_130": thr, "heart_region_130": heart,
             "faint_lesion": case["faint_lesion"], "mitral_annulus": case["mitral_annulus"],
             "lookalikes": case["lookalikes"], "detection": det.to_dict(), "compared": compared,
+            "arteries": arteries,
         })
         if len(overlays) < 4 and case["true_category"] in "BCDE"[len(overlays)]:
             z = int(np.argmax((truth_labels > 0).sum(axis=(1, 2)) + (labels > 0).sum(axis=(1, 2))))
@@ -158,14 +185,30 @@ def main() -> None:
                 "single_sd": {k: statistics.stdev(m[k] for m in singles) if len(singles) > 1 else 0.0
                               for k in ("c_index", "accuracy")}}
 
-    table1 = [size_row("shipped", [r["ensemble"] for r in rows],
+    table1 = [size_row(args.label, [r["ensemble"] for r in rows],
                        [[r["singles"][m] for r in rows] for m in range(n_models)], args.weights)]
     for item in args.compare:
         label, _, folder = item.partition("=")
         k = len(others[label].sessions)
         table1.append(size_row(label, [r["compared"][label]["ensemble"] for r in rows],
                                [[r["compared"][label]["singles"][m] for r in rows] for m in range(k)], Path(folder)))
-    res["table1"] = table1
+    kept = []
+    if old is not None:
+        scored = {t["label"] for t in table1}
+        for t in old.get("table1", []):
+            if t["label"] not in scored:
+                kept.append({**t, "note": t.get("note", f"kept from {args.keep_rows}, scored on the same cases")})
+    res["table1"] = table1 + kept
+    n_both = sum(r["arteries"]["voxels_both"] for r in rows)
+    res["arteries"] = {
+        "voxels_both": n_both,
+        "voxel_artery_agreement": sum(r["arteries"]["voxels_same_artery"] for r in rows) / max(n_both, 1),
+        "icc": {name: agatston.icc([r["arteries"]["ensemble"][name] for r in rows],
+                                   [r["arteries"]["true"][name] for r in rows]) for name in ARTERIES.values()},
+        "n_arteries_agreement": statistics.mean(
+            sum(v > 0 for v in r["arteries"]["ensemble"].values()) == sum(v > 0 for v in r["arteries"]["true"].values())
+            for r in rows),
+    }
     for name, key in (("faint_lesion", "faint_lesion"), ("mitral_annulus", "mitral_annulus")):
         sub = [r for r in rows if r[key]]
         if len(sub) >= 2:
@@ -204,6 +247,8 @@ def main() -> None:
           f"{', '.join(str(v) for v in t['best_steps'])} | {t['single_mean']['c_index']:.3f} +- "
           f"{t['single_sd']['c_index']:.3f} | {t['single_mean']['accuracy']:.3f} +- {t['single_sd']['accuracy']:.3f} | "
           f"{t['ensemble']['c_index']:.3f} | {t['ensemble']['accuracy']:.3f} |" for t in res["table1"]],
+        *([""] + [f"Kept from an earlier run of this script on the same {len(rows)} cases (those weights did not "
+                  f"change): {', '.join(t['label'] for t in kept)}."] if kept else []),
         "",
         "Confusion matrix of the ensemble (rows: truth A-E, columns: prediction A-E):",
         "",
@@ -220,6 +265,11 @@ def main() -> None:
     lines.append(f"- category A cases given a non-zero score: {res['category_A_false_positive_rate']:.0%}")
     lines.append(f"- lesions (26-connected): sensitivity {res['lesions']['sensitivity_count']:.3f}, "
                  f"PPV {res['lesions']['ppv_count']:.3f} by count")
+    ar = res["arteries"]
+    lines.append(f"- arteries: the ensemble's artery label agrees with the truth on {ar['voxel_artery_agreement']:.1%} "
+                 f"of the {ar['voxels_both']} calcium voxels both found; ICC(A,1) of the per-artery Agatston score "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in ar["icc"].items())
+                 + f"; number of arteries with calcium right in {ar['n_arteries_agreement']:.0%} of cases")
     (args.out / "tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import SimpleITK as sitk

@@ -229,9 +229,10 @@ def test_cac_train_end_to_end_writes_a_loadable_ensemble(tmp_path):
 
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["train", str(out), "--phantoms", "2", "--val-phantoms", "1", "--models", "1",
-                                   "--steps", "2", "--val-every", "1"])
+                                   "--steps", "2", "--val-every", "1", "--batch", "3"])
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "weights" / "manifest.json").read_text())
+    assert manifest["training"]["config"]["batch"] == 3
     assert manifest["training"]["train_cases"] == 2 and manifest["training"]["val_cases"] == 1
     assert [m["file"] for m in manifest["models"]] == ["unet_0.onnx"] and manifest["models"][0]["best_step"] in (1, 2)
     assert len(list((out / "cache" / "train").glob("*.npz"))) == 2
@@ -272,3 +273,35 @@ def test_batch_sampler_refuses_a_case_larger_than_its_buffer():
     s = BatchSampler(capacity=2, patch=(4, 4, 4), device="cpu", max_shape=(8, 8, 8))
     big = Case("big", np.zeros((9, 8, 8), np.float32), np.zeros((9, 8, 8), np.uint8), {})
     assert not s.add(big) and len(s) == 0
+
+
+def test_batched_patch_sampler_draws_what_patch_sampler_draws():
+    from cacnet.train import BatchedPatchSampler, PatchSampler
+
+    cases = toy_cases(3, 7)
+    a = PatchSampler(cases, patch=(8, 16, 16), seed=4)
+    b = BatchedPatchSampler(cases, patch=(8, 16, 16), seed=4)
+    state = b.state()
+    for _ in range(3):
+        (ax, ay), (bx, by) = a.batch(4), b.batch(4)
+        assert torch.abs(ax - bx).max() < 0.06
+        assert (ay == by).float().mean() >= 0.999
+    b.set_state(state)  # a restored state replays the same batch
+    again = b.batch(4)
+    b.set_state(state)
+    assert torch.equal(b.batch(4)[1], again[1])
+
+
+def test_training_with_the_batched_sampler_runs_and_resumes(tmp_path):
+    """The GPU's sampler, forced on the CPU: trains, validates, checkpoints and resumes like the default one."""
+    cfg = TrainConfig(steps=4, batch=3, patch=(16, 32, 32), lr=3e-3, val_every=2, checkpoint_every=2, seed=1,
+                      threads=2, sampler="batched")
+    first = train_model(tmp_path / "m", toy_cases(4, 2), toy_cases(1, 3), cfg)
+    assert first["steps_done"] == 4 and (tmp_path / "m" / "best.pt").exists()
+    more = train_model(tmp_path / "m", toy_cases(4, 2), toy_cases(1, 3), TrainConfig(**{**cfg.__dict__, "steps": 6}))
+    assert more["steps_done"] == 6
+    with open(tmp_path / "m" / "log.csv") as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh)]
+    assert steps == [2, 4, 6]  # continued from step 4, not from 0
+    with pytest.raises(ValueError, match="sampler"):
+        train_model(tmp_path / "bad", toy_cases(1, 2), toy_cases(1, 3), TrainConfig(steps=1, sampler="fast"))

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
-__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "PatchSampler", "BatchSampler", "pad_to_multiple"]
+__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "PatchSampler", "BatchSampler", "BatchedPatchSampler", "pad_to_multiple"]
 
 
 @dataclass
@@ -334,3 +334,37 @@ class BatchSampler:
         x = x * torch.tensor(gains, dtype=torch.float32, device=dev).view(shape) \
             + torch.tensor(offsets, dtype=torch.float32, device=dev).view(shape) + noise
         return x, y[:, 0].round().long()
+
+
+class BatchedPatchSampler:
+    """:class:`PatchSampler`'s interface over a :class:`BatchSampler` holding ``cases``.
+
+    Same random draws, same patches (up to float32 rounding of the
+    coordinates), same checkpoint state; each batch is cut in one go on
+    ``device``. :func:`cacnet.train.train_model` uses it on a GPU, where
+    cutting patches one by one on the CPU would leave the GPU waiting.
+    """
+
+    def __init__(self, cases: list[Case], patch=(48, 64, 64), seed: int = 0, device="cpu"):
+        import torch
+
+        max_shape = np.maximum(np.max([c.x.shape for c in cases], axis=0), 2)
+        self.cut = BatchSampler(len(cases), patch, torch.device(device), max_shape=tuple(int(m) for m in max_shape))
+        for c in cases:
+            self.cut.add(c)
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator(device=torch.device(device))
+        self.gen.manual_seed(seed)
+
+    def state(self) -> dict:
+        """Random states, for checkpoints (as :meth:`PatchSampler.state`)."""
+        return {"rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"].cpu())
+
+    def batch(self, n: int):
+        """``n`` patches: image (n, 1, *patch) and labels (n, *patch), torch tensors on the device."""
+        return self.cut.batch(n, self.rng, self.gen)

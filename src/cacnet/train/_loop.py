@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._data import Case, PatchSampler, pad_to_multiple
+from ._data import BatchedPatchSampler, Case, PatchSampler, pad_to_multiple
 from ._model import UNet3D
 
 __all__ = ["TrainConfig", "learning_rate", "train_model", "bf16_supported", "dice_ce_loss", "evaluate"]
@@ -35,6 +35,10 @@ class TrainConfig:
     #: Stop after this much training time (seconds) even before ``steps``; the
     #: learning-rate drops then follow the time (see :func:`learning_rate`).
     max_seconds: Optional[float] = None
+    #: How patches are cut: "single" (one by one, :class:`PatchSampler`),
+    #: "batched" (a whole batch at once, :class:`BatchedPatchSampler`), or
+    #: "auto": batched on a GPU, single on a CPU. Same draws either way.
+    sampler: str = "auto"
 
 
 def learning_rate(config: TrainConfig, step: int, elapsed: float) -> float:
@@ -152,7 +156,11 @@ def train_model(
         torch.backends.cudnn.benchmark = True  # the patch shape never changes
     model = UNet3D().to(device=device, memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sampler = PatchSampler(train_cases, config.patch, seed=config.seed, device=device)
+    if config.sampler not in ("auto", "single", "batched"):
+        raise ValueError(f"TrainConfig.sampler must be 'auto', 'single' or 'batched', not {config.sampler!r}")
+    batched = config.sampler == "batched" or (config.sampler == "auto" and device.type == "cuda")
+    sampler = (BatchedPatchSampler if batched else PatchSampler)(train_cases, config.patch, seed=config.seed,
+                                                                 device=device)
     step, best, best_step, elapsed = 0, -1.0, 0, 0.0
     ckpt_path = outdir / "checkpoint.pt"
     if ckpt_path.exists():
