@@ -305,3 +305,19 @@ def test_training_with_the_batched_sampler_runs_and_resumes(tmp_path):
     assert steps == [2, 4, 6]  # continued from step 4, not from 0
     with pytest.raises(ValueError, match="sampler"):
         train_model(tmp_path / "bad", toy_cases(1, 2), toy_cases(1, 3), TrainConfig(steps=1, sampler="fast"))
+
+
+def test_fp32_training_is_bit_reproducible(tmp_path, monkeypatch):
+    """CAC_TRAIN_FP32=1: two runs with the same seed log the same losses and save the same weights."""
+    monkeypatch.setenv("CAC_TRAIN_FP32", "1")
+    cfg = TrainConfig(steps=4, batch=2, patch=(16, 32, 32), lr=3e-3, val_every=2, checkpoint_every=1, seed=0, threads=2)
+    runs = []
+    for name in ("a", "b"):
+        summary = train_model(tmp_path / name, toy_cases(3, 0), toy_cases(1, 1), cfg)
+        assert summary["bf16"] is False
+        with open(tmp_path / name / "log.csv") as fh:
+            losses = [r["loss"] for r in csv.DictReader(fh)]
+        state = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model"]
+        runs.append((losses, state))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
