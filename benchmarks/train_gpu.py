@@ -114,7 +114,7 @@ def main() -> None:
 
     import torch
 
-    from cacnet.train import TRAIN_SET_SEED, VAL_SET_SEED, BatchSampler, UNet3D, dice_ce_loss
+    from cacnet.train import TRAIN_SET_SEED, VAL_SET_SEED, BatchSampler, TrainConfig, UNet3D, dice_ce_loss, learning_rate
     from cacnet.train import evaluate as _evaluate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,9 +129,8 @@ def main() -> None:
         finally:
             torch.backends.cudnn.benchmark = device.type == "cuda"
     args.pack.mkdir(parents=True, exist_ok=True)
-    log_bf16 = bf16
     log: dict = {"argv": sys.argv, "machine": {
-        "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "bf16": log_bf16,
+        "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "bf16": bf16,
         "numpy": np.__version__, "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None}}
     print(json.dumps(log["machine"]), flush=True)
 
@@ -168,6 +167,10 @@ def main() -> None:
     log["first_cases_seconds"] = round(time.perf_counter() - t_start, 1)
     print(f"{len(val_cases)} val + {len(sampler)} train cases after {log['first_cases_seconds']} s", flush=True)
 
+    def snapshot(model) -> dict:
+        return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
+
+    fused = {"fused": True} if device.type == "cuda" else {}
     models, opts, rngs, gens, best, logs = [], [], [], [], [], []
     for k in range(args.models):
         with np.load(args.init / f"model_{k}.npz") as z:
@@ -177,15 +180,13 @@ def main() -> None:
         model.load_state_dict(state)
         model = model.to(device=device, memory_format=torch.channels_last_3d)
         models.append(model)
-        fused = {"fused": True} if device.type == "cuda" else {}
         opts.append(torch.optim.Adam(model.parameters(), lr=args.lr, **fused))
         rngs.append(np.random.default_rng(20_000 + k))
         gen = torch.Generator(device=device)
         gen.manual_seed(20_000 + k)
         gens.append(gen)
         val = evaluate(model, val_cases, bf16)
-        best.append({"dice": val["dice"], "step": 0, "val": val,
-                     "state": {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}})
+        best.append({"dice": val["dice"], "step": 0, "val": val, "state": snapshot(model)})
         logs.append([["step", "loss", "val_dice", "val_artery_accuracy", "lr", "elapsed_s", "train_cases"],
                      [0, "", round(val["dice"], 4), round(val["artery_accuracy"], 4), 0.0, 0.0, len(sampler)]])
         print(f"model {k}: start val dice {val['dice']:.4f}, artery accuracy {val['artery_accuracy']:.4f}", flush=True)
@@ -199,10 +200,11 @@ def main() -> None:
     next_val = t0 + args.val_seconds
     last = False
 
+    schedule = TrainConfig(lr=args.lr, max_seconds=train_seconds)  # cac train's drops at 70 % and 90 % of the time
+
     def lr_at(elapsed: float) -> float:
-        p = elapsed / train_seconds
-        warm = min(1.0, 0.1 + 0.9 * p / 0.03)
-        return args.lr * warm * (0.3 if p >= 0.7 else 1.0) * (0.3 if p >= 0.9 else 1.0)
+        warm = min(1.0, 0.1 + 0.9 * elapsed / train_seconds / 0.03)
+        return learning_rate(schedule, 0, elapsed) * warm
 
     while not last:
         elapsed = time.perf_counter() - t0
@@ -235,8 +237,7 @@ def main() -> None:
                     opts[k] = torch.optim.Adam(model.parameters(), lr=lr, **fused)
                 val = evaluate(model, val_cases, bf16)
                 if val["dice"] > best[k]["dice"]:
-                    best[k] = {"dice": val["dice"], "step": steps[k], "val": val,
-                               "state": {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}}
+                    best[k] = {"dice": val["dice"], "step": steps[k], "val": val, "state": snapshot(model)}
                 logs[k].append([steps[k], round(mean_loss, 5), round(val["dice"], 4),
                                 round(val["artery_accuracy"], 4), lr, round(time.perf_counter() - t0, 1),
                                 len(sampler)])

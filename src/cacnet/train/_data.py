@@ -183,7 +183,30 @@ def draw_patch(rng: np.random.Generator, shapes, fg: list[np.ndarray], patch) ->
                      rng.uniform(0, 0.01), rng.uniform(0.95, 1.05), rng.uniform(-15, 15) / 1100)
 
 
-class PatchSampler:
+class _RandomStreams:
+    """A sampler's random streams: numpy ``rng`` for the draws, torch ``gen`` on the device for the noise.
+
+    Both are seeded with ``seed`` and saved in checkpoints (:meth:`state`).
+    """
+
+    def _seed(self, seed: int, device) -> None:
+        import torch
+
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+
+    def state(self) -> dict:
+        """Random states, for checkpoints."""
+        return {"rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
+        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["gen"].cpu())
+
+
+class PatchSampler(_RandomStreams):
     """Random, augmented (z, y, x) patches from cases, cut on ``device``.
 
     Augmentation that suits CT: in-plane rotation (+-10 deg) and scaling
@@ -204,24 +227,13 @@ class PatchSampler:
         self.cases = cases
         self.patch = np.array(patch)
         self.device = torch.device(device)
-        self.rng = np.random.default_rng(seed)
-        self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(seed)
+        self._seed(seed, self.device)
         self.fg = [np.argwhere(c.y > 0) for c in cases]
         self.shapes = [c.x.shape for c in cases]
         self.x = [torch.from_numpy(np.ascontiguousarray(c.x, dtype=np.float32)).to(self.device) for c in cases]
         self.y = [torch.from_numpy(np.ascontiguousarray(c.y, dtype=np.uint8)).to(self.device) for c in cases]
         grid = np.indices(self.patch, dtype=np.float64).reshape(3, -1) - (self.patch[:, None] - 1) / 2
         self._grid = grid
-
-    def state(self) -> dict:
-        """Random states, for checkpoints."""
-        return {"rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
-
-    def set_state(self, state: dict) -> None:
-        """Restore what :meth:`state` returned."""
-        self.rng.bit_generator.state = state["rng"]
-        self.gen.set_state(state["gen"].cpu())
 
     def sample(self):
         """One patch as torch tensors on the device: image (1, *patch) float32, labels (*patch) int64."""
@@ -336,7 +348,7 @@ class BatchSampler:
         return x, y[:, 0].round().long()
 
 
-class BatchedPatchSampler:
+class BatchedPatchSampler(_RandomStreams):
     """:class:`PatchSampler`'s interface over a :class:`BatchSampler` holding ``cases``.
 
     Same random draws, same patches (up to float32 rounding of the
@@ -352,18 +364,7 @@ class BatchedPatchSampler:
         self.cut = BatchSampler(len(cases), patch, torch.device(device), max_shape=tuple(int(m) for m in max_shape))
         for c in cases:
             self.cut.add(c)
-        self.rng = np.random.default_rng(seed)
-        self.gen = torch.Generator(device=torch.device(device))
-        self.gen.manual_seed(seed)
-
-    def state(self) -> dict:
-        """Random states, for checkpoints (as :meth:`PatchSampler.state`)."""
-        return {"rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
-
-    def set_state(self, state: dict) -> None:
-        """Restore what :meth:`state` returned."""
-        self.rng.bit_generator.state = state["rng"]
-        self.gen.set_state(state["gen"].cpu())
+        self._seed(seed, torch.device(device))
 
     def batch(self, n: int):
         """``n`` patches: image (n, 1, *patch) and labels (n, *patch), torch tensors on the device."""
