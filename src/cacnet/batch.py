@@ -69,7 +69,7 @@ def csv_row(data: Optional[dict[str, Any]], *, input_path: Path, status: str, er
             "volume_mm3": round(data["volume_mm3"], 4),
             "mass_mg": "" if data["mass_mg"] is None else round(data["mass_mg"], 4),
             **{k: round(v["agatston"], 4) for k, v in data["arteries"].items()},
-            "n_lesions": data["n_lesions"], "cac_drs": data["cac_drs"]["label"].replace("CAC-DRS ", ""),
+            "n_lesions": data["n_lesions"], "cac_drs": data["cac_drs"]["label"],
             "n_review": len(data["review"]), "warnings": " | ".join(data["warnings"]),
         })
     return row

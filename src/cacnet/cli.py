@@ -9,15 +9,44 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
+
+
+def _quiet_flags(params: List[Any]) -> List[Any]:
+    """Give on/off flags an empty metavar, so that --help shows no ``<bool>`` type.
+
+    typer's rich help prints the type of every option, flags (``--json``,
+    ``--help``) included, where there is no value to give.
+    """
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A `cac` sub-command: flags listed without a type in --help."""
+
+    def get_params(self, ctx: typer.Context) -> List[Any]:
+        return _quiet_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    """The `cac` command group: flags listed without a type in --help."""
+
+    def get_params(self, ctx: typer.Context) -> List[Any]:
+        return _quiet_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="cac",
+    cls=_Group,
     help="Automatic coronary artery calcium scoring from non-contrast cardiac CT.",
     no_args_is_help=True,
     add_completion=False,
@@ -55,7 +84,7 @@ def _progress() -> Progress:
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def phantom(
     outdir: Path = typer.Argument(..., help="Folder to write scans/, labels/, truth.csv and points.csv into."),
     n: int = typer.Option(10, "--n", min=1, help="Number of cases."),
@@ -88,7 +117,7 @@ def phantom(
     err.print(f"wrote {len(rows)} cases to {outdir} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     outdir: Path = typer.Argument(..., help="Folder for caches, checkpoints, logs and weights/ (rerun to resume)."),
     data: Optional[Path] = typer.Option(None, "--data", help="User data set: images/<id>.nii.gz with labels/ or points.csv."),
@@ -165,11 +194,18 @@ def _score_table(rows: list[dict]) -> Table:
     return table
 
 
-@app.command()
+def _error_object(sid: str, path: Path, message: str, exit_code: int) -> dict:
+    """The `cac score --json` object of a scan that failed."""
+    return {"id": sid, "input": str(path), "status": "error", "error": message, "exit_code": exit_code}
+
+
+@app.command(cls=_Command)
 def score(
     inputs: List[Path] = typer.Argument(..., help="Scans: NIfTI/NRRD/MHA files, DICOM folders or .zip, or folders of them."),
     outdir: Optional[Path] = typer.Option(None, "-o", "--outdir", help="Write <id>.json and <id>_calcium.nii.gz here."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout (one object for one scan, else a list)."),
+    as_json: bool = typer.Option(
+        False, "--json",
+        help="Print JSON on stdout: one object per scan, with status ok, skipped or error (a list for several scans)."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Write one row per scan to this CSV file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
@@ -199,6 +235,7 @@ def score(
     scans = expand_inputs(inputs)
     ensemble = _load_ensemble(weights, device)
     rows, results, failed_code = [], [], 0
+    printed: list[dict] = []  # --json: one object per scan, in input order, failures included
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(scans))
         for path in scans:
@@ -208,20 +245,24 @@ def score(
                     data = read_result(outdir / f"{sid}.json")
                     rows.append(csv_row(data, input_path=path, status="skipped"))
                     results.append(data)
+                    printed.append({"id": data["id"], "status": "skipped", "input": str(path), **data})
                     continue
                 res = score_scan(path, ensemble, calibration=calibration, series=series, early_stop=early_stop)
                 if outdir is not None:
                     write_outputs(res, outdir, preview=preview)
                 rows.append(csv_row(res.data, input_path=path, status="ok"))
                 results.append(res.data)
+                printed.append({"id": res.data["id"], "status": "ok", "input": str(path), **res.data})
             except CacError as exc:
                 rows.append(csv_row(None, input_path=path, status="error", error=str(exc)))
+                printed.append(_error_object(sid, path, str(exc), exc.exit_code))
                 err.print(f"[red]error:[/red] {exc}", highlight=False)
                 failed_code = failed_code or exc.exit_code
                 if fail_fast:
                     break
             except Exception as exc:  # noqa: BLE001 - a batch must go on; say what happened
                 rows.append(csv_row(None, input_path=path, status="error", error=f"internal error: {exc!r}"))
+                printed.append(_error_object(sid, path, f"internal error: {exc!r}", 1))
                 err.print(f"[red]internal error on {path}:[/red] {exc!r} (please report it)", highlight=False)
                 failed_code = failed_code or 1
                 if fail_fast:
@@ -231,7 +272,7 @@ def score(
     if csv_file is not None:
         write_csv_atomic(csv_file, CSV_COLUMNS, rows)
     if as_json:
-        typer.echo(json.dumps(results[0] if len(scans) == 1 and results else results, indent=2))
+        typer.echo(json.dumps(printed[0] if len(scans) == 1 and printed else printed, indent=2))
     else:
         Console(width=None if sys.stdout.isatty() else 160).print(_score_table(rows))
         for data in results:
@@ -245,7 +286,7 @@ def score(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-@app.command(name="eval")
+@app.command(name="eval", cls=_Command)
 def evaluate_cmd(
     truth: Path = typer.Option(..., "--truth", help="CSV with id and agatston and/or category."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="CSV of predictions (e.g. from cac score --csv)."),
@@ -254,15 +295,21 @@ def evaluate_cmd(
     pred_masks: Optional[Path] = typer.Option(None, "--pred-masks",
                                               help="Folder of <id>_calcium.nii.gz (default: the masks of INPUT scoring)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-    device: str = typer.Option("auto", "--device"),
-    weights: Optional[Path] = typer.Option(None, "--weights"),
+    device: str = typer.Option("auto", "--device", help="With INPUT scans: auto, cpu or cuda to run the models on."),
+    weights: Optional[Path] = typer.Option(None, "--weights",
+                                           help="With INPUT scans: weights folder (default: the shipped ensemble)."),
 ) -> None:
     """Agreement of predicted scores (and masks) with ground truth."""
     from .errors import CacError
     from .evaluate import evaluate_predictions, predictions_from_csv, predictions_from_scans, read_truth
 
-    if (pred is None) == (not inputs):
-        raise _fail("give either --pred PRED.csv or scans to score (not both).", EXIT_USAGE)
+    if pred is None and not inputs:
+        raise _fail("nothing to evaluate: give --pred PRED.csv (e.g. from cac score --csv) or scans to score.",
+                    EXIT_USAGE)
+    if pred is not None and inputs:
+        raise _fail("give either --pred PRED.csv or scans to score, not both.", EXIT_USAGE)
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device must be auto, cpu or cuda; got {device!r}.", EXIT_USAGE)
     try:
         truth_rows = read_truth(truth)
         if pred is not None:
@@ -282,7 +329,7 @@ def evaluate_cmd(
     print_report(report, Console())
 
 
-@app.command()
+@app.command(cls=_Command)
 def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: shipped).")) -> None:
     """Versions, onnxruntime providers and the weight files with their hashes."""
     import onnxruntime as ort

@@ -138,9 +138,9 @@ class Ensemble:
     ----------
     weights_dir : path
     device : {"auto", "cpu", "cuda"}
-        ``auto`` uses CUDA when onnxruntime-gpu can, else the CPU (with a
-        warning in :attr:`warnings`); ``cuda`` that cannot be honoured raises
-        :class:`DeviceUnavailableError`.
+        ``auto`` uses CUDA when onnxruntime-gpu can, else the CPU (a normal
+        outcome, not a warning: :attr:`provider` says which ran); ``cuda``
+        that cannot be honoured raises :class:`DeviceUnavailableError`.
     threads : int, optional
         intra-op threads per session (default: onnxruntime's choice).
     """
@@ -183,8 +183,6 @@ class Ensemble:
         running = self.sessions[0].get_providers()[0]
         if self.device == "cuda" and running != "CUDAExecutionProvider":
             raise DeviceUnavailableError(f"--device cuda: onnxruntime fell back to {running}.")
-        if self.device == "auto" and running != "CUDAExecutionProvider":
-            self.warnings.append("device auto: no usable CUDA GPU, ran on the CPU.")
         self.provider = running
         self.input_name = self.sessions[0].get_inputs()[0].name
 

@@ -3,24 +3,58 @@
 Every scan is brought to one canonical orientation for the model: LPS with
 identity direction (``SimpleITK.DICOMOrient(image, "LPS")``), as a float32
 (z, y, x) array in HU. The source geometry is kept so that outputs are
-written back on the input grid exactly (:func:`to_source_grid`).
+written back on the input grid exactly (:func:`to_source_grid`), and
+positions on the canonical grid can be given in the file's own voxel indices
+(:func:`canonical_to_source_index`).
+
+Voxel spacing is taken from the file's own metadata, never from a default:
+ITK silently fills in 1 mm where a header gives no spacing or a zero one, so
+the header is checked first. DICOM: PixelSpacing (0028,0030), or
+ImagerPixelSpacing (0018,1164) only where PixelSpacing is absent, must be two
+positive numbers; the slice increment is the median step of the slice
+positions and must agree with what ITK reports. NIfTI: the column norms of the
+sform matrix when ``sform_code > 0``, else ``pixdim[1..3]``; where both are
+given they must agree (1 %). MetaImage: ``ElementSpacing`` (or
+``ElementSize``); NRRD: ``space directions`` or ``spacings``. A missing, zero or
+non-finite spacing is an :class:`~cacnet.errors.InvalidScanError` naming the
+field.
+
+Geometry rule (decided by geometry alone): the direction matrix must be a
+signed permutation within 0.01, i.e. every voxel axis runs along a patient
+axis (else the grid is "oblique or tilted"). Any of the 48 axis orders and
+flips is accepted: after reorientation to LPS the slices lie along patient z,
+which holds for every signed permutation, and the scan is scored identically
+whatever order the file stores its voxels in. A NIfTI, NRRD or MetaImage file
+cannot say whether the volume was *acquired* axially; the reader only checks
+that its grid is axis-aligned. DICOM series keep a stricter rule: the slice
+normal from ImageOrientationPatient must run along patient z, because a
+sagittal or coronal DICOM series is a reconstruction from an axial
+acquisition, not an axial one (Agatston scoring is defined on axial slices).
+
+Gzipped DICOM slices (``*.dcm.gz``) in a folder are decompressed into a
+temporary folder and read like plain ones; a folder must not mix gzipped and
+uncompressed DICOM files.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
+import re
+import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import numpy as np
 
 from .errors import InvalidScanError, SeriesSelectionError
 
-__all__ = ["Scan", "SeriesInfo", "read_scan", "list_series", "to_source_grid", "scan_id", "IMAGE_SUFFIXES",
-           "is_scan_path"]
+__all__ = ["Scan", "SeriesInfo", "read_scan", "list_series", "to_source_grid", "canonical_to_source_index",
+           "scan_id", "IMAGE_SUFFIXES", "is_scan_path"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
 
@@ -29,6 +63,8 @@ _TAGS = {
     "modality": "0008|0060", "image_type": "0008|0008", "series_uid": "0020|000e", "description": "0008|103e",
     "position": "0020|0032", "orientation": "0020|0037", "kvp": "0018|0060", "thickness": "0018|0050",
     "tilt": "0018|1120", "manufacturer": "0008|0070", "number_of_frames": "0028|0008",
+    "pixel_spacing": "0028|0030", "imager_pixel_spacing": "0018|1164", "sop_instance_uid": "0008|0018",
+    "instance_number": "0020|0013",
 }
 
 
@@ -69,6 +105,11 @@ class Scan:
     warnings : list of str
         Things a reader of the result must know (non-120 kVp, slice
         thickness outside 2.5-3 mm, contrast or missing rescale suspected).
+    slices : list of dict
+        DICOM input only (else empty): one entry per **canonical** slice
+        (index z of ``hu``), the file that slice came from, as
+        ``{"sop_instance_uid": str, "instance_number": int or None}``. Kept
+        out of ``meta`` (it would swell the JSON result).
     """
 
     id: str
@@ -78,6 +119,7 @@ class Scan:
     source_image: Any
     meta: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    slices: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 def scan_id(path: Path) -> str:
@@ -107,8 +149,16 @@ def list_series(folder: Path) -> list[SeriesInfo]:
     folder = Path(folder)
     dirs = sorted({p.parent for p in folder.rglob("*") if p.is_file()} | {folder})
     out: dict[str, SeriesInfo] = {}
-    for d in dirs:
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
+    # ITK prints "No Series were found" to stderr for a folder without DICOM
+    # files; the caller reports that itself, so keep ITK quiet meanwhile.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        uids_by_dir = [(d, sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ()) for d in dirs]
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    for d, uids in uids_by_dir:
+        for uid in uids:
             files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid))
             r = sitk.ImageFileReader()
             r.SetFileName(files[0])
@@ -157,7 +207,7 @@ def _read_dicom(folder: Path, series: Optional[str], label: str):
                 f"{label}: {len(ok)} CT series found; choose one with --series UID:\n  "
                 + "\n  ".join(str(s) for s in ok))
         s = ok[0]
-    return _read_series(s, label)
+    return _read_series(s, label)  # image, meta, slices (per file in index order)
 
 
 def _float_list(text: str) -> list[float]:
@@ -189,8 +239,12 @@ def _read_series(s: SeriesInfo, label: str):
         raise InvalidScanError(f"{label}: slices lack ImagePositionPatient/ImageOrientationPatient.")
     normal = np.cross(orient[:3], orient[3:])
     if abs(normal[2]) < 0.9:
-        raise InvalidScanError(f"{label}: slices are not axial (normal {np.round(normal, 3).tolist()}); "
-                               "calcium scoring needs axial slices.")
+        raise InvalidScanError(
+            f"{label}: slices are not axial (slice normal {np.round(normal, 3).tolist()} from "
+            "ImageOrientationPatient; axial slices have their normal along patient z). A sagittal or coronal "
+            "DICOM series is a reconstruction, not an axial acquisition, and Agatston scoring is defined on "
+            "axial slices: score the study's axial series instead.")
+    dy, dx = _dicom_pixel_spacing(readers, s.files, label)
     tilt = _tag(readers[0], "tilt")
     if tilt and abs(float(tilt)) > 0.01:
         raise InvalidScanError(f"{label}: gantry tilt of {float(tilt):g} degrees; resample the series "
@@ -208,6 +262,9 @@ def _read_series(s: SeriesInfo, label: str):
         raise InvalidScanError(f"{label}: slice positions drift sideways along the stack (gantry tilt); "
                                "resample to an untilted grid first.")
     med = float(np.median(steps))
+    if not (math.isfinite(med) and med > 0):
+        raise InvalidScanError(f"{label}: the slice positions (ImagePositionPatient) do not advance along the "
+                               f"slice normal (median step {med:g} mm); the slice increment is unknown.")
     bad = np.flatnonzero(np.abs(steps - med) > 0.01 * med)
     if bad.size:
         i = int(bad[0])
@@ -223,6 +280,15 @@ def _read_series(s: SeriesInfo, label: str):
         image = reader.Execute()  # rescale slope/intercept applied per slice
     except RuntimeError as exc:
         raise InvalidScanError(f"{label}: the DICOM pixel data cannot be decoded ({str(exc).splitlines()[-1]}).") from None
+    itk_dz = image.GetSpacing()[2]
+    if not abs(itk_dz - med) <= 0.01 * med:
+        raise InvalidScanError(f"{label}: the slice positions give a {med:.4f} mm slice increment but ITK reads "
+                               f"{itk_dz:.4f} mm; the slice geometry is inconsistent. Export the series again.")
+    # the in-plane spacing is the file's own (ITK puts 1 mm where PixelSpacing is missing)
+    image.SetSpacing((dx, dy, itk_dz))
+    sorted_readers = [readers[i] for i in order]
+    slices = [{"sop_instance_uid": _tag(r, "sop_instance_uid"), "instance_number": _int(_tag(r, "instance_number"))}
+              for r in sorted_readers]
     r0 = readers[0]
     meta = {
         "format": "DICOM", "series_uid": s.uid, "series_description": s.description, "modality": s.modality,
@@ -230,7 +296,7 @@ def _read_series(s: SeriesInfo, label: str):
         "slice_thickness_mm": _num(_tag(r0, "thickness")), "slice_increment_mm": round(med, 4),
         "n_files": len(files),
     }
-    return image, meta
+    return image, meta, slices
 
 
 def _num(text: str) -> Optional[float]:
@@ -240,16 +306,59 @@ def _num(text: str) -> Optional[float]:
         return None
 
 
-def _check_complete(path: Path, label: str) -> None:
+def _int(text: str) -> Optional[int]:
+    value = _num(text)
+    return int(value) if value is not None and math.isfinite(value) else None
+
+
+def _dicom_pixel_spacing(readers: list, files: list[str], label: str) -> tuple[float, float]:
+    """(dy, dx) in mm from PixelSpacing (0028,0030), else ImagerPixelSpacing (0018,1164).
+
+    ImagerPixelSpacing is used only where PixelSpacing is absent. Both must
+    be two positive numbers, the same on every slice.
+    """
+    first: Optional[tuple[float, float]] = None
+    for r, f in zip(readers, files):
+        text, name = _tag(r, "pixel_spacing"), "PixelSpacing (0028,0030)"
+        if not text:
+            text, name = _tag(r, "imager_pixel_spacing"), "ImagerPixelSpacing (0018,1164)"
+        if not text:
+            raise InvalidScanError(
+                f"{label}: DICOM slice {Path(f).name} has no PixelSpacing (0028,0030) nor ImagerPixelSpacing "
+                "(0018,1164); the file does not say how large a pixel is. Export the series again with its "
+                "full header (or fix the header, e.g. with pydicom or dcmodify) before scoring.")
+        try:
+            values = _float_list(text)
+        except ValueError:
+            values = []
+        if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+            raise InvalidScanError(
+                f"{label}: DICOM {name} of slice {Path(f).name} is '{text}', not two positive numbers; the file "
+                "does not say how large a pixel is. Fix the header (e.g. with pydicom or dcmodify) before scoring.")
+        here = (values[0], values[1])
+        if first is None:
+            first = here
+        elif not np.allclose(here, first, rtol=1e-4, atol=0):
+            raise InvalidScanError(f"{label}: DICOM {name} differs between slices ({list(first)} and "
+                                   f"{list(here)} in {Path(f).name}); the slices are not one grid.")
+    assert first is not None
+    return first
+
+
+def _check_complete(path: Path, label: str) -> Optional[dict[str, Any]]:
     """Checks ITK does not do: it reads some broken files without complaint.
 
     A gzip stream must end properly; a NIfTI file must hold all the bytes its
     header announces; a floating-point NIfTI must hold no NaN (ITK's reader
     silently turns NaN into 0).
+
+    Returns
+    -------
+    dict or None
+        For a NIfTI-1 file, the header fields that give its geometry
+        (:func:`_nifti_geometry`); None for other files.
     """
-    import gzip
     import struct
-    import zlib
 
     name = path.name.lower()
     if name.endswith(".gz"):
@@ -262,9 +371,9 @@ def _check_complete(path: Path, label: str) -> None:
     elif name.endswith(".nii"):
         data = path.read_bytes()
     else:
-        return
+        return None
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return
+        return None
     if len(data) < 348:
         raise InvalidScanError(f"{label}: too short for a NIfTI header; the file is truncated.")
     for endian in "<>":
@@ -285,19 +394,167 @@ def _check_complete(path: Path, label: str) -> None:
             if bad:
                 raise InvalidScanError(f"{label}: contains {bad} NaN or infinite voxel value(s); "
                                        "fill them (e.g. with -1024) before scoring.")
+        return _nifti_geometry(bytes(data[:348]), endian)
+    return None
+
+
+def _nifti_geometry(header: bytes, endian: str) -> dict[str, Any]:
+    """dim, pixdim, qform_code, sform_code and the sform rows of a NIfTI-1 header."""
+    import struct
+
+    return {
+        "dim": struct.unpack(endian + "8h", header[40:56]),
+        "pixdim": struct.unpack(endian + "8f", header[76:108]),
+        "qform_code": struct.unpack(endian + "h", header[252:254])[0],
+        "sform_code": struct.unpack(endian + "h", header[254:256])[0],
+        "srow": np.array(struct.unpack(endian + "12f", header[280:328]), dtype=float).reshape(3, 4),
+    }
+
+
+_NIFTI_AXES = {1: "column spacing", 2: "row spacing", 3: "slice spacing"}
+
+
+def _nifti_spacing(geometry: dict[str, Any], label: str) -> dict[int, float]:
+    """The voxel spacing a NIfTI header gives, by ITK index axis (0, 1, 2).
+
+    The column norms of the sform matrix when ``sform_code > 0``, else
+    ``pixdim[1..3]``. Only axes the file has (more than one voxel along) are
+    checked: a single-slice file is reported as 2D later.
+    """
+    dim, pixdim = geometry["dim"], geometry["pixdim"]
+    axes = [k for k in (1, 2, 3) if k <= dim[0] and dim[k] > 1]
+    fix = " Fix the header (e.g. with nibabel or fslorient) before scoring."
+    out: dict[int, float] = {}
+    sform = geometry["sform_code"] > 0
+    norms = np.linalg.norm(geometry["srow"][:, :3], axis=0)
+    for k in axes:
+        p = float(pixdim[k])
+        what = f"NIfTI pixdim[{k}] ({_NIFTI_AXES[k]})"
+        if math.isfinite(p) and p < 0:
+            raise InvalidScanError(f"{label}: {what} is {p:g}, negative; NIfTI voxel sizes must be positive (the "
+                                   "handedness goes in pixdim[0])." + fix)
+        if sform:
+            s = float(norms[k - 1])
+            if not (math.isfinite(s) and s > 0):
+                raise InvalidScanError(
+                    f"{label}: the NIfTI sform (srow_x/y/z, sform_code {geometry['sform_code']}) gives voxel axis "
+                    f"{k} ({_NIFTI_AXES[k]}) a length of {s:g}; the file does not say how far apart the voxels "
+                    "are." + fix)
+            if math.isfinite(p) and p > 0 and abs(p - s) > 0.01 * s:
+                raise InvalidScanError(
+                    f"{label}: {what} is {p:g} mm but the sform gives {s:g} mm; the header gives two different "
+                    "voxel sizes." + fix)
+            out[k - 1] = s
+        else:
+            if not (math.isfinite(p) and p > 0):
+                raise InvalidScanError(
+                    f"{label}: {what} is {p:g}; the file does not say how far apart the "
+                    + ("slices" if k == 3 else "voxels") + " are." + fix)
+            out[k - 1] = p
+    return out
+
+
+def _text_header(path: Path, stop: bytes, sep: bytes) -> dict[str, str]:
+    """``key <sep> value`` lines at the start of a file, up to a blank line or the ``stop`` key."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    fields: dict[str, str] = {}
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            break
+        key, found, value = line.partition(sep)
+        if not found:
+            continue
+        k = key.strip().decode("latin-1")
+        fields[k] = value.strip().decode("latin-1")
+        if k == stop.decode():
+            break
+    return fields
+
+
+def _check_header_spacing(path: Path, label: str) -> None:
+    """MetaImage and NRRD: the header must give a positive, finite spacing for every axis.
+
+    ITK reads a missing spacing as 1 mm and refuses a zero one with a message
+    about ITK internals; this says which header field is wrong.
+    """
+    name = path.name.lower()
+    fix = " Fix the header before scoring."
+    if name.endswith((".mha", ".mhd")):
+        fields = _text_header(path, b"ElementDataFile", b"=")
+        if "DimSize" not in fields and "NDims" not in fields:
+            return  # not a MetaImage header: ITK says the file cannot be read
+        key = next((k for k in ("ElementSpacing", "ElementSize") if k in fields), None)
+        if key is None:
+            raise InvalidScanError(f"{label}: the MetaImage header has no ElementSpacing; the file does not say "
+                                   "how far apart the voxels are." + fix)
+        try:
+            values = [float(v) for v in fields[key].split()]
+        except ValueError:
+            values = []
+        if not values or not all(math.isfinite(v) and v != 0 for v in values):
+            raise InvalidScanError(f"{label}: the MetaImage {key} is {fields[key]!r}; every axis needs a non-zero "
+                                   "spacing in mm, or the file does not say how far apart the voxels are." + fix)
+    elif name.endswith(".nrrd"):
+        with open(path, "rb") as fh:
+            if not fh.read(4) == b"NRRD":
+                return
+        fields = _text_header(path, b"", b":")
+        kinds = fields.get("kinds", "").split()
+        spatial = [i for i, k in enumerate(kinds) if k.lower() in ("domain", "space")] if kinds else None
+        if "space directions" in fields:
+            tokens = re.findall(r"none|\([^)]*\)", fields["space directions"])
+            for i, tok in enumerate(tokens):
+                if tok == "none":
+                    continue
+                try:
+                    length = float(np.linalg.norm([float(v) for v in tok.strip("()").split(",")]))
+                except ValueError:
+                    length = float("nan")
+                if not (math.isfinite(length) and length > 0):
+                    raise InvalidScanError(f"{label}: the NRRD 'space directions' vector {tok} of axis {i} has no "
+                                           "length; the file does not say how far apart the voxels are." + fix)
+        elif "spacings" in fields:
+            for i, v in enumerate(fields["spacings"].split()):
+                if spatial is not None and i not in spatial:
+                    continue
+                try:
+                    value = float(v)
+                except ValueError:
+                    value = float("nan")
+                if not (math.isfinite(value) and value != 0):
+                    raise InvalidScanError(f"{label}: the NRRD 'spacings' of axis {i} is {v!r}; the file does not "
+                                           "say how far apart the voxels are." + fix)
+        else:
+            raise InvalidScanError(f"{label}: the NRRD header has neither 'space directions' nor 'spacings'; the "
+                                   "file does not say how far apart the voxels are." + fix)
 
 
 def _read_file(path: Path, label: str):
     import SimpleITK as sitk
 
-    _check_complete(path, label)
+    nifti = _check_complete(path, label)
+    want = _nifti_spacing(nifti, label) if nifti is not None else {}
+    _check_header_spacing(path, label)
     try:
         image = sitk.ReadImage(str(path), sitk.sitkFloat32)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         hint = next((ln for ln in first if "ERROR" in ln or "rror" in ln), first[-1] if first else "")
+        if "spacing" in str(exc).lower():
+            raise InvalidScanError(f"{label}: the header's voxel spacing is zero or invalid ({hint.strip()[:200]}); "
+                                   "the file does not say how far apart the voxels are. Fix the header before "
+                                   "scoring.") from None
         raise InvalidScanError(f"{label}: cannot be read as an image ({hint.strip()[:200]}); "
                                "is the file complete and in a supported format?") from None
+    spacing = list(image.GetSpacing())
+    if any(a < len(spacing) and abs(spacing[a] - v) > 0.01 * v for a, v in want.items()):
+        # ITK takes pixdim, and 1 mm where it is 0; the sform gave the file's own spacing
+        for a, v in want.items():
+            if a < len(spacing):
+                spacing[a] = v
+        image.SetSpacing(spacing)
     return image, {"format": path.name.split(".", 1)[-1].upper()}
 
 
@@ -328,12 +585,12 @@ def _check_geometry(image, label: str) -> None:
     d = np.array(image.GetDirection()).reshape(3, 3)
     if abs(abs(np.linalg.det(d)) - 1) > 1e-3:
         raise InvalidScanError(f"{label}: direction matrix is not orthonormal.")
-    normal = d[:, 2]
-    if abs(normal[2]) < 0.9:
-        raise InvalidScanError(f"{label}: slices are not axial (slice normal {np.round(normal, 3).tolist()}).")
+    # A signed permutation (any of the 48 axis orders and flips) is accepted: after reorientation to LPS the
+    # slices run along patient z. The decision is by geometry alone (see the module docstring).
     if np.abs(d - np.round(d)).max() > 0.01:
         raise InvalidScanError(f"{label}: the grid is oblique or tilted (direction "
-                               f"{np.round(d, 3).ravel().tolist()}); resample to an axis-aligned grid first.")
+                               f"{np.round(d, 3).ravel().tolist()} is not a signed permutation within 0.01); "
+                               "resample to an axis-aligned grid first.")
 
 
 def _warnings(hu: np.ndarray, spacing, meta: dict) -> list[str]:
@@ -367,7 +624,7 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
     ----------
     path : path
         ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``/``.mhd``, a folder of DICOM
-        files, or a ``.zip`` of one.
+        files (plain or gzipped, ``*.dcm.gz``), or a ``.zip`` of one.
     series : str, optional
         SeriesInstanceUID to read when a DICOM folder holds several series.
 
@@ -382,17 +639,20 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
     label = str(path)
     if not path.exists():
         raise InvalidScanError(f"{label}: no such file or folder.")
+    dicom_slices: list[dict[str, Any]] = []
     if path.is_dir():
-        image, meta = _read_dicom(path, series, label)
+        image, meta, dicom_slices = _read_folder(path, series, label)
     elif path.name.lower().endswith(".zip"):
         if not zipfile.is_zipfile(path):
             raise InvalidScanError(f"{label}: not a valid zip archive.")
         with tempfile.TemporaryDirectory() as tmp:
             with zipfile.ZipFile(path) as zf:
                 zf.extractall(tmp)
-            image, meta = _read_dicom(Path(tmp), series, label)
+            image, meta, dicom_slices = _read_folder(Path(tmp), series, label)
     elif path.name.lower().endswith(IMAGE_SUFFIXES):
         image, meta = _read_file(path, label)
+    elif path.name.lower().endswith(".gz"):
+        _read_gzipped_file(path, label)  # raises: one gzipped DICOM slice is not a scan
     else:
         # a single DICOM file or anything else SimpleITK can read
         image, meta = _read_file(path, label)
@@ -415,8 +675,110 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
     meta.setdefault("slice_increment_mm", round(spacing[0], 4))
     meta.update({"size_xyz": list(source.GetSize()), "spacing_zyx_mm": list(spacing),
                  "orientation": sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(source.GetDirection())})
+    # DICOM: file index k is files[k] (sorted along the slice normal); canonical z maps to k, maybe flipped
+    slices = []
+    if dicom_slices:
+        slices = [dicom_slices[int(round(_to_source_index(source, (z, 0.0, 0.0))[2]))] for z in range(hu.shape[0])]
     return Scan(id=scan_id(path), hu=hu, spacing=spacing, image=canonical, source_image=source, meta=meta,
-                warnings=_warnings(hu, spacing, meta))
+                warnings=_warnings(hu, spacing, meta), slices=slices)
+
+
+def _gzipped_files(folder: Path) -> list[Path]:
+    """``*.gz`` files (not ``.nii.gz``, not hidden) in ``folder``, recursively."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(".gz")
+                  and not p.name.lower().endswith(".nii.gz") and not p.name.startswith("."))
+
+
+def _gunzip(src: Path, dst: Path, label: str) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    except (OSError, EOFError, zlib.error) as exc:
+        where = "" if str(src) == label else f" ({src.name})"
+        raise InvalidScanError(f"{label}: the compressed file{where} is truncated or corrupt ({exc}); "
+                               "copy or export it again.") from None
+
+
+def _read_folder(folder: Path, series: Optional[str], label: str):
+    """A folder of DICOM files, plain or gzipped (``*.dcm.gz``: decompressed into a temporary folder)."""
+    gz = _gzipped_files(folder)
+    if not gz:
+        return _read_dicom(folder, series, label)
+    plain = list_series(folder)
+    if plain:
+        n = sum(len(s.files) for s in plain)
+        raise InvalidScanError(
+            f"{label}: holds both gzipped files ({len(gz)} *.gz) and {n} uncompressed DICOM file(s); a scan is "
+            "read from one or the other. Keep one copy of the series (gunzip the .gz files, or remove them) and "
+            "score again.")
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in gz:
+            rel = p.relative_to(folder)
+            _gunzip(p, Path(tmp) / rel.parent / rel.name[: -len(".gz")], label)
+        return _read_dicom(Path(tmp), series, label)
+
+
+def _read_gzipped_file(path: Path, label: str) -> NoReturn:
+    """A single ``.gz`` file that is not NIfTI: always an error, saying what the file is."""
+    import SimpleITK as sitk
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inner = Path(tmp) / path.name[: -len(".gz")]
+        _gunzip(path, inner, label)
+        with open(inner, "rb") as fh:
+            is_dicom = fh.read(132)[128:] == b"DICM"
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(inner))
+        try:
+            r.ReadImageInformation()
+            is_dicom = is_dicom or r.HasMetaDataKey("0008|0016")
+            frames = int(float(r.GetMetaData("0028|0008"))) if r.HasMetaDataKey("0028|0008") else 1
+        except (RuntimeError, ValueError):
+            frames = 1
+    if is_dicom and frames > 1:
+        raise InvalidScanError(f"{label}: multi-frame DICOM ({frames} frames per file) is not supported; "
+                               "convert it to NIfTI first (e.g. dcm2niix).")
+    if is_dicom:
+        raise InvalidScanError(f"{label}: is one gzipped DICOM file, i.e. one slice, not a 3D scan; give the "
+                               "folder that holds all the slices of the series (a folder of .dcm.gz files is "
+                               "read as one scan).")
+    raise InvalidScanError(f"{label}: is gzipped but neither a NIfTI (.nii.gz) nor a DICOM file; decompress it "
+                           "(gunzip) and score the file inside.")
+
+
+def _to_source_index(source, zyx) -> tuple[float, float, float]:
+    """Canonical (z, y, x) -> (i, j, k) on the grid of ``source`` (see :func:`canonical_to_source_index`)."""
+    d = np.array(source.GetDirection()).reshape(3, 3)
+    size = source.GetSize()
+    c_xyz = (float(zyx[2]), float(zyx[1]), float(zyx[0]))
+    out = []
+    for p in range(3):  # file index axis p runs along patient axis a (LPS), forwards or backwards
+        a = int(np.argmax(np.abs(d[:, p])))
+        out.append(c_xyz[a] if d[a, p] > 0 else (size[p] - 1) - c_xyz[a])
+    return out[0], out[1], out[2]
+
+
+def canonical_to_source_index(scan: Scan, zyx) -> tuple[float, float, float]:
+    """A position on the canonical grid as a voxel index of the input file.
+
+    Parameters
+    ----------
+    scan : Scan
+        The scan the position refers to.
+    zyx : sequence of 3 floats
+        (z, y, x) index into ``scan.hu`` (fractional for a centroid).
+
+    Returns
+    -------
+    tuple of float
+        (i, j, k): the same voxel as ITK and NIfTI index the input file,
+        i fastest (the file's own first axis, whatever patient axis it runs
+        along). This is the mapping :func:`to_source_grid` applies: a voxel
+        at ``zyx`` of a canonical array lands at index (i, j, k) of the
+        returned image, i.e. at ``[k, j, i]`` of its numpy array.
+    """
+    return _to_source_index(scan.source_image, zyx)
 
 
 def to_source_grid(array_zyx: np.ndarray, scan: Scan):

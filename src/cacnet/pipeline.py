@@ -29,10 +29,10 @@ from scipy import ndimage
 import agatston
 
 from .ensemble import Ensemble, Vote
-from .io import Scan, read_scan
+from .io import Scan, canonical_to_source_index, read_scan
 from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
 
-__all__ = ["ScanResult", "score_scan", "decide_components", "versions"]
+__all__ = ["ScanResult", "score_scan", "decide_components", "lesion_position", "versions"]
 
 
 @dataclass
@@ -130,6 +130,33 @@ def deciding_any(hu: np.ndarray, coarse: np.ndarray, grid: CoarseGrid, threshold
     return bool(records)
 
 
+def lesion_position(scan: Scan, z: int, y: float, x: float) -> dict[str, Any]:
+    """Where a canonical-grid position lies in the input file and in the patient.
+
+    Parameters
+    ----------
+    scan : Scan
+        The scan read.
+    z, y, x : float
+        Index into ``scan.hu`` (canonical LPS grid); ``z`` is a slice index.
+
+    Returns
+    -------
+    dict
+        ``voxel_ijk``: (i, j, k) index of the input file as ITK/NIfTI index it
+        (i fastest), rounded to 2 decimals; ``patient_lps_mm``: the physical
+        point (x, y, z) in mm, LPS; for DICOM input also ``sop_instance_uid``
+        and ``instance_number`` of the slice file at ``z``.
+    """
+    ijk = canonical_to_source_index(scan, (z, y, x))
+    point = scan.image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))
+    out: dict[str, Any] = {"voxel_ijk": [round(float(v), 2) + 0.0 for v in ijk],
+                           "patient_lps_mm": [round(float(v), 2) + 0.0 for v in point]}
+    if scan.slices:
+        out.update(scan.slices[int(z)])
+    return out
+
+
 def score_scan(
     source: Path | str | Scan,
     ensemble: Ensemble,
@@ -186,11 +213,13 @@ def score_scan(
         votes = rec[3] if rec else vote.models_run
         d = les.to_dict()
         d.update({"artery": agatston.ARTERY_NAMES.get(les.label, str(les.label)), "votes": votes,
-                  "review": votes < vote.models_run})
+                  "review": votes < vote.models_run,
+                  "position": lesion_position(scan, les.slice_index, *les.centroid_yx)})
         lesions.append(d)
+    # slice_index and centroid_yx are on the canonical LPS grid; "position" is on the input file's own grid
     rejected = [
         {"slice_index": r[0], "centroid_yx": [round(r[1], 2), round(r[2], 2)], "votes": r[3],
-         "artery": agatston.ARTERY_NAMES.get(r[4], "")}
+         "artery": agatston.ARTERY_NAMES.get(r[4], ""), "position": lesion_position(scan, r[0], r[1], r[2])}
         for r in records if not r[5]
     ]
     arteries = {}
@@ -211,7 +240,8 @@ def score_scan(
         "mass_mg": result.mass_mg,
         "arteries": arteries,
         "cac_drs": drs.to_dict(),
-        "n_lesions": result.n_lesions,
+        "n_lesions": result.n_lesions,  # 3D lesions (26-connected, per artery label)
+        "n_lesions_2d": len(lesions),  # 2D components, one per slice: the records of "lesions"
         "lesions": lesions,
         "review": sorted({les["lesion_id"] for les in lesions if les["review"]}),
         "rejected_candidates": rejected,

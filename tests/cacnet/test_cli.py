@@ -157,3 +157,120 @@ def test_real_subprocess(phantom_scans, toy_weights):
     bad = subprocess.run([sys.executable, "-m", "cacnet", "score", str(folder / "nope.nii.gz"),
                           "--weights", str(toy_weights)], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert bad.returncode == 3 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _modes(folder):
+    import stat
+
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o027, 0o640)])
+def test_score_outputs_get_the_umask_permissions(phantom_scans, toy_weights, tmp_path, mask, expected):
+    import os
+
+    folder, _ = phantom_scans
+    old = os.umask(mask)
+    try:
+        r = run("score", folder / "case23.nii.gz", "-o", tmp_path / "out", "--preview", "--csv",
+                tmp_path / "out" / "scores.csv", "--weights", toy_weights)
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert _modes(tmp_path / "out") == {name: expected for name in
+                                        ("case23.json", "case23_calcium.nii.gz", "case23.png", "scores.csv")}
+
+
+def test_json_reports_every_input_in_order(phantom_scans, toy_weights, tmp_path):
+    folder, _ = phantom_scans
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(folder / "case21.nii.gz", batch / "case21.nii.gz")
+    (batch / "broken.nii.gz").write_bytes((folder / "case22.nii.gz").read_bytes()[:5000])
+    r = run("score", batch, "--json", "-o", tmp_path / "o", "--weights", toy_weights)
+    assert r.exit_code == 4
+    broken, ok = json.loads(r.stdout)
+    assert broken["id"] == "broken" and broken["status"] == "error" and broken["exit_code"] == 3
+    assert broken["input"] == str(batch / "broken.nii.gz") and "truncated" in broken["error"]
+    assert set(broken) == {"id", "input", "status", "error", "exit_code"}
+    assert ok["id"] == "case21" and ok["status"] == "ok" and ok["input"] == str(batch / "case21.nii.gz")
+    written = json.loads((tmp_path / "o" / "case21.json").read_text())
+    assert "status" not in written and {k: v for k, v in ok.items() if k not in ("status", "input")} == written
+    again = run("score", batch / "case21.nii.gz", batch / "broken.nii.gz", "--json", "-o", tmp_path / "o",
+                "--skip-existing", "--weights", toy_weights)
+    assert again.exit_code == 4
+    assert [(d["id"], d["status"]) for d in json.loads(again.stdout)] == [("case21", "skipped"), ("broken", "error")]
+
+
+def test_json_of_one_failed_input_is_one_object(tmp_path, toy_weights):
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    r = run("score", empty, "--json", "--weights", toy_weights)
+    assert r.exit_code == 3
+    d = json.loads(r.stdout)
+    assert d == {"id": "emptydir", "input": str(empty), "status": "error", "exit_code": 3,
+                 "error": f"{empty}: no DICOM files found; expected a folder of DICOM slices of one CT series."}
+    missing = run("score", tmp_path / "nope.nii.gz", "--json", "--weights", toy_weights)
+    assert missing.exit_code == 3 and json.loads(missing.stdout)["status"] == "error"
+
+
+def test_result_json_fields(phantom_scans, toy_weights):
+    import onnxruntime as ort
+
+    folder, _ = phantom_scans
+    r = run("score", folder / "case22.nii.gz", "--json", "--weights", toy_weights)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["status"] == "ok"
+    # running on the CPU under --device auto is normal: reported as the provider, not warned about
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert d["models"]["provider"] == "CPUExecutionProvider"
+    assert not any("CUDA" in w or "device" in w for w in d["warnings"])
+    # n_lesions counts 3D lesions; lesions holds the 2D records, n_lesions_2d of them
+    assert d["n_lesions_2d"] == len(d["lesions"]) and d["n_lesions"] == len({les["lesion_id"] for les in d["lesions"]})
+    assert d["n_lesions"] < d["n_lesions_2d"]  # the phantom's plaques span several slices
+    assert d["cac_drs"]["label"].startswith("CAC-DRS A")
+
+
+def test_cac_drs_label_is_the_same_in_json_csv_and_table(phantom_scans, toy_weights, tmp_path):
+    folder, _ = phantom_scans
+    r = run("score", folder / "case21.nii.gz", "-o", tmp_path, "--csv", tmp_path / "s.csv", "--weights", toy_weights)
+    assert r.exit_code == 0, r.output
+    label = json.loads((tmp_path / "case21.json").read_text())["cac_drs"]["label"]
+    with open(tmp_path / "s.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["cac_drs"] == label and label.startswith("CAC-DRS A") and label in r.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["score"], ["eval"], ["phantom"], ["train"], ["info"]])
+def test_help_shows_no_bool_type(command):
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert r.exit_code == 0, r.output
+    assert "--help" in r.stdout and "<bool>" not in r.stdout and "BOOLEAN" not in r.stdout.upper()
+
+
+def test_eval_help_documents_device_and_weights():
+    r = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    lines = {opt: next(line for line in r.stdout.splitlines() if f"--{opt} " in line) for opt in ("device", "weights")}
+    assert "auto, cpu or cuda" in lines["device"] and "weights folder" in lines["weights"]
+
+
+def test_eval_says_what_is_missing_or_too_much(tmp_path):
+    (tmp_path / "t.csv").write_text("id,agatston\na,0\n")
+    (tmp_path / "p.csv").write_text("id,agatston,status\na,0,ok\n")
+    neither = run("eval", "--truth", tmp_path / "t.csv")
+    assert neither.exit_code == 2 and "nothing to evaluate" in neither.stderr and "not both" not in neither.stderr
+    both = run("eval", "--truth", tmp_path / "t.csv", "--pred", tmp_path / "p.csv", tmp_path)
+    assert both.exit_code == 2 and "not both" in both.stderr
+    device = run("eval", "--truth", tmp_path / "t.csv", tmp_path, "--device", "tpu")
+    assert device.exit_code == 2 and "--device must be auto, cpu or cuda" in device.stderr
+
+
+def test_empty_folder_has_no_itk_warning(tmp_path, toy_weights):
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    out = subprocess.run([sys.executable, "-m", "cacnet", "score", str(empty), "--weights", str(toy_weights)],
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=120)
+    assert out.returncode == 3
+    assert "no DICOM files found" in out.stderr and "No Series were found" not in out.stderr
+    assert "WARNING" not in out.stderr

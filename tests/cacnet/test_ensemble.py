@@ -3,10 +3,13 @@
 import itertools
 
 import numpy as np
+import onnxruntime as ort
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cacnet.ensemble import combine_votes, decided
+from cacnet.ensemble import Ensemble, combine_votes, decided
+from cacnet.errors import DeviceUnavailableError
 
 
 def reference_outcome(maps: list[int], n_models: int) -> tuple[bool, int]:
@@ -52,3 +55,14 @@ def test_four_of_five_decides_more_than_unanimity():
     assert not decided(combine_votes(maps[1:], 5)).any()  # 2 LAD, 1 none after 3: undecided
     # a 2-2 split after 4 is undecided
     assert not decided(combine_votes([np.array([1]), np.array([1]), np.array([0]), np.array([0])], 5)).any()
+
+
+def test_auto_on_the_cpu_is_not_a_warning(toy_weights):
+    ens = Ensemble(toy_weights, device="auto")
+    assert ens.warnings == []
+    assert ens.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert ens.provider == "CPUExecutionProvider"
+        with pytest.raises(DeviceUnavailableError) as info:
+            Ensemble(toy_weights, device="cuda")
+        assert info.value.exit_code == 5

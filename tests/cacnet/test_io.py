@@ -1,5 +1,6 @@
 """cacnet.io: reading scans, the bad-input corpus, orientation round trips, warnings."""
 
+import itertools
 import zipfile
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from cacnet.errors import InvalidScanError, SeriesSelectionError
-from cacnet.io import read_scan, scan_id, to_source_grid
+from cacnet.io import canonical_to_source_index, read_scan, scan_id, to_source_grid
 from cacnet.phantom import ORIENTATIONS, generate_phantom, oriented_image
 
 from .dicom_helpers import write_series
@@ -96,7 +97,7 @@ BAD = {
              "NaN"),
     "NaNs in mha": (lambda d: _nifti(d / "nan.mha", np.where(ct_like() > 300, np.nan, ct_like()).astype(np.float32)),
                     "NaN"),
-    "zero spacing": (lambda d: _zero_spacing(d / "zero"), "spacing"),
+    "zero spacing": (lambda d: _zero_spacing(d / "zero"), "MetaImage ElementSpacing is '0.5 0 3'"),
 }
 
 
@@ -210,3 +211,268 @@ def test_size_one_axes_are_dropped(tmp_path):
     img = sitk.GetImageFromArray(arr, isVector=False)
     sitk.WriteImage(img, str(tmp_path / "one.nii.gz"))
     assert np.array_equal(read_scan(tmp_path / "one.nii.gz").hu, ct_like())
+
+
+# --- spacing must come from the file's own metadata (ITK fills in 1 mm) ---
+
+
+def _edit_slices(folder, edit):
+    import pydicom
+
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        edit(ds)
+        ds.save_as(f)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda ds: delattr(ds, "PixelSpacing"), r"no PixelSpacing \(0028,0030\) nor ImagerPixelSpacing"),
+        (lambda ds: setattr(ds, "PixelSpacing", [0, 0]), r"PixelSpacing \(0028,0030\) of slice .* is '0.0\\0.0'"),
+        (lambda ds: setattr(ds, "PixelSpacing", [0.5, -0.5]), "not two positive numbers"),
+    ],
+    ids=["deleted", "zero", "negative"],
+)
+def test_dicom_pixel_spacing_missing_or_zero_is_an_error(tmp_path, edit, message):
+    folder = _edit_slices(_series(tmp_path / "s"), edit)
+    with pytest.raises(InvalidScanError, match=message) as info:
+        read_scan(folder)
+    assert str(folder) in str(info.value) and "does not say how large a pixel is" in str(info.value)
+
+
+def test_dicom_imager_pixel_spacing_only_where_pixel_spacing_is_absent(tmp_path):
+    def imager_only(ds):
+        del ds.PixelSpacing
+        ds.ImagerPixelSpacing = [0.7, 0.7]
+
+    scan = read_scan(_edit_slices(_series(tmp_path / "imager"), imager_only))
+    assert scan.spacing == pytest.approx((3.0, 0.7, 0.7))  # ITK alone reads 1 mm here
+    assert np.array_equal(scan.hu, ct_like())
+    both = _edit_slices(_series(tmp_path / "both"), lambda ds: setattr(ds, "ImagerPixelSpacing", [0.7, 0.7]))
+    assert read_scan(both).spacing == pytest.approx((3.0, 0.5, 0.5))
+
+
+def _patch_nifti(path, *, pixdim=None, sform_code=None, srow_column_zero=None):
+    """Rewrite header fields of an uncompressed or gzipped NIfTI-1 file in place."""
+    import gzip
+    import struct
+
+    gz = path.name.endswith(".gz")
+    data = bytearray(gzip.decompress(path.read_bytes()) if gz else path.read_bytes())
+    for k, v in (pixdim or {}).items():
+        data[76 + 4 * k : 80 + 4 * k] = struct.pack("<f", v)
+    if sform_code is not None:
+        data[254:256] = struct.pack("<h", sform_code)
+    if srow_column_zero is not None:  # zero column c of srow_x/y/z
+        for row in range(3):
+            at = 280 + 16 * row + 4 * srow_column_zero
+            data[at : at + 4] = struct.pack("<f", 0.0)
+    path.write_bytes(gzip.compress(bytes(data)) if gz else bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"pixdim": {3: 0.0}, "sform_code": 0}, r"NIfTI pixdim\[3\] \(slice spacing\) is 0; the file does not say "
+                                                 r"how far apart the slices are\. Fix the header"),
+        ({"pixdim": {1: float("nan")}, "sform_code": 0}, r"pixdim\[1\] \(column spacing\) is nan"),
+        ({"pixdim": {2: -0.5}}, r"pixdim\[2\] \(row spacing\) is -0.5, negative"),
+        ({"pixdim": {3: 0.0}, "srow_column_zero": 2}, r"sform .* gives voxel axis 3 \(slice spacing\) a length of 0"),
+        ({"pixdim": {3: 2.0}}, r"pixdim\[3\] \(slice spacing\) is 2 mm but the sform gives 3 mm"),
+    ],
+    ids=["pixdim-zero", "pixdim-nan", "pixdim-negative", "sform-zero", "pixdim-vs-sform"],
+)
+def test_nifti_zero_or_missing_spacing_is_an_error(tmp_path, suffix, patch, message):
+    path = _patch_nifti(_nifti(tmp_path / f"scan{suffix}", ct_like().astype(np.int16)), **patch)
+    with pytest.raises(InvalidScanError, match=message) as info:
+        read_scan(path)
+    assert str(path) in str(info.value)
+
+
+def test_nifti_sform_gives_the_spacing_where_pixdim_is_zero(tmp_path):
+    path = _patch_nifti(_nifti(tmp_path / "scan.nii.gz", ct_like().astype(np.int16)), pixdim={3: 0.0})
+    scan = read_scan(path)  # ITK alone reads pixdim: 1 mm
+    assert scan.spacing == (3.0, 0.5, 0.5) and np.array_equal(scan.hu, ct_like())
+
+
+def _mha_header(path, old, new):
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    "suffix, old, new, message",
+    [
+        (".mha", b"ElementSpacing = 0.5 0.5 3\n", b"", "MetaImage header has no ElementSpacing"),
+        (".mha", b"ElementSpacing = 0.5 0.5 3", b"ElementSpacing = 0.5 0.5 nan", "ElementSpacing is '0.5 0.5 nan'"),
+        (".nrrd", b"(0,0,3)", b"(0,0,0)", r"'space directions' vector \(0,0,0\) of axis 2 has no length"),
+        (".nrrd", b"space directions: (0.5,0,0) (0,0.5,0) (0,0,3)\n", b"spacings: 0.5 0.5 0\n",
+         "'spacings' of axis 2 is '0'"),
+        (".nrrd", b"space directions: (0.5,0,0) (0,0.5,0) (0,0,3)\n", b"",
+         "neither 'space directions' nor 'spacings'"),
+    ],
+    ids=["mha-missing", "mha-nan", "nrrd-zero-direction", "nrrd-zero-spacings", "nrrd-missing"],
+)
+def test_mha_and_nrrd_spacing_errors_name_the_field(tmp_path, suffix, old, new, message):
+    path = _mha_header(_nifti(tmp_path / f"scan{suffix}", ct_like().astype(np.int16)), old, new)
+    with pytest.raises(InvalidScanError, match=message) as info:
+        read_scan(path)
+    assert str(path) in str(info.value) and "how far apart the voxels are" in str(info.value)
+
+
+# --- any axis order and flip of an axis-aligned grid (geometry rule) ---
+
+_PERMS = [(perm, signs) for perm in itertools.permutations(range(3)) for signs in itertools.product((1, -1), repeat=3)]
+_SP_XYZ = np.array([0.5, 0.6, 3.0])
+_ORIGIN = np.array([-10.0, 20.0, 30.0])
+
+
+def _stored(canonical_zyx, perm, signs):
+    """``canonical_zyx`` (LPS identity grid) stored with file axis d along patient axis perm[d], sign signs[d].
+
+    Returns the file's numpy array (k, j, i) and the SimpleITK image: the same physical content.
+    """
+    arr = np.transpose(canonical_zyx, [2 - perm[2], 2 - perm[1], 2 - perm[0]])
+    origin, direction = _ORIGIN.copy(), np.zeros((3, 3))
+    for d in range(3):
+        axis = np.eye(3)[perm[d]]
+        if signs[d] < 0:
+            arr = np.flip(arr, axis=2 - d)
+            origin += (canonical_zyx.shape[2 - perm[d]] - 1) * _SP_XYZ[perm[d]] * axis
+        direction[:, d] = signs[d] * axis
+    arr = np.ascontiguousarray(arr)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing([float(_SP_XYZ[p]) for p in perm])
+    img.SetOrigin(origin.tolist())
+    img.SetDirection(direction.ravel().tolist())
+    return arr, img
+
+
+@pytest.mark.parametrize("perm, signs", _PERMS, ids=[f"{p}{s}" for p, s in _PERMS])
+def test_every_axis_permutation_and_flip_is_read_identically(tmp_path, perm, signs):
+    canonical = ct_like((8, 12, 10), seed=3).astype(np.int16)
+    canonical[3, 5:7, 6:9] = 500  # some calcium
+    labels = np.zeros(canonical.shape, np.uint8)
+    labels[3, 5:7, 6:9] = 2
+    labels[6, 1, 2] = 4  # a lone voxel near a corner: any axis mix-up shows
+    # NIfTI stores every signed permutation (qfac = -1 covers the left-handed ones), so both formats are tested
+    for suffix in (".nii.gz", ".mha"):
+        _, img = _stored(canonical, perm, signs)
+        path = tmp_path / f"scan{suffix}"
+        sitk.WriteImage(img, str(path))
+        scan = read_scan(path)
+        assert np.array_equal(scan.hu, canonical), suffix
+        assert scan.spacing == pytest.approx(tuple(_SP_XYZ[::-1]))
+        back = to_source_grid(labels, scan)
+        expected, _ = _stored(labels, perm, signs)
+        assert np.array_equal(sitk.GetArrayFromImage(back), expected)  # voxel for voxel on the file's own layout
+        assert back.GetDirection() == pytest.approx(img.GetDirection())
+        assert back.GetOrigin() == pytest.approx(img.GetOrigin())
+        # the index helper agrees with to_source_grid, for every marked voxel
+        for zyx in np.argwhere(labels == 4).tolist() + [[3, 5, 6]]:
+            marked = np.zeros(canonical.shape, np.uint8)
+            marked[tuple(zyx)] = 1
+            k, j, i = np.argwhere(sitk.GetArrayFromImage(to_source_grid(marked, scan)))[0]
+            assert canonical_to_source_index(scan, zyx) == (i, j, k)
+
+
+def test_oblique_grid_is_rejected(tmp_path):
+    img = sitk.GetImageFromArray(ct_like().astype(np.int16))
+    a = np.deg2rad(5)
+    img.SetDirection([np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0, 0, 0, 1])
+    sitk.WriteImage(img, str(tmp_path / "oblique.nii.gz"))
+    with pytest.raises(InvalidScanError, match="oblique or tilted .* not a signed permutation"):
+        read_scan(tmp_path / "oblique.nii.gz")
+
+
+def test_sagittal_dicom_series_is_rejected_with_the_reason(tmp_path):
+    folder = _edit_slices(_series(tmp_path / "sag"), lambda ds: setattr(ds, "ImageOrientationPatient",
+                                                                        [0, 1, 0, 0, 0, -1]))
+    with pytest.raises(InvalidScanError, match="not axial .* reconstruction, not an axial acquisition"):
+        read_scan(folder)
+
+
+@pytest.mark.parametrize("orientation", [[1, 0, 0, 0, 1, 0], [1, 0, 0, 0, -1, 0], [-1, 0, 0, 0, 1, 0]],
+                         ids=["normal+z", "normal-z", "flipped-x"])
+def test_dicom_slice_files_are_kept_per_canonical_slice(tmp_path, orientation):
+    folder = _edit_slices(_series(tmp_path / "s"), lambda ds: setattr(ds, "ImageOrientationPatient", orientation))
+    scan = read_scan(folder)
+    # write_series puts instance k + 1 at z = k * 3 mm: canonical z runs from feet to head whatever the file order
+    assert [s["instance_number"] for s in scan.slices] == list(range(1, 7))
+    assert [s["sop_instance_uid"] for s in scan.slices] == [f"1.2.826.0.1.3680043.8.498.2.{k}" for k in range(1, 7)]
+    assert "slices" not in scan.meta
+    up = np.cross(orientation[:3], orientation[3:])[2] > 0  # files sorted along the normal: k runs up or down
+    for z in range(6):
+        assert canonical_to_source_index(scan, (z, 0, 0))[2] == (z if up else 5 - z)
+    assert read_scan(_nifti(tmp_path / "n.nii.gz", ct_like().astype(np.int16))).slices == []
+
+
+# --- gzipped DICOM slices ---
+
+
+def _gzip_folder(src, dst):
+    import gzip
+
+    dst.mkdir()
+    for f in sorted(src.iterdir()):
+        (dst / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+    return dst
+
+
+def test_folder_of_gzipped_dicom_is_one_scan(tmp_path):
+    from cacnet.batch import expand_inputs
+
+    plain = _series(tmp_path / "plain")
+    gz = _gzip_folder(plain, tmp_path / "gz")
+    (gz / "README.txt").write_text("notes next to the slices")
+    scan, ref = read_scan(gz), read_scan(plain)
+    assert np.array_equal(scan.hu, ref.hu) and scan.spacing == ref.spacing and scan.id == "gz"
+    assert scan.slices == ref.slices and scan.meta["n_files"] == 6
+    assert expand_inputs([gz]) == [gz]  # one DICOM scan, not a batch
+    with zipfile.ZipFile(tmp_path / "gz.zip", "w") as zf:
+        for f in gz.iterdir():
+            zf.write(f, f"inner/{f.name}")
+    assert np.array_equal(read_scan(tmp_path / "gz.zip").hu, ref.hu)
+
+
+def test_gzipped_dicom_errors(tmp_path):
+    plain = _series(tmp_path / "plain")
+    gz = _gzip_folder(plain, tmp_path / "gz")
+    single = gz / "slice_002.dcm.gz"
+    with pytest.raises(InvalidScanError, match="one gzipped DICOM file, i.e. one slice, not a 3D scan") as info:
+        read_scan(single)
+    assert str(single) in str(info.value)
+    mixed = _gzip_folder(plain, tmp_path / "mixed")
+    (mixed / "slice_005.dcm.gz").unlink()
+    (mixed / "slice_005.dcm").write_bytes((plain / "slice_005.dcm").read_bytes())
+    with pytest.raises(InvalidScanError, match=r"both gzipped files \(5 \*\.gz\) and 1 uncompressed DICOM"):
+        read_scan(mixed)
+    broken = gz / "slice_001.dcm.gz"
+    broken.write_bytes(broken.read_bytes()[:100])
+    with pytest.raises(InvalidScanError, match=r"\(slice_001\.dcm\.gz\) is truncated or corrupt"):
+        read_scan(gz)
+    (tmp_path / "notes.txt.gz").write_bytes(__import__("gzip").compress(b"not an image"))
+    with pytest.raises(InvalidScanError, match="neither a NIfTI"):
+        read_scan(tmp_path / "notes.txt.gz")
+
+
+def test_real_gzipped_dicom_is_read(tmp_path):
+    """tests/data/qrm-canon-large-rep1: real .dcm.gz slices (two runs of slices with a gap between them)."""
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "data" / "qrm-canon-large-rep1"
+    with pytest.raises(InvalidScanError, match="about 5 missing slice"):  # read as far as the slice positions
+        read_scan(data)
+    folder = tmp_path / "first_run"
+    folder.mkdir()
+    for f in sorted(data.glob("*.dcm.gz"))[:7]:  # z index 19-25: contiguous
+        (folder / f.name).write_bytes(f.read_bytes())
+    scan = read_scan(folder)
+    assert scan.hu.shape == (7, 512, 512) and scan.spacing[0] == pytest.approx(3.0)
+    assert scan.spacing[1] == pytest.approx(0.488, abs=1e-3) and len(scan.slices) == 7

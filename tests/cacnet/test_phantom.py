@@ -139,6 +139,28 @@ def test_cli_phantom_writes_a_set(tmp_path):
     assert not list((tmp_path / "set").rglob(".*tmp*"))  # nothing half-written left
 
 
+def test_cli_phantom_files_get_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        result = CliRunner().invoke(app, ["phantom", str(tmp_path / "set"), "--n", "1", "--seed", "3",
+                                          "--category", "C", "--preview"])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    files = [p for p in (tmp_path / "set").rglob("*") if p.is_file()]
+    assert {p.relative_to(tmp_path / "set").as_posix() for p in files} == {
+        "truth.csv", "points.csv", "scans/phantom_3_0000.nii.gz", "labels/phantom_3_0000.nii.gz",
+        "previews/phantom_3_0000.png"}
+    assert {str(p): stat.S_IMODE(p.stat().st_mode) for p in files} == {str(p): 0o640 for p in files}
+    with open(tmp_path / "set" / "truth.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    arteries = {name: float(row[name]) for name in ("LM", "LAD", "LCX", "RCA")}
+    assert row["cac_drs"] == str(agatston.cac_drs(arteries)) and row["cac_drs"].startswith("CAC-DRS A")
+
+
 @pytest.mark.parametrize("args", [["--category", "F"], ["--category", "A", "--balanced"], ["--n", "0"]])
 def test_cli_phantom_usage_errors(tmp_path, args):
     result = CliRunner().invoke(app, ["phantom", str(tmp_path), *args])

@@ -66,7 +66,7 @@ def truth_row(case: PhantomCase) -> dict[str, Any]:
         "volume_mm3": round(case.truth.volume_mm3, 6),
         **arteries,
         "n_lesions": case.truth.n_lesions,
-        "cac_drs": str(agatston.cac_drs(arteries)).replace("CAC-DRS ", ""),
+        "cac_drs": str(agatston.cac_drs(arteries)),  # the full label, as in cac score's JSON and CSV
         "target_category": m["target_category"],
         "pixel_mm": acq.pixel_mm,
         "thickness_mm": acq.thickness_mm,
