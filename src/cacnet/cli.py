@@ -218,6 +218,10 @@ def score(
         help="Stop running models (after 3 or 4 of 5) once the rest cannot change any lesion's "
              "outcome (same mask and scores; vote counts cover the models run)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: the shipped ensemble)."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Score scans that triage refuses (contrast-enhanced, no heart found, sharp kernel); "
+             "the reasons become warnings."),
 ) -> None:
     """Score coronary calcium in one or more scans."""
     from ._files import write_csv_atomic
@@ -247,7 +251,8 @@ def score(
                     results.append(data)
                     printed.append({"id": data["id"], "status": "skipped", "input": str(path), **data})
                     continue
-                res = score_scan(path, ensemble, calibration=calibration, series=series, early_stop=early_stop)
+                res = score_scan(path, ensemble, calibration=calibration, series=series, early_stop=early_stop,
+                                 force=force)
                 if outdir is not None:
                     write_outputs(res, outdir, preview=preview)
                 rows.append(csv_row(res.data, input_path=path, status="ok"))

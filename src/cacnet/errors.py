@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["CacError", "InvalidScanError", "SeriesSelectionError", "WeightsError", "DeviceUnavailableError"]
+__all__ = ["CacError", "InvalidScanError", "SeriesSelectionError", "UnsuitableScanError", "WeightsError",
+           "DeviceUnavailableError"]
 
 
 class CacError(Exception):
@@ -19,6 +20,14 @@ class InvalidScanError(CacError, ValueError):
 
 class SeriesSelectionError(InvalidScanError):
     """A DICOM folder holds no, or more than one, qualifying CT series (exit 3)."""
+
+
+class UnsuitableScanError(InvalidScanError):
+    """A readable scan that is not a calcium-scoring scan: contrast, no heart, sharp kernel (exit 3).
+
+    Raised by triage (:mod:`cacnet.triage`); ``score_scan(force=True)`` or
+    ``cac score --force`` scores such a scan anyway, with the reasons as warnings.
+    """
 
 
 class WeightsError(CacError):

@@ -64,7 +64,7 @@ _TAGS = {
     "position": "0020|0032", "orientation": "0020|0037", "kvp": "0018|0060", "thickness": "0018|0050",
     "tilt": "0018|1120", "manufacturer": "0008|0070", "number_of_frames": "0028|0008",
     "pixel_spacing": "0028|0030", "imager_pixel_spacing": "0018|1164", "sop_instance_uid": "0008|0018",
-    "instance_number": "0020|0013",
+    "instance_number": "0020|0013", "kernel": "0018|1210", "contrast_agent": "0018|0010",
 }
 
 
@@ -101,10 +101,13 @@ class Scan:
         The grid of the input as stored (size, spacing, origin, direction);
         its pixels are not kept (uint8 zeros).
     meta : dict
-        kVp, slice thickness and increment, modality, series, manufacturer.
+        kVp, slice thickness and increment, modality, series, manufacturer;
+        for DICOM also ``kernel`` (ConvolutionKernel) and ``contrast_agent``
+        (ContrastBolusAgent), None when absent.
     warnings : list of str
         Things a reader of the result must know (non-120 kVp, slice
-        thickness outside 2.5-3 mm, contrast or missing rescale suspected).
+        thickness outside 2.5-3 mm, missing rescale suspected). Contrast,
+        heart, noise and kernel are checked by :func:`cacnet.triage.triage`.
     slices : list of dict
         DICOM input only (else empty): one entry per **canonical** slice
         (index z of ``hu``), the file that slice came from, as
@@ -294,7 +297,8 @@ def _read_series(s: SeriesInfo, label: str):
         "format": "DICOM", "series_uid": s.uid, "series_description": s.description, "modality": s.modality,
         "manufacturer": _tag(r0, "manufacturer"), "kvp": _num(_tag(r0, "kvp")),
         "slice_thickness_mm": _num(_tag(r0, "thickness")), "slice_increment_mm": round(med, 4),
-        "n_files": len(files),
+        "n_files": len(files), "kernel": _tag(r0, "kernel") or None,
+        "contrast_agent": _tag(r0, "contrast_agent") or None,
     }
     return image, meta, slices
 
@@ -609,11 +613,7 @@ def _warnings(hu: np.ndarray, spacing, meta: dict) -> list[str]:
     sample = hu[:, ::4, ::4]
     if float(np.percentile(sample, 1)) > -200:
         out.append("no air or lung below -200 HU: the values may not be HU (rescale intercept missing?).")
-    else:
-        body = sample[sample > -500]
-        if body.size and float(np.mean((body > 180) & (body < 600))) > 0.08:
-            out.append("many voxels at 180-600 HU: the scan looks contrast-enhanced; calcium scores need a "
-                       "non-contrast scan.")
+    # contrast enhancement, the heart and the kernel are judged from the image by cacnet.triage
     return out
 
 

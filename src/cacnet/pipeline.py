@@ -29,8 +29,10 @@ from scipy import ndimage
 import agatston
 
 from .ensemble import Ensemble, Vote
+from .errors import UnsuitableScanError
 from .io import Scan, canonical_to_source_index, read_scan
 from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
+from .triage import triage
 
 __all__ = ["ScanResult", "score_scan", "decide_components", "lesion_position", "versions"]
 
@@ -164,6 +166,7 @@ def score_scan(
     calibration: Optional[float] = None,
     series: Optional[str] = None,
     early_stop: bool = False,
+    force: bool = False,
 ) -> ScanResult:
     """Score one scan with the ensemble.
 
@@ -180,15 +183,31 @@ def score_scan(
         SeriesInstanceUID for DICOM folders with several series.
     early_stop : bool
         See :meth:`Ensemble.vote` (same mask and scores, fewer vote counts).
+    force : bool
+        Score a scan that triage refuses (contrast-enhanced, no heart found,
+        sharp kernel); the reasons become warnings.
 
     Returns
     -------
     ScanResult
-        ``labels`` in canonical orientation; ``data`` is the JSON report.
+        ``labels`` in canonical orientation; ``data`` is the JSON report,
+        with the triage checks under ``triage``.
+
+    Raises
+    ------
+    UnsuitableScanError
+        When triage refuses the scan and ``force`` is False (see :mod:`cacnet.triage`).
     """
     t = {"start": time.perf_counter()}
     scan = source if isinstance(source, Scan) else read_scan(Path(source), series=series)
     t["read"] = time.perf_counter()
+    checked = triage(scan)
+    if checked.refusals and not force:
+        label = scan.id if isinstance(source, Scan) else str(source)
+        raise UnsuitableScanError(f"{label}: not a calcium-scoring scan: " + " ".join(checked.refusals)
+                                  + " Use --force (score_scan(force=True)) to score it anyway.")
+    checked.forced = bool(checked.refusals)
+    t["triage"] = time.perf_counter()
     grid = coarse_grid(scan.hu.shape, scan.spacing)
     coarse_hu = downsample(scan.hu, grid)
     x = normalize(coarse_hu)
@@ -229,7 +248,8 @@ def score_scan(
                           "mass_mg": (s.mass_mg if s else (0.0 if calibration else None)),
                           "n_lesions": s.n_lesions if s else 0}
     drs = agatston.cac_drs({k: v["agatston"] for k, v in arteries.items()})
-    warnings = list(scan.warnings) + list(ensemble.warnings)
+    warnings = list(scan.warnings) + [f"forced: {w}" for w in checked.refusals] + checked.warnings
+    warnings += list(ensemble.warnings)
     if early_stop and vote.models_run < vote.n_models:
         warnings.append(f"early stop: {vote.models_run} of {vote.n_models} models run (vote counts cover those).")
     data = {
@@ -247,12 +267,13 @@ def score_scan(
         "rejected_candidates": rejected,
         "warnings": warnings,
         "scan": scan.meta,
+        "triage": checked.to_dict(),
         "settings": {**result.settings, "calibration": calibration},
         "models": {"n_models": vote.n_models, "models_run": vote.models_run, "provider": ensemble.provider,
                    "weights": [{"file": m["file"], "sha256": m["sha256"]} for m in ensemble.models]},
         "timings_s": {k: round(t[k] - t[p], 4) for p, k in zip(
-            ["start", "read", "preprocess", "inference", "postprocess"],
-            ["read", "preprocess", "inference", "postprocess", "score"])},
+            ["start", "read", "triage", "preprocess", "inference", "postprocess"],
+            ["read", "triage", "preprocess", "inference", "postprocess", "score"])},
         "versions": versions(),
     }
     data["timings_s"]["total"] = round(t["score"] - t["start"], 4)
