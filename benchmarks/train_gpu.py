@@ -97,7 +97,15 @@ def write_pack(args, best, steps, restarts, logs, log, sampler, val_cases, too_b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--init", type=Path, required=True, help="folder with model_<k>.npz start weights")
+    parser.add_argument("--init", type=Path, required=True,
+                        help="folder with model_<k>.npz start weights, or a weights folder of unet_<k>.onnx "
+                             "(batch norms rebuilt by cacnet.train.state_from_onnx on training patches)")
+    parser.add_argument("--negatives", type=Path, default=None,
+                        help="folder of <id>.npz hard negatives (cacnet.train.save_case of negative_case): real "
+                             "scans without coronary calcium; --neg-per-batch of each batch's patches come from them")
+    parser.add_argument("--neg-per-batch", type=int, default=4)
+    parser.add_argument("--exclude-start", action="store_true",
+                        help="keep the best validated step after the start (the start weights are not a candidate)")
     parser.add_argument("--models", type=int, default=5)
     parser.add_argument("--train", type=int, default=300)
     parser.add_argument("--val", type=int, default=20)
@@ -114,7 +122,8 @@ def main() -> None:
 
     import torch
 
-    from cacnet.train import TRAIN_SET_SEED, VAL_SET_SEED, BatchSampler, TrainConfig, UNet3D, dice_ce_loss, learning_rate
+    from cacnet.train import (TRAIN_SET_SEED, VAL_SET_SEED, BatchSampler, TrainConfig, UNet3D, dice_ce_loss, learning_rate,
+                              pad_to_multiple)
     from cacnet.train import evaluate as _evaluate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -170,26 +179,74 @@ def main() -> None:
     def snapshot(model) -> dict:
         return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
 
+    from cacnet.train import CANDIDATE_X, Case
+
+    negatives, neg_cases = None, []
+    if args.negatives is not None:  # hard negatives: their own buffer, patches centred near candidate voxels
+        neg_cases = []
+        for path in sorted(args.negatives.glob("*.npz")):
+            with np.load(path) as z:
+                neg_cases.append(Case(path.stem, z["x"], z["y"], json.loads(str(z["meta"]))))
+        shape = np.max([c.x.shape for c in neg_cases], axis=0)
+        negatives = BatchSampler(len(neg_cases), args.patch, device, max_shape=tuple(int(n) for n in shape))
+        for c in neg_cases:
+            negatives.add(c, focus=np.argwhere(c.x >= CANDIDATE_X))
+        log["negatives"] = {c.case_id: list(c.x.shape) for c in neg_cases}
+        print(f"{len(neg_cases)} hard negatives: {log['negatives']}", flush=True)
+
+    @torch.no_grad()
+    def false_calcium(model) -> int:
+        """Coarse candidate voxels the model calls calcium on the hard negatives (all are false)."""
+        if negatives is None:
+            return 0
+        model.eval()
+        n = 0
+        for c in neg_cases:
+            x = torch.from_numpy(pad_to_multiple(c.x)[None, None]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pred = model(x.contiguous(memory_format=torch.channels_last_3d)).float().argmax(1)[0].cpu().numpy()
+            n += int(((pred[tuple(slice(0, m) for m in c.x.shape)] > 0) & (c.x >= CANDIDATE_X)).sum())
+        model.train()
+        return n
+
+    def batch(k: int):
+        n_neg = 0 if negatives is None else args.neg_per_batch
+        x, y = sampler.batch(args.batch - n_neg, rngs[k], gens[k])
+        if n_neg:
+            xn, yn = negatives.batch(n_neg, rngs[k], gens[k])
+            x, y = torch.cat([x, xn]), torch.cat([y, yn])
+        return x, y
+
     fused = {"fused": True} if device.type == "cuda" else {}
     models, opts, rngs, gens, best, logs = [], [], [], [], [], []
     for k in range(args.models):
-        with np.load(args.init / f"model_{k}.npz") as z:
-            state = {name: torch.from_numpy(z[name].astype(np.float32) if z[name].dtype == np.float16
-                                             else z[name].copy()) for name in z.files}
+        rngs.append(np.random.default_rng(20_000 + k))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(20_000 + k)
+        gens.append(gen)
+        if (args.init / f"unet_{k}.onnx").exists():
+            from cacnet.train import state_from_onnx
+
+            cal = torch.cat([batch(k)[0] for _ in range(4)]).cpu()
+            state = state_from_onnx(args.init / f"unet_{k}.onnx", cal)
+        else:
+            with np.load(args.init / f"model_{k}.npz") as z:
+                state = {name: torch.from_numpy(z[name].astype(np.float32) if z[name].dtype == np.float16
+                                                 else z[name].copy()) for name in z.files}
         model = UNet3D()
         model.load_state_dict(state)
         model = model.to(device=device, memory_format=torch.channels_last_3d)
         models.append(model)
         opts.append(torch.optim.Adam(model.parameters(), lr=args.lr, **fused))
-        rngs.append(np.random.default_rng(20_000 + k))
-        gen = torch.Generator(device=device)
-        gen.manual_seed(20_000 + k)
-        gens.append(gen)
         val = evaluate(model, val_cases, bf16)
-        best.append({"dice": val["dice"], "step": 0, "val": val, "state": snapshot(model)})
-        logs.append([["step", "loss", "val_dice", "val_artery_accuracy", "lr", "elapsed_s", "train_cases"],
-                     [0, "", round(val["dice"], 4), round(val["artery_accuracy"], 4), 0.0, 0.0, len(sampler)]])
-        print(f"model {k}: start val dice {val['dice']:.4f}, artery accuracy {val['artery_accuracy']:.4f}", flush=True)
+        best.append({"dice": -1.0 if args.exclude_start else val["dice"], "step": 0, "val": val,
+                     "state": snapshot(model)})
+        logs.append([["step", "loss", "val_dice", "val_artery_accuracy", "lr", "elapsed_s", "train_cases",
+                      "negatives_false_voxels"],
+                     [0, "", round(val["dice"], 4), round(val["artery_accuracy"], 4), 0.0, 0.0, len(sampler),
+                      false_calcium(model)]])
+        print(f"model {k}: start val dice {val['dice']:.4f}, artery accuracy {val['artery_accuracy']:.4f}, "
+              f"false voxels on negatives {logs[k][1][7]}", flush=True)
 
     train_seconds = args.minutes * 60
     t0 = time.perf_counter()
@@ -214,7 +271,7 @@ def main() -> None:
             for k, (model, opt) in enumerate(zip(models, opts)):
                 for group in opt.param_groups:
                     group["lr"] = lr
-                x, y = sampler.batch(args.batch, rngs[k], gens[k])
+                x, y = batch(k)
                 xt = x.contiguous(memory_format=torch.channels_last_3d)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = model(xt)
@@ -240,12 +297,13 @@ def main() -> None:
                     best[k] = {"dice": val["dice"], "step": steps[k], "val": val, "state": snapshot(model)}
                 logs[k].append([steps[k], round(mean_loss, 5), round(val["dice"], 4),
                                 round(val["artery_accuracy"], 4), lr, round(time.perf_counter() - t0, 1),
-                                len(sampler)])
+                                len(sampler), false_calcium(model)])
                 loss_sum[k] = torch.zeros((), device=device)
                 loss_n[k] = 0
             done_s = time.perf_counter() - t0
             print(f"{done_s:6.0f} s  steps {steps[0]}  lr {lr:.1e}  train cases {len(sampler)}  val dice "
-                  + " ".join(f"{row[-1][2]:.3f}" for row in logs) + "  best "
+                  + " ".join(f"{row[-1][2]:.3f}" for row in logs) + "  false voxels on negatives "
+                  + " ".join(str(row[-1][7]) for row in logs) + "  best "
                   + " ".join(f"{b['dice']:.3f}@{b['step']}" for b in best), flush=True)
             write_pack(args, best, steps, restarts, logs, log, sampler, val_cases, too_big, done_s,
                        time.perf_counter() - t_start)

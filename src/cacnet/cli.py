@@ -303,6 +303,8 @@ def evaluate_cmd(
     device: str = typer.Option("auto", "--device", help="With INPUT scans: auto, cpu or cuda to run the models on."),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="With INPUT scans: weights folder (default: the shipped ensemble)."),
+    force: bool = typer.Option(False, "--force",
+                               help="With INPUT scans: score scans the triage refuses (contrast, sharp kernel, no heart)."),
 ) -> None:
     """Agreement of predicted scores (and masks) with ground truth."""
     from .errors import CacError
@@ -321,7 +323,7 @@ def evaluate_cmd(
             predictions, masks = predictions_from_csv(pred), None
         else:
             ensemble = _load_ensemble(weights, device)
-            predictions, masks = predictions_from_scans(inputs or [], ensemble)
+            predictions, masks = predictions_from_scans(inputs or [], ensemble, force=force)
         report = evaluate_predictions(truth_rows, predictions, truth_masks=truth_masks, pred_masks=pred_masks,
                                       pred_mask_arrays=masks)
     except CacError as exc:

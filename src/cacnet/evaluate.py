@@ -68,14 +68,17 @@ def predictions_from_csv(path: Path) -> dict[str, dict[str, Any]]:
     return _parse(_read_csv(path, "prediction"), path, "prediction")
 
 
-def predictions_from_scans(inputs, ensemble) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Score scans; returns predictions and their masks (canonical arrays with scans)."""
+def predictions_from_scans(inputs, ensemble, force: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Score scans; returns predictions and their masks (canonical arrays with scans).
+
+    ``force`` scores scans the triage refuses (see :func:`cacnet.pipeline.score_scan`).
+    """
     from .batch import expand_inputs
     from .pipeline import score_scan
 
     preds, masks = {}, {}
     for path in expand_inputs(inputs):
-        res = score_scan(path, ensemble)
+        res = score_scan(path, ensemble, force=force)
         preds[res.id] = {"agatston": res.data["agatston"], "category": res.data["category"]}
         masks[res.id] = res
     return preds, masks

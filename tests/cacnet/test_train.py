@@ -321,3 +321,67 @@ def test_fp32_training_is_bit_reproducible(tmp_path, monkeypatch):
         runs.append((losses, state))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_state_from_onnx_rebuilds_a_trainable_model_that_computes_the_onnx_file(trained, tmp_path):
+    """The ONNX export folds batch norms away; state_from_onnx rebuilds them exactly (eval) and
+    with the calibration patches' statistics (train mode starts where eval is)."""
+    import onnxruntime as ort
+
+    from cacnet.train import state_from_onnx
+
+    out, _, _ = trained
+    best = torch.load(out / "m" / "best.pt", weights_only=False)
+    # a trained model whose batch norms are far from identity, so that folding matters
+    original = {k: v.clone() for k, v in best["model"].items()}
+    for name in original:
+        if name.endswith("running_mean"):
+            original[name] += 0.3
+        if name.endswith("running_var"):
+            original[name] *= 2.5
+    export_onnx(original, tmp_path / "m.onnx")
+    cases = toy_cases(2, 7)
+    x = torch.from_numpy(np.stack([c.x for c in cases])[:, None])
+    state = state_from_onnx(tmp_path / "m.onnx", x)
+    model = UNet3D()
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        mine = model(x).numpy()
+    onnx_out = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x.numpy()})[0]
+    assert np.abs(mine - onnx_out).max() < 1e-4
+    model.train()  # batch statistics of the calibration batch: the same function
+    with torch.no_grad():
+        assert np.abs(model(x).numpy() - onnx_out).max() < 1e-3
+    loss = dice_ce_loss(model(x), torch.from_numpy(np.stack([c.y for c in cases])).long(), x)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_negative_case_and_focus_centre_patches_on_candidates(tmp_path):
+    """A hard negative: all labels background; its patches centre near the given focus voxels."""
+    import SimpleITK as sitk
+
+    from cacnet.train import CANDIDATE_X, BatchSampler, negative_case
+    from cacnet.train._data import draw_patch
+
+    hu = np.full((12, 80, 80), 40.0, np.float32)
+    hu[5:7, 60:63, 60:63] = 700.0  # "bone"
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((2.5, 2.5, 2.5))
+    sitk.WriteImage(img, str(tmp_path / "neg.nii.gz"))
+    case = negative_case(tmp_path / "neg.nii.gz")
+    assert case.case_id == "neg" and case.meta["negative"] and not case.y.any()
+    focus = np.argwhere(case.x >= CANDIDATE_X)
+    assert len(focus) == 18 and (focus[:, 1] >= 60).all()
+    near = {}
+    for name, f in (("focus", focus), ("plain", None)):
+        sampler = BatchSampler(1, (4, 8, 8), "cpu", max_shape=case.x.shape)
+        assert sampler.add(case, focus=f)
+        x, y = sampler.batch(4, np.random.default_rng(0), torch.Generator().manual_seed(0))
+        assert not y.any() and x.shape == (4, 1, 4, 8, 8)
+        rng = np.random.default_rng(1)
+        centres = np.array([draw_patch(rng, sampler.shapes, sampler.fg, sampler.patch).center for _ in range(400)])
+        near[name] = float((np.abs(centres[:, 1:] - 61) <= 13.5).all(axis=1).mean())
+    assert near["focus"] > 0.6 and near["plain"] < 0.25, near

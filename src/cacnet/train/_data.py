@@ -14,7 +14,7 @@ import numpy as np
 
 from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
-__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "PatchSampler", "BatchSampler", "BatchedPatchSampler", "pad_to_multiple"]
+__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "negative_case", "PatchSampler", "BatchSampler", "BatchedPatchSampler", "pad_to_multiple"]
 
 
 @dataclass
@@ -147,6 +147,21 @@ def dataset_cases(data_dir: Path) -> list[Case]:
             continue
         out.append(Case(case_id, x, y, {"category": truth.category, "agatston": truth.agatston}))
     return out
+
+
+def negative_case(path: Path, case_id: Optional[str] = None) -> Case:
+    """A real scan without coronary calcium, preprocessed, every label background (a hard negative).
+
+    Every voxel >= 130 HU of such a scan (bone, cartilage, aortic wall,
+    couch, noise, kernel overshoot) is something the models must not call
+    coronary calcium.
+    """
+    from ..io import read_scan
+
+    scan = read_scan(path)
+    x, _ = preprocess(scan.hu, scan.spacing)
+    return Case(case_id or scan.id, x, np.zeros(x.shape, np.uint8),
+                {"category": "A", "agatston": 0.0, "negative": True, "source": str(path)})
 
 
 @dataclass
@@ -306,8 +321,13 @@ class BatchSampler:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, case) -> bool:
-        """Put a case in the next free slot; False when it is larger than the buffer."""
+    def add(self, case, focus: Optional[np.ndarray] = None) -> bool:
+        """Put a case in the next free slot; False when it is larger than the buffer.
+
+        ``focus`` ((n, 3) voxel indices) replaces the calcium voxels as the
+        places two thirds of the patches are centred near: for a case without
+        calcium (a hard negative), e.g. its candidate voxels (>= 130 HU).
+        """
         import torch
 
         shape = np.array(case.x.shape)
@@ -318,7 +338,7 @@ class BatchSampler:
         self.x[sl] = torch.from_numpy(np.ascontiguousarray(case.x, dtype=np.float32)).to(self.device)
         self.y[sl] = torch.from_numpy(np.ascontiguousarray(case.y, dtype=np.uint8)).to(self.device)
         self.shapes.append(shape)
-        self.fg.append(np.argwhere(case.y > 0))
+        self.fg.append(np.argwhere(case.y > 0) if focus is None else np.asarray(focus))
         self.ids.append(case.case_id)
         return True
 

@@ -13,7 +13,7 @@ from .._files import sha256_file as sha256
 from ..preprocess import PREPROCESSING
 from ._model import ARCHITECTURE, UNet3D
 
-__all__ = ["export_onnx", "sha256", "write_manifest"]
+__all__ = ["export_onnx", "sha256", "state_from_onnx", "write_manifest"]
 
 
 def export_onnx(state_dict: dict, path: Path, check_shape=(1, 1, 40, 48, 56)) -> float:
@@ -69,3 +69,79 @@ def write_manifest(weights_dir: Path, models: list[dict], training: dict, metric
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(path)
     return path
+
+
+def state_from_onnx(path: Path, calibration: "torch.Tensor") -> dict:
+    """A trainable U-Net state dict from an exported ONNX model (to continue training it).
+
+    The ONNX export folds each batch norm into the convolution before it
+    (weight and bias), so the running statistics and the affine parameters
+    of the batch norms are gone. They are rebuilt so that the model computes
+    exactly what the ONNX file computes in eval mode, and so that in train
+    mode (batch statistics) it starts close to it: each batch norm gets the
+    mean and variance of its convolution's output over ``calibration``
+    (patches like those it will be trained on) as running statistics, and
+    the affine parameters that undo them, plus the folded bias.
+
+    Parameters
+    ----------
+    path : path
+        An ``unet_<k>.onnx`` written by :func:`export_onnx`.
+    calibration : torch.Tensor
+        (n, 1, z, y, x) preprocessed inputs, spatial dims multiples of 8.
+
+    Returns
+    -------
+    dict
+        A state dict for :class:`UNet3D` (float32 tensors).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    model = UNet3D()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    folded: dict[str, np.ndarray] = {}  # "enc.0.conv1" -> folded bias
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")  # "/enc.0/conv1/Conv" -> "enc.0.conv1"
+        weight = init[node.input[1]]
+        if f"{module}.weight" not in state:
+            raise ValueError(f"{path}: ONNX node {node.name} matches no U-Net layer")
+        state[f"{module}.weight"] = torch.from_numpy(weight.copy())
+        if len(node.input) > 2:
+            bias = init[node.input[2]]
+            if f"{module}.bias" in state:
+                state[f"{module}.bias"] = torch.from_numpy(bias.copy())
+            else:  # a convolution followed by a batch norm that was folded into it
+                folded[module] = bias
+    bn_of = {conv: conv.replace("conv", "bn") for conv in folded}
+    for conv, bn in bn_of.items():  # exact identity in eval mode, whatever the statistics
+        n = folded[conv].size
+        state[f"{bn}.running_mean"] = torch.zeros(n)
+        state[f"{bn}.running_var"] = torch.ones(n)
+        state[f"{bn}.weight"] = torch.full((n,), float(np.sqrt(1.0 + model.enc[0].bn1.eps)))
+        state[f"{bn}.bias"] = torch.from_numpy(folded[conv].copy())
+    model.load_state_dict(state)
+    model.eval()
+    stats: dict[str, list] = {}
+    hooks = [model.get_submodule(conv).register_forward_hook(
+        lambda mod, inp, out, name=conv: stats.setdefault(name, []).append(
+            (out.double().mean(dim=(0, 2, 3, 4)), out.double().pow(2).mean(dim=(0, 2, 3, 4)))))
+        for conv in folded]
+    with torch.no_grad():
+        for x in calibration.split(2):
+            model(x.float())
+    for h in hooks:
+        h.remove()
+    for conv, bn in bn_of.items():
+        mean = torch.stack([m for m, _ in stats[conv]]).mean(0)
+        var = (torch.stack([s for _, s in stats[conv]]).mean(0) - mean ** 2).clamp_min(1e-4)
+        eps = model.get_submodule(bn).eps
+        state[f"{bn}.running_mean"] = mean.float()
+        state[f"{bn}.running_var"] = var.float()
+        state[f"{bn}.weight"] = torch.sqrt(var + eps).float()
+        state[f"{bn}.bias"] = (torch.from_numpy(folded[conv].copy()).double() + mean).float()
+    return state
