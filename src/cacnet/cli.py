@@ -364,6 +364,84 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
     out.print(f"trained on: {manifest.get('training', {}).get('data', 'unknown')}")
 
 
+dataset_app = typer.Typer(
+    name="dataset",
+    cls=_Group,
+    help="Convert public calcium data sets (COCA, orCaScore) into the layout `cac train --data` reads.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dataset_app, name="dataset")
+
+
+def _convert_dataset(kind: str, src: Path, out: Path, **options: Any) -> None:
+    """Run one converter of :mod:`cacnet.datasets` with a progress bar; exit 0, 3 (layout) or 4 (some cases)."""
+    from rich.markup import escape
+
+    from . import datasets
+    from .errors import CacError
+
+    convert = {"coca": datasets.convert_coca, "orcascore": datasets.convert_orcascore}[kind]
+    with _progress() as progress:
+        task = progress.add_task(f"{kind} cases", total=None)
+
+        def on_start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_case(row: dict) -> None:
+            progress.advance(task)
+            if row["status"] == "error":
+                shown.append(row)
+                err.print(f"[red]error:[/red] {escape(row['id'])}: {escape(row['message'])} (skipped)",
+                          highlight=False)
+
+        shown: list = []
+
+        try:
+            rows = convert(src, out, on_start=on_start, on_case=on_case, **options)
+        except CacError as exc:
+            raise _fail(escape(str(exc)), exc.exit_code)
+    count = {s: sum(r["status"] == s for r in rows) for s in ("converted", "skipped", "error", "ignored")}
+    for r in rows:
+        if r["status"] == "error" and not any(r is x for x in shown):
+            err.print(f"[red]error:[/red] {escape(r['id'])}: {escape(r['message'])}", highlight=False)
+    ignored = [r for r in rows if r["status"] == "ignored"]
+    if ignored:
+        names = ", ".join(r["id"] for r in ignored[:8]) + (", ..." if len(ignored) > 8 else "")
+        err.print(f"[yellow]note:[/yellow] {len(ignored)} left out: {escape(ignored[0]['message'])} ({escape(names)})",
+                  highlight=False)
+    rois = {s: sum(int(r.get(f"n_{s}", 0)) for r in rows) for s in ("ok", "mismatch", "error")}
+    err.print(f"{kind}: {count['converted']} converted, {count['skipped']} already done, {count['error']} failed; "
+              f"annotations {rois['ok']} ok, {rois['mismatch']} mismatch, {rois['error']} left out; "
+              f"see {out / 'report.csv'} and {out / 'truth.csv'}", highlight=False)
+    if count["error"]:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@dataset_app.command("coca", cls=_Command)
+def dataset_coca(
+    src: Path = typer.Argument(..., help="COCA gated folder: patient/<id>/<series>/*.dcm and calcium_xml/<id>.xml."),
+    out: Path = typer.Argument(..., help="Output: images/, labels/, truth.csv, report.csv (rerun to resume)."),
+    missing_xml: str = typer.Option("zero", "--missing-xml",
+                                    help="A patient without calcium_xml/<id>.xml: zero (no calcium, all-zero "
+                                         "label) or skip."),
+) -> None:
+    """Convert COCA (Stanford AIMI, gated: DICOM + OsiriX ROI xml) for `cac train --data`."""
+    if missing_xml not in ("zero", "skip"):
+        raise _fail(f"--missing-xml must be zero or skip; got {missing_xml!r}.", EXIT_USAGE)
+    _convert_dataset("coca", src, out, missing_xml=missing_xml)
+
+
+@dataset_app.command("orcascore", cls=_Command)
+def dataset_orcascore(
+    src: Path = typer.Argument(..., help="Folder with orCaScore <stem>.mhd images and their reference labels."),
+    out: Path = typer.Argument(..., help="Output: images/, labels/, truth.csv, report.csv, labels_meta.json."),
+) -> None:
+    """Convert orCaScore (MetaImage + reference labels; LM merged into LAD) for `cac train --data`."""
+    _convert_dataset("orcascore", src, out)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     from ._memory import return_large_buffers_to_os
 

@@ -100,7 +100,7 @@ def dataset_cases(data_dir: Path) -> list[Case]:
     from ..io import read_scan
 
     data_dir = Path(data_dir)
-    images = sorted((data_dir / "images").glob("*.nii*"))
+    images = sorted(p for p in (data_dir / "images").glob("*.nii*") if not p.name.startswith("."))  # no temp files
     if not images:
         raise FileNotFoundError(f"no images/<id>.nii.gz found in {data_dir}")
     points: dict[str, list[dict]] = {}
