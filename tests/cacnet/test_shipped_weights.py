@@ -24,7 +24,9 @@ def test_manifest_matches_the_files():
     assert manifest["preprocessing"]["clip_hu"] == [-300.0, 800.0]
     assert all(m["onnx_vs_torch_max_prob_diff"] < 1e-4 for m in manifest["models"])
     card = (DEFAULT_WEIGHTS / "README.md").read_text()
-    assert "synthetic phantoms only" in card.lower() or "Trained on synthetic phantoms only" in card
+    # the card says plainly what real data the models saw: hard negatives only, no real calcium
+    assert "no real scan with\ncoronary calcium" in card and "hard negatives" in card
+    assert "held out of all training" in manifest["training"]["real_scans"]
 
 
 def test_shipped_ensemble_scores_the_bundled_example():
