@@ -1,9 +1,12 @@
 """Train ensembles on three training-set sizes at once (the paper's Table 1), on one GPU.
 
-Generates the phantoms (cached, in parallel on all cores), then trains
-``len(sizes) x models`` U-Nets side by side on the GPU, each in its own
-process, for the same wall-clock time, so every model gets about the same
-number of steps. Training-set sizes are nested prefixes of the training
+A measuring wrapper around the package's training loop: generates the
+phantoms (cached, in parallel on all cores), then trains ``len(sizes) x
+models`` U-Nets on the GPU, one process per size, each process stepping its
+``models`` U-Nets together (``cacnet.train.train_models``, the loop of ``cac
+train``), for the same wall-clock time, so every model gets about the same
+number of steps. (The Table 1 rows in the README were made by an earlier
+version that ran one process per model, 15 processes time-sharing the GPU.) Training-set sizes are nested prefixes of the training
 phantom set (seed ``TRAIN_SET_SEED``), all balanced A-E; validation uses the
 same 20 validation phantoms for every model.
 
@@ -37,20 +40,20 @@ sys.path.insert(0, str(SRC))
 CHUNK_BYTES = 15 * 2**20
 
 
-def _train_one(run_dir: str, size: int, seed: int, cfg: dict, n_val: int, result_q) -> None:
+def _train_size(run_dir: str, size: int, models: int, cfg: dict, n_val: int, result_q) -> None:
     try:
-        import torch
+        from cacnet.train import TRAIN_SET_SEED, VAL_SET_SEED, TrainConfig, TrainData, phantom_cases, train_models
 
-        from cacnet.train import TRAIN_SET_SEED, VAL_SET_SEED, TrainConfig, phantom_cases, train_model
-
-        torch.set_num_threads(1)
         root = Path(run_dir)
         train = phantom_cases(TRAIN_SET_SEED, size, cache=root / "cache" / "train", workers=1)
         val = phantom_cases(VAL_SET_SEED, n_val, cache=root / "cache" / "val", workers=1)
-        summary = train_model(root / f"size_{size}" / f"model_{seed}", train, val, TrainConfig(**{**cfg, "seed": seed}))
-        result_q.put((size, seed, summary, None))
+        summaries = train_models(root / f"size_{size}", TrainData(train, val), TrainConfig(**{**cfg, "seed": 0}),
+                                 models=models)
+        for seed, summary in enumerate(summaries):
+            result_q.put((size, seed, summary, None))
     except BaseException:  # noqa: BLE001 - reported to the parent, which packs what exists
-        result_q.put((size, seed, None, traceback.format_exc()))
+        for seed in range(models):
+            result_q.put((size, seed, None, traceback.format_exc()))
 
 
 def pack(run_dir: Path, sizes: list[int], models: int, ship_size: int, out: Path, log: dict) -> list[str]:
@@ -140,16 +143,16 @@ def main() -> None:
     cfg = {"steps": 10**6, "batch": args.batch, "patch": tuple(args.patch), "lr": 1e-3, "val_every": args.val_every,
            "checkpoint_every": 200, "threads": 1, "max_seconds": train_seconds - 20.0}
     log["config"] = cfg
-    print(f"training {len(args.sizes)} x {args.models} models for {cfg['max_seconds']:.0f} s each", flush=True)
+    print(f"training {len(args.sizes)} x {args.models} models, one process per size, for {cfg['max_seconds']:.0f} s", flush=True)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_train_one, args=(str(args.run_dir), s, m, cfg, args.val, q))
-             for s in args.sizes for m in range(args.models)]
+    procs = [ctx.Process(target=_train_size, args=(str(args.run_dir), s, args.models, cfg, args.val, q))
+             for s in args.sizes]
     for p in procs:
         p.start()
     results = []
     deadline = time.perf_counter() + train_seconds + 30
-    while len(results) < len(procs) and time.perf_counter() < deadline:
+    while len(results) < len(procs) * args.models and time.perf_counter() < deadline:
         try:
             results.append(q.get(timeout=5))
         except Exception:  # noqa: BLE001 - queue.Empty

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -119,48 +119,120 @@ def phantom(
 
 @app.command(cls=_Command)
 def train(
-    outdir: Path = typer.Argument(..., help="Folder for caches, checkpoints, logs and weights/ (rerun to resume)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="User data set: images/<id>.nii.gz with labels/ or points.csv."),
+    outdir: Path = typer.Argument(..., help="Folder for caches, checkpoints, logs and weights/ (rerun the same command to resume)."),
+    data: Optional[List[Path]] = typer.Option(
+        None, "--data", help="User data set (repeatable): images/<id>.nii.gz with labels/ or points.csv; split by case id."),
+    negatives: Optional[List[Path]] = typer.Option(
+        None, "--negatives",
+        help="Hard negative (repeatable): a real scan without coronary calcium (file or DICOM folder); every label is background."),
     phantoms: int = typer.Option(300, "--phantoms", min=0, help="Synthetic training cases."),
-    val_phantoms: int = typer.Option(20, "--val-phantoms", min=1, help="Synthetic validation cases."),
-    models: int = typer.Option(5, "--models", min=1, help="Models in the ensemble."),
-    steps: int = typer.Option(2000, "--steps", min=1, help="Training steps per model."),
-    val_every: int = typer.Option(250, "--val-every", min=1, help="Validate every this many steps."),
-    batch: int = typer.Option(2, "--batch", min=1,
-                              help="Patches per step (2 suits a CPU; on a GPU 16 keeps it busy, with more steps per second of data)."),
+    val_phantoms: int = typer.Option(20, "--val-phantoms", min=0, help="Synthetic validation cases."),
+    init: Optional[Path] = typer.Option(
+        None, "--init",
+        help="Start weights: a weights folder (unet_<k>.onnx), a cac train folder (model_<k>/best.pt) or model_<k>.npz files. Default: from scratch."),
+    models: int = typer.Option(5, "--models", min=1, help="Models in the ensemble, trained together in one process."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", min=0, help="Training steps per model (default: 2000, or no limit with --max-minutes)."),
     max_minutes: Optional[float] = typer.Option(
-        None, "--max-minutes", min=0.1,
-        help="Stop each model after this many minutes of training even before --steps (rate drops follow the time)."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from checkpoints in OUTDIR."),
+        None, "--max-minutes", min=0.01,
+        help="Stop after this many minutes of training (all models together) even before --steps; rate drops follow the time."),
+    batch: int = typer.Option(2, "--batch", min=1,
+                              help="Patches per step and model (2 suits a CPU; 16 keeps a GPU busy)."),
+    real_per_batch: Optional[int] = typer.Option(
+        None, "--real-per-batch", min=0,
+        help="Patches of --data training cases per batch (default: half of what negatives leave, all of it without phantoms)."),
+    neg_per_batch: Optional[int] = typer.Option(
+        None, "--neg-per-batch", min=0, help="Patches of --negatives per batch (default: a quarter of the batch, at least 1)."),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", min=0.0, max=0.9, help="Share of each --data set's cases (by id) that validates (default: 0.2)."),
+    exclude_start: bool = typer.Option(
+        False, "--exclude-start", help="With --init: never keep the start weights, only steps trained here."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Adam's learning rate (x0.3 at 70 % and 90 % of the run)."),
+    warmup: Optional[float] = typer.Option(
+        None, "--warmup", min=0.0, max=0.5, help="Share of the run over which the rate warms up (default: 0.03 with --init, else 0)."),
+    val_every: Optional[int] = typer.Option(
+        None, "--val-every", min=1, help="Validate every this many steps (default: 250, or only by --val-seconds when given)."),
+    val_seconds: Optional[float] = typer.Option(None, "--val-seconds", min=1.0, help="Validate every this many seconds."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1, help="Checkpoint every this many steps (and at every validation)."),
+    patch: Tuple[int, int, int] = typer.Option((40, 64, 64), "--patch", min=8, help="Patch size (z, y, x), multiples of 8."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes making phantoms."),
+    stream: bool = typer.Option(
+        False, "--stream", help="Start training while the phantoms not cached yet are made (resumes, but not bit-exactly)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the checkpoint in OUTDIR."),
 ) -> None:
-    """Train the U-Net ensemble and export it to OUTDIR/weights (needs the `train` extra)."""
+    """Train the U-Net ensemble, all models together in one process (CPU or GPU), and export it to OUTDIR/weights.
+
+    Needs the `train` extra. Each model keeps its step with the best calcium Dice over all validation cases
+    (validation phantoms and the --data validation split pooled).
+    """
     try:
         from .train import TrainConfig, train_ensemble
     except ImportError as exc:
         err.print(f"[red]error:[/red] training needs the train extra: pip install '.[train]' ({exc}).")
         raise typer.Exit(EXIT_USAGE)
-    if data is not None and not (data / "images").is_dir():
-        err.print(f"[red]error:[/red] {data} has no images/ folder; expected images/<id>.nii.gz with labels/ or points.csv.")
+    for d in data or []:
+        if not (d / "images").is_dir():
+            err.print(f"[red]error:[/red] {d} has no images/ folder; expected images/<id>.nii.gz with labels/ or points.csv.")
+            raise typer.Exit(EXIT_INVALID)
+    for n in negatives or []:
+        if not n.exists():
+            err.print(f"[red]error:[/red] no such scan: {n}")
+            raise typer.Exit(EXIT_INVALID)
+    if init is not None and not init.is_dir():
+        err.print(f"[red]error:[/red] --init {init} is not a folder")
         raise typer.Exit(EXIT_INVALID)
-    if not resume and outdir.exists() and any(outdir.glob("model_*/checkpoint.pt")):
-        err.print(f"[red]error:[/red] {outdir} holds checkpoints; use --resume or another OUTDIR.")
+    if any(n % 8 for n in patch):
+        err.print(f"[red]error:[/red] --patch sizes must be multiples of 8, not {patch}")
         raise typer.Exit(EXIT_USAGE)
-    config = TrainConfig(steps=steps, val_every=val_every, batch=batch,
-                         max_seconds=None if max_minutes is None else max_minutes * 60.0)
+    if outdir.exists() and any(outdir.glob("model_*/checkpoint.pt")) and not (outdir / "checkpoint.pt").exists():
+        err.print(f"[red]error:[/red] {outdir} holds the per-model checkpoints of an older cac train, which trained the "
+                  f"models one after another; continue from their best weights with: cac train NEW --init {outdir}")
+        raise typer.Exit(EXIT_USAGE)
+    if not resume and (outdir / "checkpoint.pt").exists():
+        err.print(f"[red]error:[/red] {outdir} holds a checkpoint; use --resume or another OUTDIR.")
+        raise typer.Exit(EXIT_USAGE)
+    config = TrainConfig(
+        steps=steps if steps is not None else (10**9 if max_minutes else 2000),
+        val_every=val_every or (10**9 if val_seconds else 250), val_seconds=val_seconds,
+        checkpoint_every=checkpoint_every, batch=batch, patch=tuple(patch), lr=lr,
+        warmup=warmup if warmup is not None else (0.03 if init else 0.0),
+        real_per_batch=real_per_batch or 0, neg_per_batch=neg_per_batch or 0,
+        max_seconds=None if max_minutes is None else max_minutes * 60.0)
     with _progress() as progress:
-        tasks: dict = {}
+        task: dict = {}
 
         def on_event(kind: str, info: dict) -> None:
-            if kind == "model":
-                tasks[info["index"]] = progress.add_task(f"model {info['index']}", total=info["steps"])
-            elif kind == "step":
-                progress.update(tasks[info["index"]], completed=info["step"],
-                                description=f"model {info['index']} loss {info['loss']:.3f}")
+            if kind == "data_start":
+                err.print(f"preparing {info['phantoms']} training and {info['val']} validation phantoms (cached)"
+                          + (f", {len(info['data'])} data set(s)" if info["data"] else "")
+                          + (f", {info['negatives']} hard negative(s)" if info["negatives"] else ""))
             elif kind == "data":
-                err.print(f"preparing {info['phantoms']} training and {info['val']} validation phantoms (cached)")
+                c = info["config"]
+                err.print(f"training on {info['phantoms']} phantoms, {info['real']} real cases, {info['negatives']} "
+                          f"negatives; validating on {info['val']} phantoms and {info['real_val']} real cases; batch "
+                          f"{c['batch'] - c['real_per_batch'] - c['neg_per_batch']} phantom + {c['real_per_batch']} "
+                          f"real + {c['neg_per_batch']} negative patches")
+            elif kind == "streamed":
+                err.print(f"training starts on {info['train_cases']} phantoms; {info['pending']} more are being made")
+            elif kind == "resume":
+                err.print(f"resuming from step {info['step']}")
+            elif kind == "start":
+                total = info["steps"] if info["steps"] < 10**9 else None
+                task["id"] = progress.add_task(f"{info['models']} models ({info['device']})", total=total,
+                                               completed=info["step"])
+            elif kind == "step" and "id" in task:
+                progress.update(task["id"], completed=info["step"])
+            elif kind == "val":
+                err.print(f"step {info['step']}: validation Dice " + " ".join(f"{d:.3f}" for d in info["dice"]))
 
-        manifest = train_ensemble(outdir, data=data, phantoms=phantoms, val_phantoms=val_phantoms, models=models,
-                                  config=config, on_event=on_event)
+        try:
+            manifest = train_ensemble(outdir, data=data or [], negatives=negatives or [], phantoms=phantoms,
+                                      val_phantoms=val_phantoms, models=models, config=config, init=init,
+                                      val_fraction=val_fraction, exclude_start=exclude_start, stream=stream,
+                                      workers=workers, on_event=on_event)
+        except (ValueError, FileNotFoundError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(EXIT_USAGE)
     err.print(f"weights and manifest written: {manifest}")
 
 

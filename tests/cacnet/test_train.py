@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch", reason="training needs the train extra (tor
 pytest.importorskip("onnx", reason="ONNX export needs onnx")
 
 from cacnet.ensemble import Ensemble, verify_weights  # noqa: E402
-from cacnet.train import Case, TrainConfig, UNet3D, dice_ce_loss, export_onnx, train_model, write_manifest  # noqa: E402
+from cacnet.train import (Case, TrainConfig, TrainData, UNet3D, dice_ce_loss, export_onnx, save_case,  # noqa: E402
+                          train_models, write_manifest)
 
 
 def toy_cases(n, seed):
@@ -33,7 +34,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     cfg = TrainConfig(steps=40, batch=2, patch=(16, 32, 32), lr=3e-3, val_every=20, checkpoint_every=10, seed=0,
                       threads=2)
-    summary = train_model(out / "m", toy_cases(6, 0), toy_cases(2, 1), cfg)
+    (summary,) = train_models(out / "m", TrainData(toy_cases(6, 0), toy_cases(2, 1)), cfg)
     return out, summary, cfg
 
 
@@ -65,17 +66,17 @@ def test_tiny_training_decreases_the_loss(trained):
     out, summary, _ = trained
     ckpt = torch.load(out / "m" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 40
-    assert _loss_on(toy_cases(6, 0), ckpt["model"]) < 0.5 * _loss_on(toy_cases(6, 0))
-    with open(out / "m" / "log.csv") as fh:
+    assert _loss_on(toy_cases(6, 0), ckpt["models"][0]) < 0.5 * _loss_on(toy_cases(6, 0))
+    with open(out / "m" / "model_0" / "log.csv") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [10, 20, 30, 40]
-    assert (out / "m" / "best.pt").exists() and summary["best_val_dice"] >= 0
+    assert (out / "m" / "model_0" / "best.pt").exists() and summary["best_val_dice"] >= 0
 
 
 def test_resume_continues_from_the_checkpoint(trained):
     out, _, cfg = trained
     more = TrainConfig(**{**cfg.__dict__, "steps": 50})
-    train_model(out / "m", toy_cases(6, 0), toy_cases(2, 1), more)
-    with open(out / "m" / "log.csv") as fh:
+    train_models(out / "m", TrainData(toy_cases(6, 0), toy_cases(2, 1)), more)
+    with open(out / "m" / "model_0" / "log.csv") as fh:
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert steps == sorted(steps) and steps[-1] == 50 and steps.count(40) == 1  # no step trained twice
     ckpt = torch.load(out / "m" / "checkpoint.pt", weights_only=False)
@@ -84,7 +85,7 @@ def test_resume_continues_from_the_checkpoint(trained):
 
 def test_export_agrees_with_torch_and_loads_in_cacnet(trained, tmp_path):
     out, _, _ = trained
-    best = torch.load(out / "m" / "best.pt", weights_only=False)
+    best = torch.load(out / "m" / "model_0" / "best.pt", weights_only=False)
     weights = tmp_path / "weights"
     diffs = [export_onnx(best["model"], weights / f"unet_{i}.onnx") for i in range(3)]
     assert max(diffs) < 1e-4
@@ -203,9 +204,11 @@ def test_time_limited_run_stops_and_drops_the_rate(tmp_path):
     assert learning_rate(TrainConfig(steps=100, lr=1e-3), 95, 0.0) == pytest.approx(9e-5)
     run = TrainConfig(steps=10**6, batch=1, patch=(8, 16, 16), val_every=10**6, checkpoint_every=10**6,
                       threads=1, max_seconds=2.0)
-    summary = train_model(tmp_path / "t", toy_cases(2, 0), toy_cases(1, 1), run)
+    (summary,) = train_models(tmp_path / "t", TrainData(toy_cases(2, 0), toy_cases(1, 1)), run)
     assert 0 < summary["steps_done"] < 10**6 and summary["train_seconds"] < 30
-    assert (tmp_path / "t" / "best.pt").exists()  # validated at the end of the time
+    assert (tmp_path / "t" / "model_0" / "best.pt").exists()  # validated at the end of the time
+    warm = TrainConfig(steps=100, lr=1e-3, warmup=0.1)  # from 10 % of the rate to all of it over 10 % of the run
+    assert [learning_rate(warm, s, 0.0) for s in (0, 5, 10, 50)] == pytest.approx([1e-4, 5.5e-4, 1e-3, 1e-3])
 
 
 def test_phantom_cases_stop_at_the_deadline(tmp_path):
@@ -219,24 +222,6 @@ def test_phantom_cases_stop_at_the_deadline(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["phantom_7_0000.npz"]
     again = phantom_cases(7, 1, cache=tmp_path, workers=1)  # from the cache
     assert np.array_equal(again[0].x, got[0].x)
-
-
-def test_cac_train_end_to_end_writes_a_loadable_ensemble(tmp_path):
-    """`cac train` on two tiny phantom sets: cache, one model, export, manifest with the set sizes."""
-    from typer.testing import CliRunner
-
-    from cacnet.cli import app
-
-    out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", str(out), "--phantoms", "2", "--val-phantoms", "1", "--models", "1",
-                                   "--steps", "2", "--val-every", "1", "--batch", "3"])
-    assert res.exit_code == 0, res.output
-    manifest = json.loads((out / "weights" / "manifest.json").read_text())
-    assert manifest["training"]["config"]["batch"] == 3
-    assert manifest["training"]["train_cases"] == 2 and manifest["training"]["val_cases"] == 1
-    assert [m["file"] for m in manifest["models"]] == ["unet_0.onnx"] and manifest["models"][0]["best_step"] in (1, 2)
-    assert len(list((out / "cache" / "train").glob("*.npz"))) == 2
-    assert Ensemble(out / "weights", device="cpu").vote(np.zeros((8, 16, 16), np.float32)).models_run == 1
 
 
 def test_batch_sampler_cuts_the_patches_of_patch_sampler():
@@ -275,52 +260,56 @@ def test_batch_sampler_refuses_a_case_larger_than_its_buffer():
     assert not s.add(big) and len(s) == 0
 
 
-def test_batched_patch_sampler_draws_what_patch_sampler_draws():
-    from cacnet.train import BatchedPatchSampler, PatchSampler
+def test_batch_sampler_replays_a_batch_from_restored_random_states():
+    """What a checkpoint restores (numpy and torch random states) gives the same batch again."""
+    from cacnet.train import BatchSampler
 
-    cases = toy_cases(3, 7)
-    a = PatchSampler(cases, patch=(8, 16, 16), seed=4)
-    b = BatchedPatchSampler(cases, patch=(8, 16, 16), seed=4)
-    state = b.state()
-    for _ in range(3):
-        (ax, ay), (bx, by) = a.batch(4), b.batch(4)
-        assert torch.abs(ax - bx).max() < 0.06
-        assert (ay == by).float().mean() >= 0.999
-    b.set_state(state)  # a restored state replays the same batch
-    again = b.batch(4)
-    b.set_state(state)
-    assert torch.equal(b.batch(4)[1], again[1])
-
-
-def test_training_with_the_batched_sampler_runs_and_resumes(tmp_path):
-    """The GPU's sampler, forced on the CPU: trains, validates, checkpoints and resumes like the default one."""
-    cfg = TrainConfig(steps=4, batch=3, patch=(16, 32, 32), lr=3e-3, val_every=2, checkpoint_every=2, seed=1,
-                      threads=2, sampler="batched")
-    first = train_model(tmp_path / "m", toy_cases(4, 2), toy_cases(1, 3), cfg)
-    assert first["steps_done"] == 4 and (tmp_path / "m" / "best.pt").exists()
-    more = train_model(tmp_path / "m", toy_cases(4, 2), toy_cases(1, 3), TrainConfig(**{**cfg.__dict__, "steps": 6}))
-    assert more["steps_done"] == 6
-    with open(tmp_path / "m" / "log.csv") as fh:
-        steps = [int(r["step"]) for r in csv.DictReader(fh)]
-    assert steps == [2, 4, 6]  # continued from step 4, not from 0
-    with pytest.raises(ValueError, match="sampler"):
-        train_model(tmp_path / "bad", toy_cases(1, 2), toy_cases(1, 3), TrainConfig(steps=1, sampler="fast"))
+    s = BatchSampler(capacity=3, patch=(8, 16, 16), device="cpu", max_shape=(16, 32, 32))
+    for c in toy_cases(3, 7):
+        assert s.add(c)
+    rng, gen = np.random.default_rng(4), torch.Generator().manual_seed(4)
+    s.batch(2, rng, gen)
+    state = (rng.bit_generator.state, gen.get_state())
+    x1, y1 = s.batch(4, rng, gen)
+    rng.bit_generator.state = state[0]
+    gen.set_state(state[1])
+    x2, y2 = s.batch(4, rng, gen)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
-def test_fp32_training_is_bit_reproducible(tmp_path, monkeypatch):
-    """CAC_TRAIN_FP32=1: two runs with the same seed log the same losses and save the same weights."""
+def test_fp32_joint_training_is_bit_reproducible_across_a_resume(tmp_path, monkeypatch):
+    """CAC_TRAIN_FP32=1: two models stepped together on phantom, real and hard-negative patches; a run
+    stopped after 2 steps and resumed to 4 logs the same losses and ends with the same weights as a run
+    of 4 steps at once (the checkpoint restores models, optimizers and random streams)."""
+    import dataclasses
+
     monkeypatch.setenv("CAC_TRAIN_FP32", "1")
-    cfg = TrainConfig(steps=4, batch=2, patch=(16, 32, 32), lr=3e-3, val_every=2, checkpoint_every=1, seed=0, threads=2)
-    runs = []
-    for name in ("a", "b"):
-        summary = train_model(tmp_path / name, toy_cases(3, 0), toy_cases(1, 1), cfg)
-        assert summary["bf16"] is False
-        with open(tmp_path / name / "log.csv") as fh:
-            losses = [r["loss"] for r in csv.DictReader(fh)]
-        state = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model"]
-        runs.append((losses, state))
-    assert runs[0][0] == runs[1][0]
-    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    negative = toy_cases(1, 9)[0]
+    negative.y[:] = 0
+
+    def data():
+        return TrainData(toy_cases(3, 0), toy_cases(1, 1), real=toy_cases(2, 2), real_val=toy_cases(1, 3),
+                         negatives=[negative])
+
+    cfg = TrainConfig(steps=4, batch=3, patch=(8, 16, 16), lr=3e-3, val_every=2, checkpoint_every=2, seed=0,
+                      threads=2, real_per_batch=1, neg_per_batch=1)
+    whole = train_models(tmp_path / "a", data(), cfg, models=2)
+    first = train_models(tmp_path / "b", data(), dataclasses.replace(cfg, steps=2), models=2)
+    assert [s["steps_done"] for s in first] == [2, 2] and all(s["bf16"] is False for s in first)
+    resumed = train_models(tmp_path / "b", data(), cfg, models=2)
+    assert [s["steps_this_run"] for s in resumed] == [2, 2]  # continued from step 2, not from 0
+    logs = {}
+    for run in ("a", "b"):
+        for seed in (0, 1):
+            with open(tmp_path / run / f"model_{seed}" / "log.csv") as fh:
+                logs[run, seed] = [(r["step"], r["loss"], r["val_dice"]) for r in csv.DictReader(fh)]
+    assert logs["a", 0] == logs["b", 0] and logs["a", 1] == logs["b", 1] and logs["a", 0] != logs["a", 1]
+    assert [int(step) for step, _, _ in logs["b", 0]] == [2, 4]
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["models"] for run in ("a", "b"))
+    assert all(torch.equal(a[k][n], b[k][n]) for k in (0, 1) for n in a[k])
+    assert whole[0]["best_val"]["real_dice"] is not None and whole[0]["n_negatives"] == 1
+    with pytest.raises(ValueError, match="no real training cases"):  # real patches in the batch but none given
+        train_models(tmp_path / "bad", TrainData(toy_cases(1, 2), toy_cases(1, 3)), cfg)
 
 
 def test_state_from_onnx_rebuilds_a_trainable_model_that_computes_the_onnx_file(trained, tmp_path):
@@ -331,7 +320,7 @@ def test_state_from_onnx_rebuilds_a_trainable_model_that_computes_the_onnx_file(
     from cacnet.train import state_from_onnx
 
     out, _, _ = trained
-    best = torch.load(out / "m" / "best.pt", weights_only=False)
+    best = torch.load(out / "m" / "model_0" / "best.pt", weights_only=False)
     # a trained model whose batch norms are far from identity, so that folding matters
     original = {k: v.clone() for k, v in best["model"].items()}
     for name in original:
@@ -385,3 +374,120 @@ def test_negative_case_and_focus_centre_patches_on_candidates(tmp_path):
         centres = np.array([draw_patch(rng, sampler.shapes, sampler.fg, sampler.patch).center for _ in range(400)])
         near[name] = float((np.abs(centres[:, 1:] - 61) <= 13.5).all(axis=1).mean())
     assert near["focus"] > 0.6 and near["plain"] < 0.25, near
+
+
+def _write_volume(arr, path):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((2.5, 2.5, 2.5))  # the coarse grid: preprocessing keeps the shape
+    sitk.WriteImage(img, str(path))
+
+
+def _tiny_run_folder(out):
+    """A cac train folder whose phantom caches hold toy cases (2 training, 1 validation): no phantom is made."""
+    for i, c in enumerate(toy_cases(2, 0)):
+        c.case_id = f"phantom_1000_{i:04d}"
+        save_case(c, out / "cache" / "train")
+    val = toy_cases(1, 1)[0]
+    val.case_id = "phantom_1001_0000"
+    save_case(val, out / "cache" / "val")
+    return out
+
+
+TINY = ["--phantoms", "2", "--val-phantoms", "1", "--models", "2", "--batch", "3", "--patch", "8", "16", "16",
+        "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """`cac train` with 2 models on toy phantoms, a 3-case --data set and one --negatives scan, stopped at step 2."""
+    from typer.testing import CliRunner
+
+    from cacnet.cli import app
+
+    root = tmp_path_factory.mktemp("cli_train")
+    data = root / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for i in range(3):
+        hu = np.full((16, 32, 32), 40.0, np.float32)
+        labels = np.zeros(hu.shape, np.uint8)
+        hu[6:9, 10:13, 8 + 5 * i:11 + 5 * i] = 400.0
+        labels[6:9, 10:13, 8 + 5 * i:11 + 5 * i] = 2
+        _write_volume(hu, data / "images" / f"d{i}.nii.gz")
+        _write_volume(labels, data / "labels" / f"d{i}.nii.gz")
+    neg = np.full((16, 32, 32), 40.0, np.float32)
+    neg[4:8, 20:26, 20:26] = 700.0  # "bone": a candidate that is not coronary calcium
+    _write_volume(neg, root / "neg.nii.gz")
+    out = _tiny_run_folder(root / "run")
+    args = ["train", str(out), *TINY, "--data", str(data), "--negatives", str(root / "neg.nii.gz"),
+            "--val-every", "2", "--checkpoint-every", "1"]
+    res = CliRunner().invoke(app, [*args, "--steps", "2"])  # "interrupted" after 2 steps
+    assert res.exit_code == 0, res.output
+    with open(out / "model_0" / "log.csv") as fh:
+        first_rows = list(csv.DictReader(fh))
+    return root, out, args, first_rows
+
+
+def test_cac_train_end_to_end_with_data_negatives_and_resume(cli_run):
+    """Two models in one process on phantoms + a --data split by id + a hard negative; rerun with more
+    steps continues from the checkpoint; the export loads in cacnet.ensemble.Ensemble."""
+    from typer.testing import CliRunner
+
+    from cacnet.cli import app
+
+    root, out, args, first_rows = cli_run
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+    res = CliRunner().invoke(app, [*args, "--steps", "4"])
+    assert res.exit_code == 0, res.output
+    assert "resuming from step 2" in res.output
+    for seed in (0, 1):
+        with open(out / f"model_{seed}" / "log.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # no step trained twice
+        if seed == 0:
+            assert rows[:2] == first_rows  # the first run's steps were kept, not trained again
+        assert rows[1]["val_real_dice"] != "" and rows[3]["negatives_false_voxels"] != ""
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
+    manifest = json.loads((out / "weights" / "manifest.json").read_text())
+    t = manifest["training"]
+    (data_set,) = t["data_sets"]
+    assert sorted(data_set["train_ids"] + data_set["val_ids"]) == ["d0", "d1", "d2"] and len(data_set["val_ids"]) == 1
+    assert [n["id"] for n in t["negatives"]] == ["neg"] and t["negatives"][0]["source"].endswith("neg.nii.gz")
+    assert t["batch"] == "1 phantom + 1 real + 1 hard-negative patches" and t["init"].startswith("none")
+    assert t["train_cases"] == 2 + 2 and t["val_cases"] == 1 + 1 and "pooled" in t["selection"]
+    assert [m["file"] for m in manifest["models"]] == ["unet_0.onnx", "unet_1.onnx"]
+    assert all(m["best_step"] in (2, 4) and m["steps_done"] == 4 for m in manifest["models"])
+    assert Ensemble(out / "weights", device="cpu").vote(np.zeros((8, 16, 16), np.float32)).models_run == 2
+
+
+def test_cac_train_init_from_onnx_starts_from_those_weights(cli_run):
+    """--init WEIGHTS (unet_<k>.onnx): before any step the models compute what the ONNX files compute;
+    with --exclude-start the start weights are never kept."""
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from cacnet.cli import app
+
+    root, out, _, _ = cli_run  # its weights/: exported at the end of every run
+    x = np.random.default_rng(0).random((1, 1, 16, 32, 32)).astype(np.float32)
+
+    def logits(folder, k):
+        return ort.InferenceSession(str(folder / f"unet_{k}.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {"image": x})[0]
+
+    start = _tiny_run_folder(root / "init0")
+    res = CliRunner().invoke(app, ["train", str(start), *TINY, "--init", str(out / "weights"), "--steps", "0"])
+    assert res.exit_code == 0, res.output
+    for k in (0, 1):
+        assert np.abs(logits(start / "weights", k) - logits(out / "weights", k)).max() < 1e-4
+    manifest = json.loads((start / "weights" / "manifest.json").read_text())
+    assert manifest["training"]["init"] == str(out / "weights") and manifest["training"]["config"]["warmup"] == 0.03
+    assert [m["best_step"] for m in manifest["models"]] == [0, 0]
+    assert manifest["models"][0]["start_val_dice"] is not None
+    tuned = _tiny_run_folder(root / "init1")
+    res = CliRunner().invoke(app, ["train", str(tuned), *TINY, "--init", str(out / "weights"), "--steps", "1",
+                                   "--exclude-start"])
+    assert res.exit_code == 0, res.output
+    assert [m["best_step"] for m in json.loads((tuned / "weights" / "manifest.json").read_text())["models"]] == [1, 1]

@@ -50,13 +50,18 @@ def _tangent(points, i) -> np.ndarray:
     return _unit(points[b] - points[a])
 
 
-def sample_plaque(rng: np.random.Generator, anat: Anatomy, size: str, *, faint: bool = False) -> Calcification:
+def sample_plaque(rng: np.random.Generator, anat: Anatomy, size: str, *, faint: bool = False,
+                  artery: int | None = None) -> Calcification:
     """One coronary plaque on the vessel wall.
 
     ``size`` is "small", "medium" or "large"; ``faint`` makes a sub-mm,
-    low-density speck (the paper's missed lesions).
+    low-density speck (the paper's missed lesions). Only ``anat.coronaries``
+    (label -> (points every 0.6 mm, vessel radii)) is used, so any object
+    with that attribute works (traced arteries of a real scan). ``artery``
+    (1-4) fixes the artery; by default it is drawn (LAD most often).
     """
-    artery = int(rng.choice([1, 2, 3, 4], p=[0.12, 0.4, 0.2, 0.28]))
+    if artery is None:
+        artery = int(rng.choice([1, 2, 3, 4], p=[0.12, 0.4, 0.2, 0.28]))
     pts, vessel_r = anat.coronaries[artery]
     # Proximal segments and the bifurcation are favoured.
     frac = rng.beta(1.2, 3.2) if artery != 1 else rng.uniform(0.2, 1.0)

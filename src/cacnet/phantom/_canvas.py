@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Canvas"]
+__all__ = ["Grid", "Canvas"]
 
 
 @dataclass
-class Canvas:
-    """The grid of a volume and the HU image drawn on it.
+class Grid:
+    """The grid of a volume: index helpers and supersampled partial volume.
+
+    No image is allocated, so a grid can describe a real scan (see
+    :mod:`cacnet.train._insert`) as cheaply as a phantom.
 
     Attributes
     ----------
@@ -38,13 +41,7 @@ class Canvas:
     thickness: float
 
     def __post_init__(self) -> None:
-        self.hu = np.full(self.shape, -1000.0, dtype=np.float32)
         self.axes = [self.origin[i] + self.spacing[i] * np.arange(self.shape[i]) for i in range(3)]
-        # Calcium layer: occupancy, HU of the calcium, id of the source
-        # (> 0 coronary lesion, < 0 look-alike), composited last.
-        self.cal_occ = np.zeros(self.shape, dtype=np.float32)
-        self.cal_hu = np.zeros(self.shape, dtype=np.float32)
-        self.cal_id = np.zeros(self.shape, dtype=np.int16)
 
     # -- index helpers ---------------------------------------------------
     def index_range(self, axis: int, lo: float, hi: float, pad: float = 0.0) -> slice:
@@ -60,6 +57,47 @@ class Canvas:
         if any(s.stop <= s.start for s in sl):
             return None
         return sl  # type: ignore[return-value]
+
+    # -- supersampled small structures ---------------------------------------
+    def _samples(self, n_inplane: int, n_z: int):
+        oz = ((np.arange(n_z) + 0.5) / n_z - 0.5) * self.thickness
+        oy = ((np.arange(n_inplane) + 0.5) / n_inplane - 0.5) * self.spacing[1]
+        ox = ((np.arange(n_inplane) + 0.5) / n_inplane - 0.5) * self.spacing[2]
+        return oz, oy, ox
+
+    def ball_occupancy(self, center, radius, n_inplane: int = 3, n_z: int = 6):
+        """Exact-ish fraction of each voxel (slice profile x pixel) inside a ball.
+
+        Returns (box, occupancy) or None outside the grid.
+        """
+        c = np.asarray(center, dtype=float)
+        r = float(radius)
+        b = self.box(c - r, c + r, (self.thickness / 2, self.spacing[1], self.spacing[2]))
+        if b is None:
+            return None
+        oz, oy, ox = self._samples(n_inplane, n_z)
+        z = (self.axes[0][b[0]][:, None] + oz[None, :] - c[0]) ** 2  # (nz, sz)
+        y = (self.axes[1][b[1]][:, None] + oy[None, :] - c[1]) ** 2  # (ny, sy)
+        x = (self.axes[2][b[2]][:, None] + ox[None, :] - c[2]) ** 2  # (nx, sx)
+        inside = (
+            z[:, None, None, :, None, None] + y[None, :, None, None, :, None] + x[None, None, :, None, None, :]
+            <= r * r
+        )
+        return b, inside.mean(axis=(3, 4, 5), dtype=np.float32)
+
+
+@dataclass
+class Canvas(Grid):
+    """The grid of a volume and the HU image drawn on it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hu = np.full(self.shape, -1000.0, dtype=np.float32)
+        # Calcium layer: occupancy, HU of the calcium, id of the source
+        # (> 0 coronary lesion, < 0 look-alike), composited last.
+        self.cal_occ = np.zeros(self.shape, dtype=np.float32)
+        self.cal_hu = np.zeros(self.shape, dtype=np.float32)
+        self.cal_id = np.zeros(self.shape, dtype=np.int16)
 
     # -- analytic soft-edged structures -------------------------------------
     def edge_width(self, nz: np.ndarray | float) -> np.ndarray | float:
@@ -150,33 +188,6 @@ class Canvas:
             d = np.sqrt(dzv * dzv + dyv * dyv + dxv * dxv)
             occ = np.clip(0.5 + (r - d) / self.edge_width(np.abs(dzv) / np.maximum(d, 1e-6)), 0.0, 1.0)
             self.paint(b, occ, value)
-
-    # -- supersampled small structures ---------------------------------------
-    def _samples(self, n_inplane: int, n_z: int):
-        oz = ((np.arange(n_z) + 0.5) / n_z - 0.5) * self.thickness
-        oy = ((np.arange(n_inplane) + 0.5) / n_inplane - 0.5) * self.spacing[1]
-        ox = ((np.arange(n_inplane) + 0.5) / n_inplane - 0.5) * self.spacing[2]
-        return oz, oy, ox
-
-    def ball_occupancy(self, center, radius, n_inplane: int = 3, n_z: int = 6):
-        """Exact-ish fraction of each voxel (slice profile x pixel) inside a ball.
-
-        Returns (box, occupancy) or None outside the grid.
-        """
-        c = np.asarray(center, dtype=float)
-        r = float(radius)
-        b = self.box(c - r, c + r, (self.thickness / 2, self.spacing[1], self.spacing[2]))
-        if b is None:
-            return None
-        oz, oy, ox = self._samples(n_inplane, n_z)
-        z = (self.axes[0][b[0]][:, None] + oz[None, :] - c[0]) ** 2  # (nz, sz)
-        y = (self.axes[1][b[1]][:, None] + oy[None, :] - c[1]) ** 2  # (ny, sy)
-        x = (self.axes[2][b[2]][:, None] + ox[None, :] - c[2]) ** 2  # (nx, sx)
-        inside = (
-            z[:, None, None, :, None, None] + y[None, :, None, None, :, None] + x[None, None, :, None, None, :]
-            <= r * r
-        )
-        return b, inside.mean(axis=(3, 4, 5), dtype=np.float32)
 
     def small_tube(self, points, radii, value) -> None:
         """Thin tube (vessel, lead) from supersampled balls, composited as a union."""

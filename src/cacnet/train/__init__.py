@@ -1,17 +1,25 @@
 """Training the U-Net ensemble (needs the `train` extra: torch, onnx).
 
+One training loop: :func:`train_models` trains several U-Nets together in one
+process, stepping them in turn (CPU or GPU); :func:`train_ensemble` (``cac
+train``) prepares the data, runs it and exports ONNX weights with a manifest.
 Never imported by inference.
 """
 
-from ._data import (BatchedPatchSampler, BatchSampler, Case, PatchSampler, dataset_cases, negative_case, pad_to_multiple,
-                    phantom_cases, save_case)
-from ._ensemble import TRAIN_SET_SEED, VAL_SET_SEED, train_ensemble
+from ._data import (BatchSampler, Case, PatchSampler, PhantomStream, dataset_cases, load_case, negative_case,
+                    pad_to_multiple, phantom_cases, save_case, split_by_id)
+from ._ensemble import TRAIN_SET_SEED, VAL_SET_SEED, default_mix, negative_cases, train_ensemble
 from ._export import export_onnx, sha256, state_from_onnx, write_manifest
-from ._loop import CANDIDATE_X, TrainConfig, bf16_supported, dice_ce_loss, evaluate, learning_rate, train_model
+from ._insert import InsertedCase, augment_scan, insert_calcium, inserted_cases, load_tracing, resample_for_cac
+from ._joint import TrainData, load_start_state, train_models
+from ._loop import CANDIDATE_X, TrainConfig, bf16_supported, dice_ce_loss, evaluate, learning_rate, pooled
 from ._model import ARCHITECTURE, UNet3D
 
 __all__ = [
-    "ARCHITECTURE", "CANDIDATE_X", "BatchSampler", "BatchedPatchSampler", "Case", "PatchSampler", "TrainConfig", "UNet3D", "bf16_supported", "dataset_cases", "negative_case", "save_case",
-    "dice_ce_loss", "evaluate", "export_onnx", "learning_rate", "pad_to_multiple", "phantom_cases", "sha256", "state_from_onnx", "train_model",
-    "write_manifest", "train_ensemble", "TRAIN_SET_SEED", "VAL_SET_SEED",
+    "ARCHITECTURE", "CANDIDATE_X", "BatchSampler", "Case", "PatchSampler", "PhantomStream", "TrainConfig", "TrainData",
+    "UNet3D", "bf16_supported", "dataset_cases", "default_mix", "dice_ce_loss", "evaluate", "export_onnx",
+    "learning_rate", "load_case", "load_start_state", "negative_case", "negative_cases", "pad_to_multiple",
+    "phantom_cases", "pooled", "save_case", "sha256", "split_by_id", "state_from_onnx", "train_ensemble",
+    "train_models", "write_manifest", "TRAIN_SET_SEED", "VAL_SET_SEED",
+    "InsertedCase", "augment_scan", "insert_calcium", "inserted_cases", "load_tracing", "resample_for_cac",
 ]

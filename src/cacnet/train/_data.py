@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import multiprocessing as mp
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,8 @@ import numpy as np
 
 from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
-__all__ = ["Case", "save_case", "phantom_cases", "dataset_cases", "negative_case", "PatchSampler", "BatchSampler", "BatchedPatchSampler", "pad_to_multiple"]
+__all__ = ["Case", "save_case", "load_case", "phantom_cases", "PhantomStream", "dataset_cases", "split_by_id",
+           "negative_case", "PatchSampler", "BatchSampler", "pad_to_multiple"]
 
 
 @dataclass
@@ -47,6 +51,13 @@ def save_case(case: Case, cache: Path) -> Path:
     return tmp.replace(cache / f"{case.case_id}.npz")
 
 
+def load_case(path: Path) -> Case:
+    """A case written by :func:`save_case`."""
+    path = Path(path)
+    with np.load(path) as z:
+        return Case(path.stem, z["x"], z["y"], json.loads(str(z["meta"])))
+
+
 def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: int = 2,
                   balanced: bool = True, deadline: Optional[float] = None) -> list[Case]:
     """``n`` phantoms of a set (balanced A-E), preprocessed; cached as .npz files.
@@ -60,8 +71,7 @@ def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: 
     for i in range(n):
         path = cache / f"phantom_{set_seed}_{i:04d}.npz" if cache else None
         if path is not None and path.exists():
-            with np.load(path) as z:
-                cases[i] = Case(path.stem, z["x"], z["y"], json.loads(str(z["meta"])))
+            cases[i] = load_case(path)
         else:
             todo.append(i)
     if todo:
@@ -81,6 +91,82 @@ def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: 
                 pool.join()
     done = next((i for i, c in enumerate(cases) if c is None), n)
     return cases[:done]  # type: ignore[return-value]
+
+
+class PhantomStream:
+    """The phantoms of a set, made on CPU worker processes while training runs.
+
+    The phantoms already in ``cache`` are :attr:`cached` at once (in order);
+    the others are made in order by ``workers`` processes in a background
+    thread, cached as they come, and handed out by :meth:`get`. Training can
+    start on the first ones (``cac train --stream``).
+
+    Examples
+    --------
+    >>> s = PhantomStream(7, 0, cache=None)
+    >>> s.cached, s.pending, s.done
+    ([], 0, True)
+    """
+
+    def __init__(self, set_seed: int, n: int, cache: Optional[Path], workers: int = 2, balanced: bool = True):
+        self.cached: list[Case] = []
+        todo = []
+        for i in range(n):
+            path = cache / f"phantom_{set_seed}_{i:04d}.npz" if cache else None
+            if path is not None and path.exists():
+                self.cached.append(load_case(path))
+            else:
+                todo.append(i)
+        #: Phantoms still to come.
+        self.pending = len(todo)
+        self.done = not todo
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._pool = None
+        if todo:
+            args = [(set_seed, i, "ABCDE"[i % 5] if balanced else None) for i in todo]
+            threading.Thread(target=self._produce, args=(args, cache, workers), daemon=True).start()
+
+    def _produce(self, args: list, cache: Optional[Path], workers: int) -> None:
+        try:
+            self._pool = mp.get_context("spawn").Pool(max(1, workers))
+            for case in self._pool.imap(_phantom_case, args, chunksize=1):  # in order: the same set every run
+                if cache is not None:
+                    save_case(case, cache)
+                self._queue.put(case)
+                if self._stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - raised in the trainer by get()
+            self._queue.put(exc)
+        finally:
+            if self._pool is not None:
+                self._pool.terminate()
+            self._queue.put(None)
+
+    def get(self, block: bool = False, timeout: float = 1.0) -> list[Case]:
+        """The phantoms made since the last call (waiting up to ``timeout`` s for one when ``block``)."""
+        out: list[Case] = []
+        while not self.done:
+            try:
+                item = self._queue.get(timeout=timeout) if block and not out else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self.done = True
+            elif isinstance(item, BaseException):
+                self.done = True
+                raise item
+            else:
+                self.pending -= 1
+                out.append(item)
+        return out
+
+    def close(self) -> None:
+        """Stop making phantoms (the ones made are cached)."""
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.terminate()
+        self.done = True
 
 
 def dataset_cases(data_dir: Path) -> list[Case]:
@@ -147,6 +233,27 @@ def dataset_cases(data_dir: Path) -> list[Case]:
             continue
         out.append(Case(case_id, x, y, {"category": truth.category, "agatston": truth.agatston}))
     return out
+
+
+def split_by_id(cases: list[Case], fraction: float) -> tuple[list[Case], list[Case]]:
+    """Training and validation cases, split by case id: ``round(fraction * n)`` cases validate.
+
+    Deterministic: the cases are ranked by the SHA-256 of their id and the
+    first ones validate; at least one when ``fraction > 0`` and there are two
+    cases or more, never all of them.
+
+    Examples
+    --------
+    >>> cases = [Case(f"c{i}", np.zeros(1), np.zeros(1), {}) for i in range(5)]
+    >>> train, val = split_by_id(cases, 0.2)
+    >>> len(train), len(val), [c.case_id for c in val] == [c.case_id for c in split_by_id(cases[::-1], 0.2)[1]]
+    (4, 1, True)
+    """
+    n = len(cases)
+    n_val = min(n - 1, max(1, round(fraction * n))) if fraction > 0 and n >= 2 else 0
+    ranked = sorted(cases, key=lambda c: hashlib.sha256(c.case_id.encode()).hexdigest())
+    val_ids = {c.case_id for c in ranked[:n_val]}
+    return [c for c in cases if c.case_id not in val_ids], [c for c in cases if c.case_id in val_ids]
 
 
 def negative_case(path: Path, case_id: Optional[str] = None) -> Case:
@@ -288,7 +395,8 @@ class BatchSampler:
     can be added while training runs (:meth:`add`). The random choices come
     from the ``rng`` and torch ``gen`` passed to :meth:`batch`, in the order
     :meth:`PatchSampler.sample` draws them, so several models can share the
-    cases with their own random streams. Padding with zeros is what
+    cases with their own random streams (:func:`cacnet.train.train_models`
+    steps several models over the same samplers). It runs on a CPU too. Padding with zeros is what
     :class:`PatchSampler` does outside a case, so the patches are the same
     (up to float32 rounding of the coordinates).
 
@@ -366,26 +474,3 @@ class BatchSampler:
         x = x * torch.tensor(gains, dtype=torch.float32, device=dev).view(shape) \
             + torch.tensor(offsets, dtype=torch.float32, device=dev).view(shape) + noise
         return x, y[:, 0].round().long()
-
-
-class BatchedPatchSampler(_RandomStreams):
-    """:class:`PatchSampler`'s interface over a :class:`BatchSampler` holding ``cases``.
-
-    Same random draws, same patches (up to float32 rounding of the
-    coordinates), same checkpoint state; each batch is cut in one go on
-    ``device``. :func:`cacnet.train.train_model` uses it on a GPU, where
-    cutting patches one by one on the CPU would leave the GPU waiting.
-    """
-
-    def __init__(self, cases: list[Case], patch=(48, 64, 64), seed: int = 0, device="cpu"):
-        import torch
-
-        max_shape = np.maximum(np.max([c.x.shape for c in cases], axis=0), 2)
-        self.cut = BatchSampler(len(cases), patch, torch.device(device), max_shape=tuple(int(m) for m in max_shape))
-        for c in cases:
-            self.cut.add(c)
-        self._seed(seed, torch.device(device))
-
-    def batch(self, n: int):
-        """``n`` patches: image (n, 1, *patch) and labels (n, *patch), torch tensors on the device."""
-        return self.cut.batch(n, self.rng, self.gen)
