@@ -5,14 +5,20 @@ On a 512 x 512 x 60 synthetic scan (written as .nii.gz), in one run:
 * plain: read, preprocess, five onnxruntime sessions created with default
   options and run in turn on the whole volume, the same component decision,
   and the naive per-slice, per-component Agatston loop;
-* cac score (default): sessions created once and reused, every model run,
-  vectorised scoring;
-* cac score --early-stop: stops after 3 or 4 of the 5 models once the rest
-  cannot change the vote at any coarse voxel that decides a component (same
-  mask and scores).
+* cac score --backend onnxruntime: sessions created once and reused, every
+  model run, vectorised scoring;
+* cac score --backend openvino (the default on the CPU when OpenVINO is
+  installed): the same ONNX files compiled once by OpenVINO, fp32;
+* cac score --early-stop (default backend): stops after 3 or 4 of the 5
+  models once the rest cannot change the vote at any coarse voxel that
+  decides a component (same mask and scores);
+* cac score --precision bf16 (OpenVINO, where the CPU has bf16): not exact,
+  its mask is compared, not asserted.
 
-Both results are checked to be identical. Peak RSS of a `cac score` process
-is its VmHWM (Linux), read in a child process at its end.
+Results are checked to be identical (bf16 excepted). Peak RSS of a `cac score`
+process is its VmHWM (Linux), read in a child process at its end. With
+``--thin 2.5`` a second scan is made with 2.5 mm slices (more of them) and
+timed the same way.
 
 Then, since one scan says little about how often early stop fires, the first
 ``--early-stop-cases`` held-out phantoms of benchmarks/experiments.py are
@@ -20,7 +26,7 @@ scored with and without it: how many models ran, the time, and a check that
 the masks are identical.
 
 Run:  python benchmarks/bench_score.py [--weights weights] [--repeat 3]
-          [--early-stop-cases 20] [--cache DIR (held-out phantoms, as experiments.py)]
+          [--early-stop-cases 20] [--cache DIR (held-out phantoms, as experiments.py)] [--thin 2.5]
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_agatston import naive_score  # noqa: E402
 
-from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes, verify_weights  # noqa: E402
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes, cpu_supports_bf16, verify_weights  # noqa: E402
 from cacnet.io import read_scan  # noqa: E402
 from cacnet.phantom import generate_phantom, oriented_image  # noqa: E402
 from cacnet.pipeline import decide_components, score_scan  # noqa: E402
@@ -72,6 +78,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--early-stop-cases", type=int, default=20)
     parser.add_argument("--cache", type=Path, default=None, help="held-out phantom cache (experiments.py --cache)")
+    parser.add_argument("--thin", type=float, default=None, help="also time a scan with slices this thick (mm)")
+    parser.add_argument("--skip-memory", action="store_true", help="no peak-RSS child processes")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     from cacnet.phantom._generate import _sample_acquisition
@@ -87,31 +95,16 @@ def main() -> None:
     path = tmp / "scan.nii.gz"
     sitk.WriteImage(oriented_image(case.hu, case, "identity"), str(path))
     print(f"scan {case.hu.shape[::-1]} (x, y, z), truth Agatston {case.truth.agatston:.1f} ({case.truth.category})")
-
-    t_plain, t_fast, t_early = [], [], []
-    ens = Ensemble(args.weights, device="cpu")
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        ref_score, ref_labels = plain(path, args.weights)
-        t_plain.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        res = score_scan(path, ens)
-        t_fast.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        early = score_scan(path, ens, early_stop=True)
-        t_early.append(time.perf_counter() - t)
-        assert np.array_equal(res.labels, ref_labels) and np.array_equal(early.labels, ref_labels)
-        assert abs(res.score.agatston - ref_score) < 1e-6 * max(1, ref_score)
-        assert early.score.agatston == res.score.agatston
-    timings = res.data["timings_s"]
-    print(f"prediction: Agatston {res.score.agatston:.1f} ({res.score.category}); identical in all three pipelines")
-    print(f"models run with --early-stop: {early.data['models']['models_run']} of 5")
-    med = statistics.median
-    print(f"\n{'pipeline':<28}{'median s':>10}{'speed-up':>10}")
-    print(f"{'plain':<28}{med(t_plain):>10.2f}{1.0:>10.2f}")
-    print(f"{'cac score':<28}{med(t_fast):>10.2f}{med(t_plain) / med(t_fast):>10.2f}")
-    print(f"{'cac score --early-stop':<28}{med(t_early):>10.2f}{med(t_plain) / med(t_early):>10.2f}")
-    print("\nstages of cac score (last run):", json.dumps(timings))
+    ensembles = {"onnxruntime": Ensemble(args.weights, device="cpu", backend="onnxruntime"),
+                 "openvino": Ensemble(args.weights, device="cpu", backend="openvino")}
+    if cpu_supports_bf16():
+        ensembles["bf16"] = Ensemble(args.weights, device="cpu", backend="openvino", precision="bf16")
+    ens = ensembles["openvino"]
+    time_scan(path, args, ensembles)
+    if args.thin:
+        thin = thin_scan(case, args.thin, tmp)
+        print(f"\nscan {thin[1]} (x, y, z), {args.thin} mm slices")
+        time_scan(thin[0], args, ensembles, early=False)
 
     # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child forked from this
     # (large) benchmark process would report the parent's resident set.
@@ -121,13 +114,67 @@ def main() -> None:
             "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')]\n"
             "print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
             "file=sys.stderr)")
-    for extra in ([], ["--early-stop"]):
+    extras = [["--backend", "onnxruntime"], ["--backend", "openvino"], ["--early-stop"]]
+    if "bf16" in ensembles:
+        extras.append(["--precision", "bf16"])
+    for extra in [] if args.skip_memory else extras:
         out = subprocess.run([sys.executable, "-c", code, str(path), str(args.weights), *extra],
                              capture_output=True, text=True)
         rss_mb = int(out.stderr.strip().splitlines()[-1]) / 1024
         print(f"peak RSS of `cac score {' '.join(extra)}` process: {rss_mb:.0f} MB")
     if args.early_stop_cases:
         early_stop_frequency(ens, args.early_stop_cases, args.cache, tmp)
+
+
+def thin_scan(case, thickness: float, tmp: Path) -> tuple[Path, tuple]:
+    """The same phantom resampled to ``thickness`` mm slices (linear in z), written as .nii.gz."""
+    from scipy import ndimage
+
+    dz = float(case.spacing[0])
+    n = int(round(case.hu.shape[0] * dz / thickness))
+    hu = ndimage.zoom(case.hu, (n / case.hu.shape[0], 1, 1), order=1).astype(case.hu.dtype)
+    img = oriented_image(hu, case, "identity")
+    img.SetSpacing((img.GetSpacing()[0], img.GetSpacing()[1], thickness))
+    path = tmp / "thin.nii.gz"
+    sitk.WriteImage(img, str(path))
+    return path, hu.shape[::-1]
+
+
+def time_scan(path: Path, args, ensembles: dict, early: bool = True) -> None:
+    """Median time of the plain pipeline and of score_scan with each backend, in one run."""
+    t: dict[str, list[float]] = {"plain": []}
+    res: dict = {}
+    for _ in range(args.repeat):
+        s = time.perf_counter()
+        ref_score, ref_labels = plain(path, args.weights)
+        t["plain"].append(time.perf_counter() - s)
+        runs = [(f"cac score --backend {k}" if k != "bf16" else "cac score --precision bf16", e, False)
+                for k, e in ensembles.items()]
+        if early:
+            runs.insert(2, ("cac score --early-stop", ensembles["openvino"], True))
+        for name, e, stop in runs:
+            s = time.perf_counter()
+            res[name] = score_scan(path, e, early_stop=stop)
+            t.setdefault(name, []).append(time.perf_counter() - s)
+            if "bf16" in name:
+                continue
+            assert np.array_equal(res[name].labels, ref_labels), name
+            assert abs(res[name].score.agatston - ref_score) < 1e-6 * max(1, ref_score), name
+    fp32 = res["cac score --backend openvino"]
+    print(f"prediction: Agatston {fp32.score.agatston:.1f} ({fp32.score.category}); identical in every fp32 pipeline")
+    if early:
+        print(f"models run with --early-stop: {res['cac score --early-stop'].data['models']['models_run']} of 5")
+    for name, r in res.items():
+        if "bf16" in name:
+            n_diff = int((r.labels != ref_labels).sum())
+            print(f"bf16: Agatston {r.score.agatston:.1f} ({r.score.category}); {n_diff} voxels labelled differently")
+    med = statistics.median
+    print(f"\n{'pipeline':<32}{'median s':>10}{'speed-up':>10}{'inference s':>13}")
+    print(f"{'plain (onnxruntime)':<32}{med(t['plain']):>10.2f}{1.0:>10.2f}")
+    for name, r in res.items():
+        print(f"{name:<32}{med(t[name]):>10.2f}{med(t['plain']) / med(t[name]):>10.2f}"
+              f"{r.data['timings_s']['inference']:>13.2f}")
+    print("\nstages of cac score (default backend, last run):", json.dumps(fp32.data["timings_s"]))
 
 
 def early_stop_frequency(ens: Ensemble, n: int, cache: Path | None, tmp: Path) -> None:

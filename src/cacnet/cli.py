@@ -140,7 +140,7 @@ def train(
                               help="Patches per step and model (2 suits a CPU; 16 keeps a GPU busy)."),
     real_per_batch: Optional[int] = typer.Option(
         None, "--real-per-batch", min=0,
-        help="Patches of --data training cases per batch (default: half of what negatives leave, all of it without phantoms)."),
+        help="Patches of --data training cases and --backgrounds cases (drawn alike) per batch (default: half of what negatives leave, all of it without phantoms)."),
     neg_per_batch: Optional[int] = typer.Option(
         None, "--neg-per-batch", min=0, help="Patches of --negatives per batch (default: a quarter of the batch, at least 1)."),
     val_fraction: Optional[float] = typer.Option(
@@ -159,6 +159,17 @@ def train(
     stream: bool = typer.Option(
         False, "--stream", help="Start training while the phantoms not cached yet are made (resumes, but not bit-exactly)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the checkpoint in OUTDIR."),
+    backgrounds: Optional[Path] = typer.Option(
+        None, "--backgrounds",
+        help="Folder of real CT scans named by the traced anatomy (e.g. ../shared/data/real-ct): each traced scan found there "
+             "gives --background-cases cases with inserted calcium, trained on as real cases (--real-per-batch), never validated."),
+    background_cases: int = typer.Option(
+        40, "--background-cases", min=1, help="Inserted-calcium cases per traced reconstruction (balanced A-E; cached)."),
+    hold_out_background: Optional[List[str]] = typer.Option(
+        None, "--hold-out-background",
+        help="Traced patient (tracing name, e.g. lung_pet_ct_dx_a0002; repeatable) left out of training entirely."),
+    tracings: Optional[Path] = typer.Option(
+        None, "--tracings", help="Folder of tracing JSON files to use instead of the shipped ones (with --backgrounds)."),
 ) -> None:
     """Train the U-Net ensemble, all models together in one process (CPU or GPU), and export it to OUTDIR/weights.
 
@@ -181,6 +192,20 @@ def train(
     if init is not None and not init.is_dir():
         err.print(f"[red]error:[/red] --init {init} is not a folder")
         raise typer.Exit(EXIT_INVALID)
+    if backgrounds is not None:
+        from rich.markup import escape
+
+        from .train import find_backgrounds
+
+        try:
+            find_backgrounds(backgrounds, tracings_dir=tracings, hold_out=hold_out_background or [])
+        except FileNotFoundError as exc:
+            raise _fail(escape(str(exc)), EXIT_INVALID)
+        except ValueError as exc:
+            raise _fail(escape(str(exc)), EXIT_USAGE)
+    elif hold_out_background or tracings is not None:
+        err.print("[red]error:[/red] --hold-out-background and --tracings need --backgrounds")
+        raise typer.Exit(EXIT_USAGE)
     if any(n % 8 for n in patch):
         err.print(f"[red]error:[/red] --patch sizes must be multiples of 8, not {patch}")
         raise typer.Exit(EXIT_USAGE)
@@ -205,10 +230,14 @@ def train(
             if kind == "data_start":
                 err.print(f"preparing {info['phantoms']} training and {info['val']} validation phantoms (cached)"
                           + (f", {len(info['data'])} data set(s)" if info["data"] else "")
-                          + (f", {info['negatives']} hard negative(s)" if info["negatives"] else ""))
+                          + (f", {info['negatives']} hard negative(s)" if info["negatives"] else "")
+                          + (f", {info['background_cases']} inserted-calcium case(s) on each of "
+                             f"{len(info['backgrounds'])} real background(s) (cached)" if info["backgrounds"] else ""))
             elif kind == "data":
                 c = info["config"]
-                err.print(f"training on {info['phantoms']} phantoms, {info['real']} real cases, {info['negatives']} "
+                err.print(f"training on {info['phantoms']} phantoms, {info['real']} real cases"
+                          + (f" ({info['backgrounds']} on backgrounds)" if info.get("backgrounds") else "")
+                          + f", {info['negatives']} "
                           f"negatives; validating on {info['val']} phantoms and {info['real_val']} real cases; batch "
                           f"{c['batch'] - c['real_per_batch'] - c['neg_per_batch']} phantom + {c['real_per_batch']} "
                           f"real + {c['neg_per_batch']} negative patches")
@@ -229,7 +258,9 @@ def train(
             manifest = train_ensemble(outdir, data=data or [], negatives=negatives or [], phantoms=phantoms,
                                       val_phantoms=val_phantoms, models=models, config=config, init=init,
                                       val_fraction=val_fraction, exclude_start=exclude_start, stream=stream,
-                                      workers=workers, on_event=on_event)
+                                      workers=workers, backgrounds=backgrounds, background_cases=background_cases,
+                                      hold_out_backgrounds=hold_out_background or [], tracings_dir=tracings,
+                                      on_event=on_event)
         except (ValueError, FileNotFoundError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(EXIT_USAGE)
@@ -241,12 +272,27 @@ def _fail(message: str, code: int) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def _load_ensemble(weights: Optional[Path], device: str):
+_BACKEND_HELP = ("auto (OpenVINO on the CPU when installed, onnxruntime for CUDA), openvino or onnxruntime; "
+                 "both give the same masks in fp32.")
+_PRECISION_HELP = ("fp32 (exact, default) or bf16 (OpenVINO on a CPU with bf16 support: faster, "
+                   "masks may differ slightly; see README, Speed).")
+
+
+def _check_backend(device: str, backend: str, precision: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"--device must be auto, cpu or cuda; got {device!r}.", EXIT_USAGE)
+    if backend not in ("auto", "openvino", "onnxruntime"):
+        raise _fail(f"--backend must be auto, openvino or onnxruntime; got {backend!r}.", EXIT_USAGE)
+    if precision not in ("fp32", "bf16"):
+        raise _fail(f"--precision must be fp32 or bf16; got {precision!r}.", EXIT_USAGE)
+
+
+def _load_ensemble(weights: Optional[Path], device: str, backend: str = "auto", precision: str = "fp32"):
     from .ensemble import DEFAULT_WEIGHTS, Ensemble
     from .errors import CacError
 
     try:
-        return Ensemble(weights or DEFAULT_WEIGHTS, device=device)
+        return Ensemble(weights or DEFAULT_WEIGHTS, device=device, backend=backend, precision=precision)
     except CacError as exc:
         raise _fail(str(exc), exc.exit_code)
 
@@ -280,6 +326,8 @@ def score(
         help="Print JSON on stdout: one object per scan, with status ok, skipped or error (a list for several scans)."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Write one row per scan to this CSV file."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
+    precision: str = typer.Option("fp32", "--precision", help=_PRECISION_HELP),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
     calibration: Optional[float] = typer.Option(None, "--calibration", help="Mass calibration factor c (mg HA/cm3/HU)."),
     preview: bool = typer.Option(False, "--preview", help="With -o: also write <id>.png with lesions outlined."),
@@ -302,14 +350,13 @@ def score(
     from .io import scan_id
     from .pipeline import score_scan
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise _fail(f"--device must be auto, cpu or cuda; got {device!r}.", EXIT_USAGE)
+    _check_backend(device, backend, precision)
     if calibration is not None and not calibration > 0:
         raise _fail(f"--calibration must be a positive number (mg HA/cm3/HU); got {calibration}.", EXIT_USAGE)
     if (preview or skip_existing) and outdir is None:
         raise _fail("--preview and --skip-existing need -o OUTDIR.", EXIT_USAGE)
     scans = expand_inputs(inputs)
-    ensemble = _load_ensemble(weights, device)
+    ensemble = _load_ensemble(weights, device, backend, precision)
     rows, results, failed_code = [], [], 0
     printed: list[dict] = []  # --json: one object per scan, in input order, failures included
     with _progress() as progress:
@@ -365,47 +412,142 @@ def score(
 
 @app.command(name="eval", cls=_Command)
 def evaluate_cmd(
-    truth: Path = typer.Option(..., "--truth", help="CSV with id and agatston and/or category."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="CSV with id and agatston and/or category."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="CSV of predictions (e.g. from cac score --csv)."),
     inputs: Optional[List[Path]] = typer.Argument(None, help="Scans to score instead of --pred."),
     truth_masks: Optional[Path] = typer.Option(None, "--truth-masks", help="Folder of <id>.nii.gz label masks."),
     pred_masks: Optional[Path] = typer.Option(None, "--pred-masks",
                                               help="Folder of <id>_calcium.nii.gz (default: the masks of INPUT scoring)."),
+    dataset: Optional[Path] = typer.Option(
+        None, "--dataset",
+        help="A converted data set (cac dataset): score DIR/images/<id>.nii.gz of the --split cases against "
+             "DIR/truth.csv and DIR/labels/ (lesion metrics); instead of --truth, --truth-masks and scans."),
+    split: Optional[str] = typer.Option(
+        None, "--split",
+        help="With --dataset: val (default) or train, the cases of that split of the training run (ids from "
+             "--manifest), or all."),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest",
+        help="With --dataset: manifest.json of the weights trained on it, whose ids give --split "
+             "(default: manifest.json in the folder of --weights)."),
+    ids_file: Optional[Path] = typer.Option(
+        None, "--ids", help="Text file, one id a line: evaluate only these cases (scans, predictions and truth)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-    device: str = typer.Option("auto", "--device", help="With INPUT scans: auto, cpu or cuda to run the models on."),
+    device: str = typer.Option("auto", "--device", help="With INPUT scans or --dataset: auto, cpu or cuda to run the models on."),
+    backend: str = typer.Option("auto", "--backend", help="With INPUT scans or --dataset: " + _BACKEND_HELP),
+    precision: str = typer.Option("fp32", "--precision", help="With INPUT scans or --dataset: " + _PRECISION_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights",
-                                           help="With INPUT scans: weights folder (default: the shipped ensemble)."),
+                                           help="With INPUT scans or --dataset: weights folder (default: the shipped ensemble)."),
     force: bool = typer.Option(False, "--force",
-                               help="With INPUT scans: score scans the triage refuses (contrast, sharp kernel, no heart)."),
+                               help="With INPUT scans or --dataset: score scans the triage refuses (contrast, sharp kernel, "
+                                    "no heart)."),
 ) -> None:
-    """Agreement of predicted scores (and masks) with ground truth."""
-    from .errors import CacError
-    from .evaluate import evaluate_predictions, predictions_from_csv, predictions_from_scans, read_truth
+    """Agreement of predicted scores (and masks) with ground truth.
 
-    if pred is None and not inputs:
-        raise _fail("nothing to evaluate: give --pred PRED.csv (e.g. from cac score --csv) or scans to score.",
-                    EXIT_USAGE)
+    Either --truth with --pred or scans, or --dataset DIR (a converted data set) and the weights trained
+    on it, e.g. cac eval --dataset coca_out --weights=runs/coca/weights --split val.
+    """
+    from .errors import CacError
+    from .evaluate import (SPLITS, dataset_scans, evaluate_predictions, manifest_split_ids, predictions_from_csv,
+                           predictions_from_scans, read_ids, read_truth)
+
+    if dataset is not None:
+        given = [name for name, v in (("--truth", truth), ("--truth-masks", truth_masks)) if v is not None]
+        given += ["scans"] if inputs else []
+        if given:
+            raise _fail(f"--dataset takes the scans, truth and truth masks from {dataset}; do not give "
+                        f"{', '.join(given)} with it.", EXIT_USAGE)
+        split = split or "val"
+        if split not in SPLITS:
+            raise _fail(f"--split must be val, train or all; got {split!r}.", EXIT_USAGE)
+        if split != "all" and manifest is None and weights is None:
+            raise _fail(f"--split {split} takes the ids from the manifest of the weights trained on {dataset}: "
+                        f"give --weights WEIGHTS (its manifest.json) or --manifest WEIGHTS/manifest.json, "
+                        f"or use --split all.", EXIT_USAGE)
+    else:
+        extra = [name for name, v in (("--split", split), ("--manifest", manifest)) if v is not None]
+        if extra:
+            raise _fail(f"{' and '.join(extra)} go with --dataset DIR.", EXIT_USAGE)
+        if truth is None:
+            raise _fail("no truth: give --truth TRUTH.csv, or --dataset DIR (a converted data set).", EXIT_USAGE)
+        if pred is None and not inputs:
+            raise _fail("nothing to evaluate: give --pred PRED.csv (e.g. from cac score --csv) or scans to score.",
+                        EXIT_USAGE)
     if pred is not None and inputs:
         raise _fail("give either --pred PRED.csv or scans to score, not both.", EXIT_USAGE)
-    if device not in ("auto", "cpu", "cuda"):
-        raise _fail(f"--device must be auto, cpu or cuda; got {device!r}.", EXIT_USAGE)
+    _check_backend(device, backend, precision)
+    selection = None
     try:
-        truth_rows = read_truth(truth)
+        wanted = read_ids(ids_file) if ids_file is not None else None
+        if dataset is not None:
+            assert split is not None
+            source = "every case"
+            ids = wanted
+            if split != "all":
+                mpath = manifest if manifest is not None else weights / "manifest.json"  # type: ignore[operator]
+                ids = manifest_split_ids(mpath, dataset, split)
+                source = f"{mpath}, training.data_sets[].{split}_ids"
+                if wanted is not None:
+                    keep = set(wanted)
+                    ids = [i for i in ids if i in keep]
+                    if not ids:
+                        raise _fail(f"none of the {len(wanted)} ids of {ids_file} is in the {split} split "
+                                    f"({source}).", EXIT_INVALID)
+            scans = dataset_scans(dataset, ids)
+            truth_rows = read_truth(dataset / "truth.csv")
+            no_truth = [i for i in scans if i not in truth_rows]
+            if no_truth:
+                raise _fail(f"{len(no_truth)} cases have no row in {dataset / 'truth.csv'}: "
+                            f"{', '.join(no_truth[:8])}{', ...' if len(no_truth) > 8 else ''}.", EXIT_INVALID)
+            truth_rows = {i: truth_rows[i] for i in scans}
+            truth_masks = dataset / "labels" if (dataset / "labels").is_dir() else None
+            inputs = None if pred is not None else list(scans.values())
+            wanted = list(scans)
+            selection = {"dataset": str(dataset), "split": split, "ids_from": source, "n_cases": len(scans)}
+        else:
+            truth_rows = read_truth(truth)  # type: ignore[arg-type]
+        if wanted is not None:
+            keep = set(wanted)
+            absent = [i for i in wanted if i not in truth_rows]
+            if absent:
+                err.print(f"[yellow]note:[/yellow] {len(absent)} ids of {ids_file} have no truth row: "
+                          f"{', '.join(absent[:8])}{', ...' if len(absent) > 8 else ''}", highlight=False)
+            truth_rows = {i: v for i, v in truth_rows.items() if i in keep}
+            if not truth_rows:
+                raise _fail(f"no truth row for any id of {ids_file}.", EXIT_INVALID)
         if pred is not None:
             predictions, masks = predictions_from_csv(pred), None
+            if wanted is not None:
+                predictions = {i: v for i, v in predictions.items() if i in keep}
         else:
-            ensemble = _load_ensemble(weights, device)
-            predictions, masks = predictions_from_scans(inputs or [], ensemble, force=force)
+            ensemble = _load_ensemble(weights, device, backend, precision)
+            with _progress() as progress:
+                task = progress.add_task("scoring", total=None)
+                started = [0]
+
+                def on_scan(total: int, sid: str) -> None:
+                    progress.update(task, total=total, completed=started[0], description=f"scoring {sid}")
+                    started[0] += 1
+
+                predictions, masks = predictions_from_scans(inputs or [], ensemble, force=force, ids=wanted,
+                                                            on_scan=on_scan)
+                progress.update(task, completed=started[0], description="scored")
         report = evaluate_predictions(truth_rows, predictions, truth_masks=truth_masks, pred_masks=pred_masks,
                                       pred_mask_arrays=masks)
     except CacError as exc:
         raise _fail(str(exc), exc.exit_code)
+    if selection is not None:
+        report = {"selection": selection, **report}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     from .evaluate import print_report
 
-    print_report(report, Console())
+    out = Console()
+    if selection is not None:
+        out.print(f"{selection['dataset']}: {selection['n_cases']} cases of split {selection['split']} "
+                  f"(ids: {selection['ids_from']})", highlight=False)
+    print_report(report, out)
 
 
 @app.command(cls=_Command)
@@ -421,6 +563,10 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
     for k, v in versions().items():
         out.print(f"{k:<14} {v}")
     out.print(f"{'providers':<14} {', '.join(ort.get_available_providers())}")
+    from .ensemble import cpu_supports_bf16, resolve_backend
+
+    out.print(f"{'backend':<14} {resolve_backend('auto', 'auto')} (--backend auto); bf16 "
+              + ("available" if cpu_supports_bf16() else "not available") + " (--precision bf16)")
     wdir = weights or DEFAULT_WEIGHTS
     out.print(f"{'weights':<14} {wdir}")
     try:

@@ -1,8 +1,9 @@
-"""The ONNX U-Net ensemble: verified loading, device choice, majority vote."""
+"""The ONNX U-Net ensemble: verified loading, backend and device choice, majority vote."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -10,10 +11,11 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from ._files import sha256_file
-from .errors import DeviceUnavailableError, WeightsError
+from .errors import DeviceUnavailableError, UsageError, WeightsError
 from .preprocess import pad_to_multiple
 
-__all__ = ["DEFAULT_WEIGHTS", "Ensemble", "Vote", "combine_votes", "decided", "load_manifest", "verify_weights"]
+__all__ = ["BACKENDS", "DEFAULT_WEIGHTS", "Ensemble", "PRECISIONS", "Vote", "combine_votes", "cpu_supports_bf16",
+           "decided", "load_manifest", "openvino_available", "resolve_backend", "verify_weights"]
 
 
 def _default_weights() -> Path:
@@ -130,9 +132,65 @@ def decided(vote: Vote) -> np.ndarray:
     return calcium_fixed & ((vote.votes < need) | artery_fixed)
 
 
+BACKENDS = ("auto", "openvino", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+
+
+def openvino_available() -> bool:
+    """Whether the OpenVINO runtime can be imported here."""
+    try:
+        import openvino  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install counts as absent
+        return False
+    return True
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can run bf16 here (``BF16`` in ``OPTIMIZATION_CAPABILITIES``)."""
+    if not openvino_available():
+        return False
+    import openvino as ov
+
+    try:
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """The backend that ``backend`` (auto, openvino, onnxruntime) gives on ``device``.
+
+    ``auto``: onnxruntime for ``--device cuda``, and under ``--device auto``
+    when onnxruntime has a CUDA provider; otherwise OpenVINO when it is
+    importable, else onnxruntime.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be auto, openvino or onnxruntime; got {backend!r}.")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}.")
+    if backend != "auto":
+        return backend
+    if device == "cuda":
+        return "onnxruntime"
+    if device == "auto":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return "onnxruntime"
+    return "openvino" if openvino_available() else "onnxruntime"
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass
 class Ensemble:
-    """Sessions of every model in a weights folder, created once and reused.
+    """Every model of a weights folder, loaded (compiled) once and reused.
 
     Parameters
     ----------
@@ -142,21 +200,68 @@ class Ensemble:
         outcome, not a warning: :attr:`provider` says which ran); ``cuda``
         that cannot be honoured raises :class:`DeviceUnavailableError`.
     threads : int, optional
-        intra-op threads per session (default: onnxruntime's choice).
+        inference threads per model (OpenVINO: default the CPUs this process
+        may use; onnxruntime: its own choice).
+    backend : {"auto", "openvino", "onnxruntime"}
+        ``auto``: OpenVINO on the CPU when it is importable, onnxruntime for
+        CUDA (see :func:`resolve_backend`). Both read the same ONNX files.
+    precision : {"fp32", "bf16"}
+        ``fp32`` (default) is exact: OpenVINO is told so explicitly, since
+        it would otherwise pick bf16 on CPUs that have it. ``bf16`` (faster,
+        not exact) needs the OpenVINO backend and a CPU with bf16 support;
+        otherwise :class:`UsageError` (exit 2).
+
+    Attributes
+    ----------
+    backend, provider, device, precision : str
+        What actually runs: ``"openvino"``/``"onnxruntime"``; the onnxruntime
+        execution provider or ``"OpenVINO:CPU"``; ``"cpu"``/``"cuda"``;
+        ``"fp32"``/``"bf16"``.
+    sessions : list
+        One per model: onnxruntime sessions or OpenVINO compiled models.
     """
 
     weights_dir: Path = DEFAULT_WEIGHTS
     device: str = "auto"
     threads: Optional[int] = None
     warnings: list[str] = field(default_factory=list)
+    backend: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        import onnxruntime as ort
-
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda; got {self.device!r}.")
+        if self.precision in ("f32", "fp32"):
+            self.precision = "fp32"
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be fp32 or bf16; got {self.precision!r}.")
+        self.requested_backend = self.backend
+        self.backend = resolve_backend(self.backend, self.device)
+        if self.backend == "openvino":
+            if self.device == "cuda":
+                raise UsageError("--backend openvino runs on the CPU; for --device cuda use --backend onnxruntime "
+                                 "(or auto) with onnxruntime-gpu.")
+            if not openvino_available():
+                raise DeviceUnavailableError("--backend openvino: OpenVINO cannot be imported here; "
+                                             "pip install openvino, or use --backend onnxruntime.")
+        if self.precision == "bf16":
+            if self.backend != "openvino":
+                raise UsageError("--precision bf16 needs the OpenVINO backend on the CPU "
+                                 f"(this run would use {self.backend} on device {self.device}).")
+            if not cpu_supports_bf16():
+                raise UsageError("--precision bf16: this CPU has no bf16 support (OpenVINO's "
+                                 "OPTIMIZATION_CAPABILITIES lacks BF16); use --precision fp32.")
+        # the hashes are checked before any model file is read by a runtime
         self.models = verify_weights(self.weights_dir)
         self.manifest = load_manifest(self.weights_dir)
+        if self.backend == "openvino":
+            self._load_openvino()
+        else:
+            self._load_onnxruntime()
+
+    def _load_onnxruntime(self) -> None:
+        import onnxruntime as ort
+
         available = ort.get_available_providers()
         want_cuda = self.device in ("auto", "cuda") and "CUDAExecutionProvider" in available
         if self.device == "cuda" and not want_cuda:
@@ -184,7 +289,54 @@ class Ensemble:
         if self.device == "cuda" and running != "CUDAExecutionProvider":
             raise DeviceUnavailableError(f"--device cuda: onnxruntime fell back to {running}.")
         self.provider = running
+        self.device = "cuda" if running == "CUDAExecutionProvider" else "cpu"
         self.input_name = self.sessions[0].get_inputs()[0].name
+        self._runners = [
+            (lambda inp, s=sess: s.run(None, {self.input_name: inp})[0]) for sess in self.sessions]
+
+    def _load_openvino(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        threads = int(self.threads) if self.threads else default_threads()
+        # f32 explicitly: on CPUs with AMX/AVX512-BF16 OpenVINO would run bf16 by default
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        self.sessions, self._runners = [], []
+        for m in self.models:
+            # the input's spatial dimensions stay dynamic: the CPU plugin compiles once for every shape
+            compiled = core.compile_model(core.read_model(m["path"]), "CPU", config)
+            self.sessions.append(compiled)
+            self._runners.append(self._openvino_runner(compiled))
+        compiled = self.sessions[0]
+        ran = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = "bf16" if "bf16" in ran or "bfloat16" in ran else "fp32"
+        devices = compiled.get_property("EXECUTION_DEVICES")
+        self.provider = "OpenVINO:" + ",".join(devices)
+        self.device = "cpu"
+        self.input_name = compiled.input(0).get_any_name()
+        self.threads = threads
+
+    @staticmethod
+    def _openvino_runner(compiled) -> Callable[[np.ndarray], np.ndarray]:
+        request = compiled.create_infer_request()
+
+        def run(inp: np.ndarray) -> np.ndarray:
+            out = request.infer({0: inp}, share_inputs=True)[0]  # a copy: share_outputs is off
+            # Each compiled model otherwise keeps its activation buffers for the last
+            # shape: five of them held ~0.75 GB more on a 512 x 512 x 60 scan.
+            if hasattr(compiled, "release_memory"):  # OpenVINO >= 2024.3
+                compiled.release_memory()
+            return out
+
+        return run
+
+    def logits(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        """Each model's float32 logits (5, z, y, x) of a preprocessed (z, y, x) volume, one model at a time."""
+        inp = np.ascontiguousarray(pad_to_multiple(x.astype(np.float32))[None, None])
+        crop = (slice(None),) + tuple(slice(0, s) for s in x.shape)
+        for run in self._runners:
+            yield np.asarray(run(inp))[0][crop]
 
     def predict(self, x: np.ndarray) -> Iterator[np.ndarray]:
         """Each model's class map of a preprocessed (z, y, x) volume, one model at a time.
@@ -192,11 +344,13 @@ class Ensemble:
         Yields uint8 arrays of ``x``'s shape: 0 background, 1-4 LM/LAD/LCX/RCA
         (the argmax of the model's output). Models not yet asked for are not run.
         """
-        inp = pad_to_multiple(x.astype(np.float32))[None, None]
-        crop = tuple(slice(0, s) for s in x.shape)
-        for sess in self.sessions:
-            logits = sess.run(None, {self.input_name: inp})[0][0]
-            yield logits.argmax(axis=0)[crop].astype(np.uint8)
+        for logits in self.logits(x):
+            yield logits.argmax(axis=0).astype(np.uint8)
+
+    def describe(self) -> dict:
+        """What runs the models, for reports: backend, provider, device, precision, threads."""
+        return {"backend": self.backend, "provider": self.provider, "device": self.device,
+                "precision": self.precision, "threads": self.threads}
 
     def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False,
              irrelevant: Optional[Callable[[np.ndarray], bool]] = None) -> Vote:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["CacError", "InvalidScanError", "SeriesSelectionError", "UnsuitableScanError", "WeightsError",
-           "DeviceUnavailableError"]
+           "DeviceUnavailableError", "UsageError"]
 
 
 class CacError(Exception):
@@ -40,3 +40,9 @@ class DeviceUnavailableError(CacError, RuntimeError):
     """An explicitly requested device (e.g. CUDA) cannot be used (exit 5)."""
 
     exit_code = 5
+
+
+class UsageError(CacError, ValueError):
+    """Options that cannot go together here, e.g. --precision bf16 on a CPU without bf16 (exit 2)."""
+
+    exit_code = 2

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Collection, Optional, Sequence
 
 import numpy as np
 
@@ -13,7 +14,11 @@ import agatston
 
 from .errors import InvalidScanError
 
-__all__ = ["read_truth", "predictions_from_csv", "predictions_from_scans", "evaluate_predictions", "print_report"]
+__all__ = ["read_truth", "read_ids", "manifest_split_ids", "dataset_scans", "predictions_from_csv",
+           "predictions_from_scans", "evaluate_predictions", "print_report", "SPLITS"]
+
+#: ``cac eval --dataset DIR --split``: the manifest's ``training.data_sets[].<split>_ids``, or every case.
+SPLITS = ("val", "train", "all")
 
 
 def _read_csv(path: Path, what: str) -> list[dict[str, str]]:
@@ -68,20 +73,138 @@ def predictions_from_csv(path: Path) -> dict[str, dict[str, Any]]:
     return _parse(_read_csv(path, "prediction"), path, "prediction")
 
 
-def predictions_from_scans(inputs, ensemble, force: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Score scans; returns predictions and their masks (canonical arrays with scans).
+class _SparseMask:
+    """A predicted label mask kept as its nonzero voxels (a data set's worth of dense masks is gigabytes)."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.shape, self.dtype = labels.shape, labels.dtype
+        self.index = np.flatnonzero(labels)
+        self.values = labels.ravel()[self.index]
+
+    @property
+    def labels(self) -> np.ndarray:
+        out = np.zeros(self.shape, self.dtype)
+        out.ravel()[self.index] = self.values
+        return out
+
+
+def predictions_from_scans(inputs, ensemble, force: bool = False, ids: Optional[Collection[str]] = None,
+                           on_scan: Optional[Callable[[int, str], None]] = None,
+                           ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Score scans; returns predictions and their masks (objects with ``.labels``, canonical arrays).
 
     ``force`` scores scans the triage refuses (see :func:`cacnet.pipeline.score_scan`).
+    ``ids``: score only the scans with these ids (:func:`cacnet.io.scan_id` of
+    the path). ``on_scan(total, id)`` is called before each scan is scored.
     """
     from .batch import expand_inputs
+    from .io import scan_id
     from .pipeline import score_scan
 
+    paths = expand_inputs(inputs)
+    if ids is not None:
+        wanted = set(ids)
+        paths = [p for p in paths if scan_id(p) in wanted]
     preds, masks = {}, {}
-    for path in expand_inputs(inputs):
+    for path in paths:
+        if on_scan is not None:
+            on_scan(len(paths), scan_id(path))
         res = score_scan(path, ensemble, force=force)
         preds[res.id] = {"agatston": res.data["agatston"], "category": res.data["category"]}
-        masks[res.id] = res
+        masks[res.id] = _SparseMask(res.labels)
     return preds, masks
+
+
+def read_ids(path: Path) -> list[str]:
+    """Case ids from a text file, one a line (blank lines and ``#`` comments skipped), in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidScanError(f"{path}: no such ids file.")
+    ids = [s for s in (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+           if s and not s.startswith("#")]
+    if not ids:
+        raise InvalidScanError(f"{path}: no ids in it; expected one case id per line.")
+    return list(dict.fromkeys(ids))
+
+
+def _names(items: Sequence[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def manifest_split_ids(manifest: Path, dataset: Path, split: str) -> list[str]:
+    """The ids of ``dataset`` in a training ``split`` (``val`` or ``train``) as the weights' manifest records them.
+
+    `cac train --data DIR` writes ``training.data_sets`` into
+    ``WEIGHTS/manifest.json``: one entry per data set with ``path``, ``name``,
+    ``train_ids`` and ``val_ids``. ``dataset`` is the entry whose ``path``
+    resolves to it, else the one whose folder name is its folder name.
+    ``manifest`` is the JSON file or its folder.
+    """
+    if split not in ("val", "train"):
+        raise ValueError(f"split must be val or train, not {split!r}")
+    key = f"{split}_ids"
+    path = Path(manifest)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise InvalidScanError(f"{path}: no such weights manifest.")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidScanError(f"{path}: not a JSON manifest ({exc}).") from None
+    sets = (m.get("training") or {}).get("data_sets") if isinstance(m, dict) else None
+    sets = [s for s in sets if isinstance(s, dict)] if isinstance(sets, list) else []
+    if not sets:
+        raise InvalidScanError(
+            f"{path} records no data set ids (looked for training.data_sets[].{key}): these weights were not "
+            f"trained with `cac train --data`. Give the manifest of the weights trained on {dataset} "
+            f"(--manifest or --weights), or evaluate every case with --split all.")
+    target = Path(dataset).resolve()
+    match = [s for s in sets if s.get("path") and Path(s["path"]).resolve() == target]
+    if not match:
+        match = [s for s in sets if (s.get("name") or Path(s.get("path") or "").name) == target.name]
+    listed = _names([f"{s.get('name')} ({s.get('path')})" for s in sets])
+    if not match:
+        raise InvalidScanError(
+            f"{path}: no data set in training.data_sets is {dataset} (matched by path, then by folder name "
+            f"{target.name!r}); it lists: {listed}.")
+    if len(match) > 1:
+        raise InvalidScanError(f"{path}: several data sets in training.data_sets match {dataset} by folder name "
+                               f"({listed}); run cac eval with the path given to cac train --data.")
+    entry = match[0]
+    ids = entry.get(key)
+    if not isinstance(ids, list):
+        raise InvalidScanError(f"{path}: the entry of {entry.get('name')} in training.data_sets has no {key!r} list.")
+    if not ids:
+        raise InvalidScanError(
+            f"{path}: training.data_sets[].{key} of {entry.get('name')} is empty"
+            + (" (trained with --val-fraction 0?)" if split == "val" else "") + ".")
+    return [str(i) for i in ids]
+
+
+def dataset_scans(dataset: Path, ids: Optional[Sequence[str]] = None) -> dict[str, Path]:
+    """``{id: DIR/images/<id>.nii.gz}`` of a converted data set (`cac dataset`), for ``ids`` or every image.
+
+    Raises :class:`InvalidScanError` when the layout is not there or an id has no image.
+    """
+    from .io import is_scan_path, scan_id
+
+    dataset = Path(dataset)
+    images = dataset / "images"
+    if not images.is_dir():
+        raise InvalidScanError(f"{dataset}: no images/ folder; expected a converted data set (cac dataset): "
+                               f"images/<id>.nii.gz, labels/<id>.nii.gz and truth.csv.")
+    if not (dataset / "truth.csv").is_file():
+        raise InvalidScanError(f"{dataset}: no truth.csv; expected a converted data set (cac dataset).")
+    found = {scan_id(p): p for p in sorted(images.iterdir()) if not p.name.startswith(".") and is_scan_path(p)}
+    if ids is None:
+        if not found:
+            raise InvalidScanError(f"{images}: no <id>.nii.gz images.")
+        return dict(sorted(found.items()))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise InvalidScanError(f"{len(missing)} of the {len(ids)} ids have no image in {images}: {_names(missing)}.")
+    return {i: found[i] for i in ids}
 
 
 def _clean(x: Any) -> Any:

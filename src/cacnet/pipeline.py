@@ -58,8 +58,14 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"cac-toolkit": __version__, "onnxruntime": onnxruntime.__version__,
-            "SimpleITK": SimpleITK.Version.VersionString(), "numpy": np.__version__}
+    out = {"cac-toolkit": __version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        import openvino
+
+        out["openvino"] = openvino.__version__.split("-")[0]
+    except Exception:  # noqa: BLE001 - absent or broken: onnxruntime runs the models
+        pass
+    return {**out, "SimpleITK": SimpleITK.Version.VersionString(), "numpy": np.__version__}
 
 
 def decide_components(hu: np.ndarray, vote: Vote, grid: CoarseGrid, threshold_hu: float = 130.0):
@@ -269,7 +275,7 @@ def score_scan(
         "scan": scan.meta,
         "triage": checked.to_dict(),
         "settings": {**result.settings, "calibration": calibration},
-        "models": {"n_models": vote.n_models, "models_run": vote.models_run, "provider": ensemble.provider,
+        "models": {"n_models": vote.n_models, "models_run": vote.models_run, **ensemble.describe(),
                    "weights": [{"file": m["file"], "sha256": m["sha256"]} for m in ensemble.models]},
         "timings_s": {k: round(t[k] - t[p], 4) for p, k in zip(
             ["start", "read", "triage", "preprocess", "inference", "postprocess"],

@@ -224,7 +224,13 @@ def test_result_json_fields(phantom_scans, toy_weights):
     assert d["status"] == "ok"
     # running on the CPU under --device auto is normal: reported as the provider, not warned about
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        assert d["models"]["provider"] == "CPUExecutionProvider"
+        from cacnet.ensemble import openvino_available
+
+        backend = "openvino" if openvino_available() else "onnxruntime"
+        assert {k: d["models"][k] for k in ("backend", "provider", "device", "precision")} == {
+            "backend": backend, "provider": {"openvino": "OpenVINO:CPU", "onnxruntime": "CPUExecutionProvider"}[backend],
+            "device": "cpu", "precision": "fp32"}
+        assert ("openvino" in d["versions"]) == (backend == "openvino")
     assert not any("CUDA" in w or "device" in w for w in d["warnings"])
     # n_lesions counts 3D lesions; lesions holds the 2D records, n_lesions_2d of them
     assert d["n_lesions_2d"] == len(d["lesions"]) and d["n_lesions"] == len({les["lesion_id"] for les in d["lesions"]})
@@ -274,3 +280,42 @@ def test_empty_folder_has_no_itk_warning(tmp_path, toy_weights):
     assert out.returncode == 3
     assert "no DICOM files found" in out.stderr and "No Series were found" not in out.stderr
     assert "WARNING" not in out.stderr
+
+
+def test_backends_give_the_same_result(phantom_scans, toy_weights):
+    folder, _ = phantom_scans
+    out = {}
+    for backend in ("onnxruntime", "auto"):
+        r = run("score", folder / "case21.nii.gz", "--json", "--weights", toy_weights, "--backend", backend)
+        assert r.exit_code == 0, r.output
+        out[backend] = json.loads(r.stdout)
+    assert out["onnxruntime"]["models"]["backend"] == "onnxruntime"
+    assert out["onnxruntime"]["models"]["provider"] == "CPUExecutionProvider"
+    for k in ("agatston", "arteries", "lesions", "rejected_candidates"):
+        assert out["auto"][k] == out["onnxruntime"][k]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["score", "X", "--backend", "tensorrt"], "--backend must be auto, openvino or onnxruntime"),
+        (["eval", "--truth", "T", "X", "--backend", "tensorrt"], "--backend must be auto, openvino or onnxruntime"),
+        (["score", "X", "--precision", "fp16"], "--precision must be fp32 or bf16"),
+        (["score", "X", "--precision", "bf16", "--backend", "onnxruntime"], "needs the OpenVINO backend"),
+    ],
+)
+def test_backend_usage_errors(phantom_scans, toy_weights, args, message):
+    folder, _ = phantom_scans
+    args = [str(folder / "case21.nii.gz") if a == "X" else a for a in args]
+    r = run(*args, "--weights", toy_weights)
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output
+
+
+def test_bf16_refused_on_a_cpu_without_it(phantom_scans, toy_weights, monkeypatch):
+    import cacnet.ensemble as ensemble_mod
+
+    monkeypatch.setattr(ensemble_mod, "openvino_available", lambda: True)
+    monkeypatch.setattr(ensemble_mod, "cpu_supports_bf16", lambda: False)
+    folder, _ = phantom_scans
+    r = run("score", folder / "case21.nii.gz", "--precision", "bf16", "--device", "cpu", "--weights", toy_weights)
+    assert r.exit_code == 2 and "no bf16 support" in r.stderr and "Traceback" not in r.output

@@ -1,6 +1,7 @@
 """The vote arithmetic of cacnet.ensemble against brute force over every way the rest could vote."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -8,8 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cacnet.ensemble import Ensemble, combine_votes, decided
-from cacnet.errors import DeviceUnavailableError
+from cacnet.ensemble import (DEFAULT_WEIGHTS, Ensemble, combine_votes, cpu_supports_bf16, decided, openvino_available,
+                             resolve_backend)
+from cacnet.errors import DeviceUnavailableError, UsageError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data" / "phantom_example.nii.gz"
 
 
 def reference_outcome(maps: list[int], n_models: int) -> tuple[bool, int]:
@@ -57,12 +61,103 @@ def test_four_of_five_decides_more_than_unanimity():
     assert not decided(combine_votes([np.array([1]), np.array([1]), np.array([0]), np.array([0])], 5)).any()
 
 
-def test_auto_on_the_cpu_is_not_a_warning(toy_weights):
-    ens = Ensemble(toy_weights, device="auto")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_auto_on_the_cpu_is_not_a_warning(toy_weights, backend):
+    ens = Ensemble(toy_weights, device="auto", backend=backend)
     assert ens.warnings == []
-    assert ens.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        assert ens.provider == "CPUExecutionProvider"
+    assert ens.provider in ("CPUExecutionProvider", "CUDAExecutionProvider", "OpenVINO:CPU")
+    if not HAS_CUDA:
+        cpu = "OpenVINO:CPU" if ens.backend == "openvino" else "CPUExecutionProvider"
+        assert ens.provider == cpu and ens.device == "cpu"
         with pytest.raises(DeviceUnavailableError) as info:
-            Ensemble(toy_weights, device="cuda")
+            Ensemble(toy_weights, device="cuda", backend=backend)
         assert info.value.exit_code == 5
+
+
+def test_backend_selection(toy_weights, monkeypatch):
+    import cacnet.ensemble as ensemble_mod
+
+    ov = ensemble_mod.openvino_available()
+    if not HAS_CUDA:
+        assert resolve_backend("auto", "auto") == ("openvino" if ov else "onnxruntime")
+    assert resolve_backend("auto", "cpu") == ("openvino" if ov else "onnxruntime")
+    assert resolve_backend("auto", "cuda") == "onnxruntime"
+    assert resolve_backend("onnxruntime", "cpu") == "onnxruntime"
+    assert resolve_backend("openvino", "cpu") == "openvino"
+    with pytest.raises(ValueError, match="backend must be"):
+        resolve_backend("tensorrt", "cpu")
+    explicit = Ensemble(toy_weights, device="cpu", backend="onnxruntime")
+    assert explicit.describe() == {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "device": "cpu",
+                                   "precision": "fp32", "threads": None}
+    # without OpenVINO, auto falls back to onnxruntime and an explicit openvino is refused
+    monkeypatch.setattr(ensemble_mod, "openvino_available", lambda: False)
+    assert Ensemble(toy_weights, device="cpu").backend == "onnxruntime"
+    with pytest.raises(DeviceUnavailableError, match="pip install openvino"):
+        Ensemble(toy_weights, device="cpu", backend="openvino")
+    with pytest.raises(UsageError, match="runs on the CPU"):
+        Ensemble(toy_weights, device="cuda", backend="openvino")
+
+
+needs_openvino = pytest.mark.skipif(not openvino_available(), reason="OpenVINO is not installed")
+
+
+@needs_openvino
+def test_openvino_is_fp32_and_reports_what_ran(toy_weights):
+    ens = Ensemble(toy_weights, device="cpu", threads=1)
+    assert ens.describe() == {"backend": "openvino", "provider": "OpenVINO:CPU", "device": "cpu",
+                              "precision": "fp32", "threads": 1}
+    assert str(ens.sessions[0].get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+    assert Ensemble(toy_weights, device="cpu").threads >= 1  # set explicitly even when not given
+
+
+@needs_openvino
+def test_backends_give_identical_votes_on_toy_models(toy_weights):
+    ov_ens = Ensemble(toy_weights, device="cpu", backend="openvino")
+    ort_ens = Ensemble(toy_weights, device="cpu", backend="onnxruntime")
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1, 4), (5, 17, 23), (16, 32, 32)]:  # dynamic shapes: one compiled model serves all
+        x = rng.random(shape, dtype=np.float32)
+        a, b = ov_ens.vote(x), ort_ens.vote(x)
+        assert np.array_equal(a.votes, b.votes) and np.array_equal(a.artery, b.artery)
+        for la, lb in zip(ov_ens.logits(x), ort_ens.logits(x)):
+            assert la.shape == (5, *shape) and np.allclose(la, lb, atol=1e-4)
+
+
+@needs_openvino
+@pytest.mark.skipif(not (DEFAULT_WEIGHTS / "manifest.json").exists() or not EXAMPLE.exists(),
+                    reason="needs the shipped weights and the example scan of a source checkout")
+def test_backends_give_identical_votes_on_the_shipped_weights():
+    from cacnet.io import read_scan
+    from cacnet.preprocess import coarse_grid, downsample, normalize
+
+    scan = read_scan(EXAMPLE)
+    x = normalize(downsample(scan.hu, coarse_grid(scan.hu.shape, scan.spacing)))[:16, :48, :48]
+    maps = {b: list(Ensemble(device="cpu", backend=b).predict(x)) for b in ("openvino", "onnxruntime")}
+    for a, b in zip(maps["openvino"], maps["onnxruntime"]):
+        assert np.array_equal(a, b)
+
+
+def test_bf16_is_refused_where_unsupported(toy_weights, monkeypatch):
+    import cacnet.ensemble as ensemble_mod
+
+    with pytest.raises(ValueError, match="precision must be"):
+        Ensemble(toy_weights, device="cpu", precision="fp16")
+    with pytest.raises(UsageError, match="needs the OpenVINO backend") as info:
+        Ensemble(toy_weights, device="cpu", backend="onnxruntime", precision="bf16")
+    assert info.value.exit_code == 2
+    if openvino_available():
+        monkeypatch.setattr(ensemble_mod, "cpu_supports_bf16", lambda: False)
+        with pytest.raises(UsageError, match="no bf16 support"):
+            Ensemble(toy_weights, device="cpu", precision="bf16")
+
+
+@needs_openvino
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no bf16")
+def test_bf16_where_supported(toy_weights):
+    ens = Ensemble(toy_weights, device="cpu", precision="bf16")
+    assert ens.describe()["precision"] == "bf16"
+    x = ((np.array([0.0, 140.0, 250.0, 500.0], np.float32) + 300) / 1100).reshape(1, 1, 4)
+    assert ens.vote(x).votes.ravel().tolist() == [0, 3, 3, 5]

@@ -53,7 +53,10 @@ def test_explicit_cuda_without_gpu_is_an_error(toy_weights):
     with pytest.raises(DeviceUnavailableError, match="onnxruntime-gpu"):
         Ensemble(toy_weights, device="cuda")
     auto = Ensemble(toy_weights, device="auto")
-    assert auto.provider == "CPUExecutionProvider" and auto.warnings == []  # the CPU is a normal outcome of auto
+    cpu = {"openvino": "OpenVINO:CPU", "onnxruntime": "CPUExecutionProvider"}[auto.backend]
+    assert auto.provider == cpu and auto.warnings == []  # the CPU is a normal outcome of auto
+    plain = Ensemble(toy_weights, device="auto", backend="onnxruntime")
+    assert plain.provider == "CPUExecutionProvider" and plain.warnings == []
 
 
 def test_vote_and_early_stop(toy_weights):
@@ -68,9 +71,9 @@ def test_vote_and_early_stop(toy_weights):
     assert np.array_equal(fast.calcium, full.calcium) and np.array_equal(fast.artery, full.artery)
 
 
-@pytest.fixture(scope="module")
-def ensemble(toy_weights):
-    return Ensemble(toy_weights, device="cpu")
+@pytest.fixture(scope="module", params=["auto", "onnxruntime"])
+def ensemble(toy_weights, request):
+    return Ensemble(toy_weights, device="cpu", backend=request.param)
 
 
 def test_score_scan_end_to_end(phantom_scans, ensemble):

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ._backgrounds import describe_backgrounds, find_backgrounds, make_background_cases
 from ._data import Case, PhantomStream, dataset_cases, load_case, negative_case, phantom_cases, save_case, split_by_id
 from ._export import export_onnx, write_manifest
 from ._joint import TrainData, train_models
@@ -80,6 +81,10 @@ def train_ensemble(
     exclude_start: bool = False,
     stream: bool = False,
     workers: int = 2,
+    backgrounds: Optional[Path] = None,
+    background_cases: int = 40,
+    hold_out_backgrounds: Sequence[str] = (),
+    tracings_dir: Optional[Path] = None,
     on_event: Optional[Callable[[str, dict], None]] = None,
 ) -> Path:
     """Train ``models`` U-Nets together (:func:`train_models`) and export them to ``outdir/weights``.
@@ -88,9 +93,15 @@ def train_ensemble(
     TRAIN_SET_SEED), the training split of each user data set in ``data``
     (:func:`dataset_cases`; split by case id, ``val_fraction`` of each set
     validates, 0.2 by default) and the hard negatives ``negatives``
-    (:func:`negative_cases`). Each batch mixes them as ``config`` says
-    (``real_per_batch``, ``neg_per_batch``; :func:`default_mix` when 0 and
-    such cases are given). Validation: ``val_phantoms`` phantoms (seed
+    (:func:`negative_cases`), and with ``backgrounds`` (a folder of real CT
+    scans) ``background_cases`` inserted-calcium cases per traced
+    reconstruction found there (:func:`find_backgrounds`: the shipped
+    tracings, or those in ``tracings_dir``; :func:`make_background_cases`,
+    cached in ``outdir/cache/backgrounds``), less the traced patients named
+    in ``hold_out_backgrounds``; they join the real training cases (the
+    ``real_per_batch`` patches) and never validate. Each batch mixes them as
+    ``config`` says (``real_per_batch``, ``neg_per_batch``;
+    :func:`default_mix` when 0 and such cases are given). Validation: ``val_phantoms`` phantoms (seed
     VAL_SET_SEED) and the real validation split, pooled; each model keeps the
     step with the best Dice over all of them. ``init``: start weights
     (:func:`load_start_state`). ``stream``: make the training phantoms that
@@ -106,8 +117,11 @@ def train_ensemble(
     emit = on_event or (lambda kind, info: None)
     data_dirs = [] if data is None else [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     t0 = time.perf_counter()
+    bgs, bg_record = (find_backgrounds(backgrounds, tracings_dir=tracings_dir, hold_out=hold_out_backgrounds)
+                      if backgrounds is not None else ([], {}))
     emit("data_start", {"phantoms": phantoms, "val": val_phantoms, "data": [str(d) for d in data_dirs],
-                        "negatives": len(negatives)})
+                        "negatives": len(negatives), "backgrounds": [b.scan for b in bgs],
+                        "background_cases": background_cases if bgs else 0})
     val = phantom_cases(VAL_SET_SEED, val_phantoms, cache=outdir / "cache" / "val", workers=workers)
     more = None
     if stream and phantoms:
@@ -125,12 +139,15 @@ def train_ensemble(
         sets.append({"path": str(d), "name": d.name, "cases": len(cases),
                      "train_ids": [c.case_id for c in tr], "val_ids": [c.case_id for c in va]})
     negs = negative_cases(negatives, cache=outdir / "cache" / "negatives")
+    bg_cases = (make_background_cases(bgs, background_cases, cache=outdir / "cache" / "backgrounds", workers=workers)
+                if bgs else [])
+    real += bg_cases  # the same patches of each batch as the --data training cases
     real_n, neg_n = default_mix(config.batch, phantoms > 0, bool(real), bool(negs))
     config = replace(config, real_per_batch=config.real_per_batch or real_n,
                      neg_per_batch=config.neg_per_batch or neg_n)
     emit("data", {"phantoms": len(train) + (more.pending if more else 0), "val": len(val), "real": len(real),
                   "real_val": len(real_val),
-                  "negatives": len(negs), "config": asdict(config)})
+                  "negatives": len(negs), "backgrounds": len(bg_cases), "config": asdict(config)})
     data_seconds = time.perf_counter() - t0
     summaries = train_models(outdir, TrainData(train, val, real, real_val, negs, more_train=more), config,
                              models=models, init=init, exclude_start=exclude_start, on_event=on_event)
@@ -149,6 +166,8 @@ def train_ensemble(
     n_train = summaries[0]["n_train_phantoms"]
     described = [f"{n_train} synthetic phantoms (cacnet.phantom, seed {TRAIN_SET_SEED}, balanced A-E)"]
     described += [f"user data set {s['name']} ({len(s['train_ids'])} of {s['cases']} cases)" for s in sets]
+    described += [f"{len(bg_cases)} real backgrounds with inserted calcium ({background_cases} per reconstruction "
+                  f"of {', '.join(b.scan for b in bgs)}; balanced A-E)"] if bgs else []
     described += [f"{len(negs)} hard negatives (real scans without coronary calcium, every label background)"] \
         if negs else []
     n_ph = config.batch - config.real_per_batch - config.neg_per_batch
@@ -164,9 +183,12 @@ def train_ensemble(
         "val_fraction": fraction if sets else None,
         "negatives": [{"id": c.case_id, "source": c.meta.get("source"), "coarse_shape": list(c.x.shape)}
                       for c in negs],
-        "real_scans": "none" if not (sets or negs) else
-        ", ".join((["user data sets"] if sets else []) + (["hard negatives"] if negs else [])),
-        "batch": f"{n_ph} phantom + {config.real_per_batch} real + {config.neg_per_batch} hard-negative patches",
+        "backgrounds": describe_backgrounds(bgs, bg_cases, background_cases, bg_record) if bgs else None,
+        "real_scans": "none" if not (sets or negs or bgs) else
+        ", ".join((["user data sets"] if sets else []) + (["hard negatives"] if negs else [])
+                  + (["backgrounds with inserted calcium"] if bgs else [])),
+        "batch": f"{n_ph} phantom + {config.real_per_batch} real + {config.neg_per_batch} hard-negative patches"
+                 + (" (real: --data training cases and inserted-calcium backgrounds, drawn alike)" if bgs else ""),
         "init": str(init) if init else "none (from scratch)",
         "config": {k: v for k, v in asdict(config).items() if k != "seed"},
         "loss": ("cross-entropy (calcium classes x8) + (1 - soft Dice of calcium vs background), both over "

@@ -92,7 +92,7 @@ from ..phantom._canvas import Grid
 from ..phantom._generate import CATEGORY_TARGETS, _Plaques, _truth
 
 __all__ = ["InsertedCase", "insert_calcium", "load_tracing", "validate_tracing", "inserted_cases", "augment_scan",
-           "resample_for_cac", "estimate_psf_sigma", "CORONARIES", "STRUCTURES"]
+           "resample_for_cac", "estimate_psf_sigma", "iter_inserted_cases", "CORONARIES", "STRUCTURES"]
 
 #: Traced coronary polylines and their labels.
 CORONARIES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
@@ -790,7 +790,20 @@ def inserted_cases(scan_path, tracing_path, n: int, seed: int, *, augment: bool 
     coarse model input and labels (:func:`cacnet.preprocess.preprocess`,
     ``downsample_labels``), like :func:`negative_case`. ``resample`` =
     (slice_mm, pixel_mm) first brings the scan to calcium-score geometry
-    (:func:`resample_for_cac`).
+    (:func:`resample_for_cac`). :func:`iter_inserted_cases` makes any subset
+    of the indices, one at a time.
+    """
+    return list(iter_inserted_cases(scan_path, tracing_path, range(n), seed, augment=augment, resample=resample,
+                                    lookalikes=lookalikes))
+
+
+def iter_inserted_cases(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
+                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
+                        name: Optional[str] = None):
+    """The cases ``indices`` of :func:`inserted_cases` (the same cases), yielded as they are made.
+
+    The scan is read once. Case ids are ``<name>_ins<seed>_<i:03d>``; ``name``
+    defaults to the tracing's name.
     """
     from ..io import read_scan
     from ..preprocess import downsample_labels, preprocess
@@ -801,11 +814,10 @@ def inserted_cases(scan_path, tracing_path, n: int, seed: int, *, augment: bool 
     if resample is not None:
         scan = resample_for_cac(scan, *resample)
     thick = scan.meta.get("slice_thickness_mm")
-    name = tracing.get("name") or scan.id
+    name = name or tracing.get("name") or scan.id
     # The sharpness of the original: resampled copies have artificial edges where the field of view was cut.
     psf, _ = estimate_psf_sigma(scan.hu, scan.spacing)
-    out = []
-    for i in range(n):
+    for i in indices:
         rng = np.random.default_rng([seed, i])
         target = "ABCDE"[i % 5]
         src, tr, params = (augment_scan(scan, tracing, rng) if augment else (scan, tracing, {}))
@@ -823,5 +835,4 @@ def inserted_cases(scan_path, tracing_path, n: int, seed: int, *, augment: bool 
                 "source": str(scan_path), "tracing": str(tracing_path), "augment": params,
                 "n_plaques": ins.meta["n_plaques"], "lookalikes": ins.meta["lookalikes"],
                 "psf_sigma_mm": ins.meta["psf_sigma_mm"]}
-        out.append(Case(f"{name}_ins{seed}_{i:03d}", x, y, meta))
-    return out
+        yield Case(f"{name}_ins{seed}_{i:03d}", x, y, meta)

@@ -1,0 +1,152 @@
+"""Real backgrounds with inserted calcium as training data: cac train --backgrounds / train_ensemble(backgrounds=)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+pytest.importorskip("onnx", reason="ONNX export needs onnx")
+
+from cacnet.phantom import generate_phantom, oriented_image  # noqa: E402
+from cacnet.train import (Case, TrainConfig, find_backgrounds, load_case, make_background_cases,  # noqa: E402
+                          save_case, train_ensemble)
+
+
+@pytest.fixture(scope="module")
+def fake_real_ct(tmp_path_factory):
+    """A tiny "real-ct" folder: a category A phantom crop as a non-contrast scan (two "reconstructions"), a second
+    traced patient, and a tracings folder: ``tiny`` (its coronaries, the phantom's own) and ``other``."""
+    import SimpleITK as sitk
+
+    base = tmp_path_factory.mktemp("bg")
+    root, tracings = base / "real-ct", base / "anatomy"
+    (root / "site").mkdir(parents=True)
+    (root / "other").mkdir()
+    tracings.mkdir()
+    case = generate_phantom(2, category="A", size=128)  # 48 x 128 x 128, 0.42 mm pixels: a crop of the heart
+    img = oriented_image(case.hu.astype(np.float32), case, "identity")
+    sitk.WriteImage(img, str(root / "site" / "bg.nii.gz"))
+    shutil.copy(root / "site" / "bg.nii.gz", root / "site" / "bg-sharp.nii.gz")
+    shutil.copy(root / "site" / "bg.nii.gz", root / "other" / "bg.nii.gz")
+    lo = np.array(case.origin) + 3
+    hi = np.array(case.origin) + (np.array(case.hu.shape) - 1) * np.array(case.spacing) - 3
+    structures = {}
+    for name, a in (("LAD", 2), ("LCX", 3)):
+        pts = case.anatomy.coronaries[a][0][::7]  # every ~4 mm, (z, y, x) mm
+        pts = pts[np.all((pts >= lo) & (pts <= hi), axis=1)]  # the part inside the crop
+        structures[name] = [list(map(float, p[::-1])) for p in pts]  # LPS [x, y, z]
+    assert len(structures["LCX"]) >= 3
+    for name, scan, also in (("tiny", "site/bg.nii.gz", ["site/bg-sharp.nii.gz", "site/not-here.nii.gz"]),
+                             ("other", "other/bg.nii.gz", [])):
+        (tracings / f"{name}.json").write_text(json.dumps(
+            {"name": name, "scan": scan, "also_valid_for": also, "frame": "LPS patient coordinates in mm",
+             "structures": structures}))
+    return root, tracings
+
+
+def _run_folder(out):
+    """A cac train folder whose phantom caches hold toy cases (2 training, 1 validation): no phantom is made."""
+    rng = np.random.default_rng(0)
+    for i, folder in ((0, "train"), (1, "train"), (0, "val")):
+        x = rng.normal(0.3, 0.02, size=(16, 32, 32)).astype(np.float32)
+        y = np.zeros(x.shape, np.uint8)
+        x[6:9, 10:13, 10:13], y[6:9, 10:13, 10:13] = 0.8, 2
+        save_case(Case(f"phantom_{1000 if folder == 'train' else 1001}_{i:04d}", x, y, {}), out / "cache" / folder)
+    return out
+
+
+def test_find_backgrounds_and_its_errors(fake_real_ct, tmp_path):
+    root, tracings = fake_real_ct
+    bgs, record = find_backgrounds(root, tracings_dir=tracings)
+    assert sorted(b.scan for b in bgs) == ["other/bg.nii.gz", "site/bg-sharp.nii.gz", "site/bg.nii.gz"]
+    assert record["not_found"] == ["site/not-here.nii.gz"] and record["held_out"] == []
+    assert len({b.seed for b in bgs}) == 3  # one seed per reconstruction
+    assert [b.seed for b in bgs] == [b.seed for b in find_backgrounds(root, tracings_dir=tracings)[0]]  # stable
+    kept, record = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
+    assert {b.tracing for b in kept} == {"tiny"} and record["held_out_scans"] == ["other/bg.nii.gz"]
+    with pytest.raises(ValueError, match="'nobody' not among the tracings"):
+        find_backgrounds(root, tracings_dir=tracings, hold_out=["nobody"])
+    with pytest.raises(ValueError, match="held out"):
+        find_backgrounds(root, tracings_dir=tracings, hold_out=["other", "tiny"])
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        find_backgrounds(tmp_path / "nowhere", tracings_dir=tracings)
+    with pytest.raises(FileNotFoundError, match="looked for .*site/bg.nii.gz"):
+        find_backgrounds(tmp_path, tracings_dir=tracings)  # a folder without the traced scans
+    with pytest.raises(FileNotFoundError, match="lung-pet-ct-dx/A0001-5mm-series3"):
+        find_backgrounds(tmp_path)  # the shipped tracings name what they look for
+
+
+def test_background_cases_are_made_balanced_cached_and_reused(fake_real_ct, tmp_path, monkeypatch):
+    root, tracings = fake_real_ct
+    bgs, _ = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
+    cases = make_background_cases(bgs, 2, cache=tmp_path, workers=1)
+    assert len(cases) == 4 and len({c.case_id for c in cases}) == 4
+    assert [c.meta["category"] for c in cases] == ["A", "B", "A", "B"]
+    assert not cases[0].y.any() and cases[1].y.any() and cases[1].meta["inserted"]
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert len(files) == 4 and {f.parent.name.rsplit("-", 1)[0] for f in files} == {"site_bg.nii.gz",
+                                                                                     "site_bg-sharp.nii.gz"}
+    # a rerun reuses the cache (nothing is made again) and gets the same cases
+    import cacnet.train._backgrounds as mod
+
+    monkeypatch.setattr(mod, "iter_inserted_cases", lambda *a, **k: pytest.fail("made again"))
+    again = make_background_cases(bgs, 2, cache=tmp_path, workers=1)
+    assert [c.case_id for c in again] == [c.case_id for c in cases]
+    assert np.array_equal(again[1].x, cases[1].x) and np.array_equal(again[1].y, cases[1].y)
+    assert load_case(files[0]).meta["inserted"]
+
+
+def test_train_ensemble_on_backgrounds_with_a_held_out_patient(fake_real_ct, tmp_path):
+    root, tracings = fake_real_ct
+    out = _run_folder(tmp_path / "run")
+    cfg = TrainConfig(steps=1, batch=2, patch=(8, 16, 16), val_every=1, checkpoint_every=1, threads=2)
+    manifest = train_ensemble(out, phantoms=2, val_phantoms=1, models=1, config=cfg, workers=1,
+                              backgrounds=root, background_cases=2, hold_out_backgrounds=["other"],
+                              tracings_dir=tracings)
+    t = json.loads(manifest.read_text())["training"]
+    bg = t["backgrounds"]
+    assert [r["scan"] for r in bg["reconstructions"]] == ["site/bg.nii.gz", "site/bg-sharp.nii.gz"]
+    assert all(r["categories"] == {"A": 1, "B": 1} and r["cases"] == 2 for r in bg["reconstructions"])
+    assert bg["cases_per_reconstruction"] == 2 and bg["held_out"] == ["other"]
+    assert bg["held_out_scans"] == ["other/bg.nii.gz"] and bg["not_found"] == ["site/not-here.nii.gz"]
+    assert len({r["seed"] for r in bg["reconstructions"]}) == 2 and "validation" in bg
+    assert t["train_cases"] == 2 + 4 and t["val_cases"] == 1  # backgrounds train, never validate
+    assert t["batch"].startswith("1 phantom + 1 real + 0 hard-negative") and "backgrounds" in t["real_scans"]
+    assert "4 real backgrounds with inserted calcium" in t["data"]
+    cached = sorted(p.name for p in (out / "cache" / "backgrounds").rglob("*.npz"))
+    assert cached == sorted(i + ".npz" for r in bg["reconstructions"] for i in r["ids"])
+    assert not any(name.startswith("other") for name in cached)  # the held-out patient: no case made
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 1
+
+
+def test_cac_train_backgrounds_cli(fake_real_ct, tmp_path):
+    from typer.testing import CliRunner
+
+    from cacnet.cli import app
+
+    root, tracings = fake_real_ct
+    out = _run_folder(tmp_path / "run")
+    tiny = ["--phantoms", "2", "--val-phantoms", "1", "--models", "1", "--batch", "3", "--patch", "8", "16", "16",
+            "--workers", "1", "--steps", "1"]
+    res = CliRunner().invoke(app, ["train", str(out), *tiny, "--backgrounds", str(root), "--tracings", str(tracings),
+                                   "--background-cases", "1", "--real-per-batch", "2"])
+    assert res.exit_code == 0, res.output
+    assert "on each of 3 real background(s)" in res.output
+    t = json.loads((out / "weights" / "manifest.json").read_text())["training"]
+    assert len(t["backgrounds"]["reconstructions"]) == 3 and t["backgrounds"]["held_out"] == []
+    assert t["batch"].startswith("1 phantom + 2 real")
+    # errors: a missing root (exit 3, names it), a root without the traced scans (exit 3, names what was looked for),
+    # an unknown patient to hold out (exit 2)
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--backgrounds", str(tmp_path / "nowhere")])
+    assert res.exit_code == 3 and "no such folder" in res.output and "nowhere" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--backgrounds", str(tmp_path)])
+    assert res.exit_code == 3 and "A0001-5mm-series3" in res.output.replace("\n", "")
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--backgrounds", str(root),
+                                   "--tracings", str(tracings), "--hold-out-background", "nobody"])
+    assert res.exit_code == 2 and "nobody" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--hold-out-background", "tiny"])
+    assert res.exit_code == 2 and "need --backgrounds" in res.output
