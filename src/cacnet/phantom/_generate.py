@@ -153,6 +153,35 @@ def _local(box, crop):
     return tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, crop))
 
 
+def reach_category(rng: np.random.Generator, target: str, goal: float, hi: float, chosen: list, add_plaque,
+                   evaluate, score_of, rounds: int):
+    """Add or remove plaques until the score lands in ``target`` near ``goal``; the last evaluated state.
+
+    ``chosen`` holds ``(plaque, ...)`` pairs (``plaque.faint`` marks the hard
+    case, never removed while others can be); ``add_plaque(size_class)`` adds
+    one ("small", "medium" or "large", by how far the score is from the goal);
+    ``evaluate()`` renders the current plaques and ``score_of(state)`` scores
+    them. Used by the phantom generator and by calcium inserted into real scans
+    (:mod:`cacnet.train._insert`).
+    """
+    state = evaluate()
+    for _ in range(rounds):
+        s = score_of(state)
+        cat = agatston.category(s)
+        if cat == target and (s >= min(goal, hi) * 0.5 or len(chosen) > 12):
+            break
+        if cat <= target and s < goal:
+            gap = goal - s
+            add_plaque("small" if gap < 12 else "medium" if gap < 80 else "large")
+        elif cat > target and chosen:
+            removable = [i for i, (p, _) in enumerate(chosen) if not p.faint] or list(range(len(chosen)))
+            chosen.pop(int(rng.choice(removable)))
+        else:
+            break
+        state = evaluate()
+    return state
+
+
 class _Plaques:
     """Rendered coronary plaques: each one's blurred HU contribution, cached."""
 
@@ -343,22 +372,8 @@ def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id
     if target != "A":
         if faint:
             add(sample_plaque(rng, anat, "small", faint=True))
-        state = evaluate()
-        for _ in range(80):
-            s = score_of(state)
-            cat = agatston.category(s)
-            if cat == target and (s >= min(goal, hi) * 0.5 or len(chosen) > 12):
-                break
-            if cat <= target and s < goal:
-                gap = goal - s
-                size_class = "small" if gap < 12 else "medium" if gap < 80 else "large"
-                add(sample_plaque(rng, anat, size_class))
-            elif cat > target and chosen:
-                removable = [i for i, (p, _) in enumerate(chosen) if not p.faint] or list(range(len(chosen)))
-                chosen.pop(int(rng.choice(removable)))
-            else:
-                break
-            state = evaluate()
+        state = reach_category(rng, target, goal, hi, chosen, lambda size: add(sample_plaque(rng, anat, size)),
+                               evaluate, score_of, rounds=80)
     else:
         state = None
 

@@ -89,7 +89,7 @@ from scipy import ndimage
 from ..phantom._anatomy import resample_polyline
 from ..phantom._calcium import Calcification, _perpendicular, _unit, sample_plaque
 from ..phantom._canvas import Grid
-from ..phantom._generate import CATEGORY_TARGETS, _Plaques, _truth
+from ..phantom._generate import CATEGORY_TARGETS, _grow, _local, _Plaques, _truth, _union, reach_category
 
 __all__ = ["InsertedCase", "insert_calcium", "load_tracing", "validate_tracing", "inserted_cases", "augment_scan",
            "resample_for_cac", "estimate_psf_sigma", "iter_inserted_cases", "CORONARIES", "STRUCTURES"]
@@ -415,18 +415,6 @@ def _lookalike_kinds(rng, structures: dict, lookalikes) -> list[str]:
 
 # -- insertion ----------------------------------------------------------------------
 
-def _grow(box, margin, shape):
-    return tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, shape))
-
-
-def _union(boxes):
-    return tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
-
-
-def _local(box, crop):
-    return tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, crop))
-
-
 def _add_boxes(dst: np.ndarray, crop, items) -> None:
     """Add rendered (box, contribution) items into ``dst`` (the crop), where they overlap."""
     for box, contrib in items:
@@ -597,21 +585,7 @@ def insert_calcium(
         goal = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         if rng.random() < hard_fraction:
             add("small", faint=True)
-        state = evaluate()
-        for _ in range(120):
-            s = score_of(state)
-            cat = agatston.category(s)
-            if cat == target_category and (s >= min(goal, hi) * 0.5 or len(chosen) > 12):
-                break
-            if cat <= target_category and s < goal:
-                gap = goal - s
-                add("small" if gap < 12 else "medium" if gap < 80 else "large")
-            elif cat > target_category and chosen:
-                removable = [i for i, (pl, _) in enumerate(chosen) if not pl.faint] or list(range(len(chosen)))
-                chosen.pop(int(rng.choice(removable)))
-            else:
-                break
-            state = evaluate()
+        state = reach_category(rng, target_category, goal, hi, chosen, add, evaluate, score_of, rounds=120)
 
     final = np.clip(np.rint(base), -1024, 3071).astype(np.float32)
     labels = np.zeros(hu0.shape, dtype=np.uint8)
