@@ -38,6 +38,7 @@ uncompressed DICOM files.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import re
@@ -352,6 +353,15 @@ def _dicom_pixel_spacing(readers: list, files: list[str], label: str) -> tuple[f
 def _check_complete(path: Path, label: str) -> Optional[dict[str, Any]]:
     """Checks ITK does not do: it reads some broken files without complaint.
 
+    See :func:`_check_nifti` (this returns only its first value).
+    """
+    return _check_nifti(path, label)[0]
+
+
+def _check_nifti(path: Path, label: str, copy: Optional[Path] = None
+                 ) -> tuple[Optional[dict[str, Any]], Optional[Path]]:
+    """Checks ITK does not do: it reads some broken files without complaint.
+
     A gzip stream must end properly; a NIfTI file must hold all the bytes its
     header announces; a floating-point NIfTI must hold no NaN (ITK's reader
     silently turns NaN into 0).
@@ -361,6 +371,11 @@ def _check_complete(path: Path, label: str) -> Optional[dict[str, Any]]:
     dict or None
         For a NIfTI-1 file, the header fields that give its geometry
         (:func:`_nifti_geometry`); None for other files.
+    Path or None
+        ``copy``, when given, the file is a single-file NIfTI-1 ``.nii.gz`` that
+        passed the checks, and its decompressed bytes (read here anyway) could
+        be written there: reading that copy spares ITK decompressing the file a
+        second time. None otherwise.
     """
     import struct
 
@@ -375,9 +390,9 @@ def _check_complete(path: Path, label: str) -> Optional[dict[str, Any]]:
     elif name.endswith(".nii"):
         data = path.read_bytes()
     else:
-        return None
+        return None, None
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return None
+        return None, None
     if len(data) < 348:
         raise InvalidScanError(f"{label}: too short for a NIfTI header; the file is truncated.")
     for endian in "<>":
@@ -398,8 +413,15 @@ def _check_complete(path: Path, label: str) -> Optional[dict[str, Any]]:
             if bad:
                 raise InvalidScanError(f"{label}: contains {bad} NaN or infinite voxel value(s); "
                                        "fill them (e.g. with -1024) before scoring.")
-        return _nifti_geometry(bytes(data[:348]), endian)
-    return None
+        geometry = _nifti_geometry(bytes(data[:348]), endian)
+        if copy is None or not name.endswith(".nii.gz") or bytes(data[344:348]) != b"n+1\0":
+            return geometry, None
+        try:
+            copy.write_bytes(data)
+        except OSError:
+            return geometry, None
+        return geometry, copy
+    return None, None
 
 
 def _nifti_geometry(header: bytes, endian: str) -> dict[str, Any]:
@@ -538,20 +560,30 @@ def _check_header_spacing(path: Path, label: str) -> None:
 def _read_file(path: Path, label: str):
     import SimpleITK as sitk
 
-    nifti = _check_complete(path, label)
-    want = _nifti_spacing(nifti, label) if nifti is not None else {}
-    _check_header_spacing(path, label)
-    try:
-        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        hint = next((ln for ln in first if "ERROR" in ln or "rror" in ln), first[-1] if first else "")
-        if "spacing" in str(exc).lower():
-            raise InvalidScanError(f"{label}: the header's voxel spacing is zero or invalid ({hint.strip()[:200]}); "
-                                   "the file does not say how far apart the voxels are. Fix the header before "
-                                   "scoring.") from None
-        raise InvalidScanError(f"{label}: cannot be read as an image ({hint.strip()[:200]}); "
-                               "is the file complete and in a supported format?") from None
+    gz = path.name.lower().endswith(".nii.gz")
+    with tempfile.TemporaryDirectory() if gz else contextlib.nullcontext(None) as tmp:
+        # a .nii.gz is decompressed once, here, and ITK reads the checked bytes (a temporary .nii)
+        nifti, copy = _check_nifti(path, label, Path(tmp) / "scan.nii" if tmp else None)
+        want = _nifti_spacing(nifti, label) if nifti is not None else {}
+        _check_header_spacing(path, label)
+        image = None
+        if copy is not None:
+            try:
+                image = sitk.ReadImage(str(copy), sitk.sitkFloat32)
+            except RuntimeError:  # read the file itself below: same error and message as without the copy
+                image = None
+        try:
+            if image is None:
+                image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            hint = next((ln for ln in first if "ERROR" in ln or "rror" in ln), first[-1] if first else "")
+            if "spacing" in str(exc).lower():
+                raise InvalidScanError(f"{label}: the header's voxel spacing is zero or invalid "
+                                       f"({hint.strip()[:200]}); the file does not say how far apart the "
+                                       "voxels are. Fix the header before scoring.") from None
+            raise InvalidScanError(f"{label}: cannot be read as an image ({hint.strip()[:200]}); "
+                                   "is the file complete and in a supported format?") from None
     spacing = list(image.GetSpacing())
     if any(a < len(spacing) and abs(spacing[a] - v) > 0.01 * v for a, v in want.items()):
         # ITK takes pixdim, and 1 mm where it is 0; the sform gave the file's own spacing

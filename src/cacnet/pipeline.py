@@ -93,8 +93,15 @@ def decide_components(hu: np.ndarray, vote: Vote, grid: CoarseGrid, threshold_hu
             return labels, []
         where = np.nonzero(cand)
         ids = comps[where]
-        order = np.lexsort((-hu[box][where], ids))
-        first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
+        # each component's densest voxel, the first in C order among equals (components 1..n, in order)
+        vals = hu[box][where]
+        peak_hu = np.zeros(n + 1, dtype=vals.dtype)
+        peak_hu[ids] = vals  # some value of each component, then its maximum
+        np.maximum.at(peak_hu, ids, vals)
+        at_peak = np.flatnonzero(vals == peak_hu[ids])
+        first = np.full(n + 1, ids.size, dtype=np.intp)
+        np.minimum.at(first, ids[at_peak], at_peak)
+        first = first[1:]
         peak = [where[a][first] + lo[a] for a in range(3)]
         cidx = tuple(grid.index[a][peak[a]] for a in range(3))
         v = vote.votes[cidx]
@@ -115,7 +122,9 @@ def decide_components(hu: np.ndarray, vote: Vote, grid: CoarseGrid, threshold_hu
     accepted = v * 2 > vote.n_models
     lut = np.zeros(n + 1, dtype=np.uint8)
     lut[comp_ids[accepted]] = vote.artery[cidx][accepted]
-    labels[box] = lut[comps]
+    lab = lut[ids]  # only candidate voxels can be labelled; the rest of ``labels`` stays 0
+    keep = lab != 0
+    labels[tuple(where[a][keep] + lo[a] for a in range(3))] = lab[keep]
     counts = np.bincount(ids, minlength=n + 1)
     sy = np.bincount(ids, weights=where[1], minlength=n + 1) / np.maximum(counts, 1) + lo[1]
     sx = np.bincount(ids, weights=where[2], minlength=n + 1) / np.maximum(counts, 1) + lo[2]
