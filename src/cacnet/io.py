@@ -54,7 +54,7 @@ import numpy as np
 
 from .errors import InvalidScanError, SeriesSelectionError
 
-__all__ = ["Scan", "SeriesInfo", "read_scan", "list_series", "to_source_grid", "canonical_to_source_index",
+__all__ = ["Scan", "SeriesInfo", "acquisition_flags", "read_scan", "list_series", "to_source_grid", "canonical_to_source_index",
            "scan_id", "IMAGE_SUFFIXES", "is_scan_path"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
@@ -629,18 +629,31 @@ def _check_geometry(image, label: str) -> None:
                                "resample to an axis-aligned grid first.")
 
 
+def acquisition_flags(spacing, meta: dict) -> dict[str, bool]:
+    """What the reader warns about in the acquisition (the triage reports the same as verdicts).
+
+    ``kvp``: known and not 120 kVp; ``thickness``: the nominal slice
+    thickness is known and outside 2.5-3 mm; ``increment``: the slice
+    increment ``spacing[0]`` is outside 2.5-3 mm and not already the
+    thickness warned about.
+    """
+    kvp, thick, inc = meta.get("kvp"), meta.get("slice_thickness_mm"), spacing[0]
+    return {"kvp": kvp is not None and abs(kvp - 120) > 0.5,
+            "thickness": thick is not None and not 2.5 - 1e-3 <= thick <= 3.0 + 1e-3,
+            "increment": not 2.5 - 1e-3 <= inc <= 3.0 + 1e-3 and (thick is None or abs(inc - thick) > 1e-3)}
+
+
 def _warnings(hu: np.ndarray, spacing, meta: dict) -> list[str]:
     out = []
-    kvp = meta.get("kvp")
-    if kvp is not None and abs(kvp - 120) > 0.5:
-        out.append(f"tube voltage is {kvp:g} kVp, not 120: the 130 HU threshold and density weights are defined "
-                   "at 120 kVp (see agatston.threshold_for_kvp).")
-    thick = meta.get("slice_thickness_mm")
-    if thick is not None and not 2.5 - 1e-3 <= thick <= 3.0 + 1e-3:
-        out.append(f"slice thickness is {thick:g} mm; Agatston scoring is defined for 2.5-3 mm slices.")
-    inc = spacing[0]
-    if not 2.5 - 1e-3 <= inc <= 3.0 + 1e-3 and (thick is None or abs(inc - thick) > 1e-3):
-        out.append(f"slice increment is {inc:g} mm (outside 2.5-3 mm); scores use dz/3 and may not compare "
+    flags = acquisition_flags(spacing, meta)
+    if flags["kvp"]:
+        out.append(f"tube voltage is {meta['kvp']:g} kVp, not 120: the 130 HU threshold and density weights are "
+                   "defined at 120 kVp (see agatston.threshold_for_kvp).")
+    if flags["thickness"]:
+        out.append(f"slice thickness is {meta['slice_thickness_mm']:g} mm; Agatston scoring is defined for "
+                   "2.5-3 mm slices.")
+    if flags["increment"]:
+        out.append(f"slice increment is {spacing[0]:g} mm (outside 2.5-3 mm); scores use dz/3 and may not compare "
                    "with standard reconstructions.")
     sample = hu[:, ::4, ::4]
     if float(np.percentile(sample, 1)) > -200:

@@ -75,6 +75,8 @@ from typing import Any, Optional
 import numpy as np
 from scipy import ndimage
 
+from .io import acquisition_flags
+
 __all__ = ["Triage", "triage", "find_heart", "kernel_is_sharp", "SHARP_KERNELS", "CONTRAST_THRESHOLD_HU",
            "NOISE_THRESHOLD_HU", "MIN_HEART_ML"]
 
@@ -332,8 +334,6 @@ def triage(scan) -> Triage:
     """
     hu, spacing, meta = scan.hu, tuple(float(s) for s in scan.spacing), scan.meta or {}
     checks: dict[str, dict[str, Any]] = {}
-    warnings: list[str] = []
-    refusals: list[str] = []
 
     # field of view
     nz, ny, nx = hu.shape
@@ -349,7 +349,6 @@ def triage(scan) -> Triage:
                f"<= {WHOLE_BODY_FOV_MM:g} mm and <= {WHOLE_BODY_PIXEL_MM:g} mm pixels): small calcium cannot be "
                "resolved and scores will be low.")
         checks["field_of_view"]["message"] = msg
-        warnings.append(msg)
 
     # heart region
     v, f = _smooth(hu, spacing)
@@ -367,12 +366,10 @@ def triage(scan) -> Triage:
         hc["message"] = (f"the image ({fov[1]:g} x {fov[0]:g} mm, {length:g} mm long) is too small to look for the "
                          f"heart (>= {MIN_FOV_MM:g} mm in-plane and {MIN_LENGTH_MM:g} mm along z needed): the "
                          "heart and contrast checks were not made.")
-        warnings.append(hc["message"])
     elif not found:
         hc["verdict"] = "refuse"
         hc["message"] = (f"heart not found: no soft tissue between the lungs of at least {MIN_HEART_ML:g} mL "
                          f"(largest region {volume:.0f} mL); a calcium score needs a chest CT through the heart.")
-        refusals.append(hc["message"])
     else:
         hc["verdict"] = "ok"
     checks["heart"] = hc
@@ -390,7 +387,6 @@ def triage(scan) -> Triage:
             cc["message"] = (f"contrast-enhanced: the heart's blood pool measures {bp:.0f} HU (non-contrast blood is "
                              f"30-60 HU; threshold {CONTRAST_THRESHOLD_HU:g} HU); calcium scores need a non-contrast "
                              "scan, and contrast hides calcium.")
-            refusals.append(cc["message"])
         else:
             cc["verdict"] = "ok" if bp is not None else "unknown"
     else:
@@ -406,7 +402,6 @@ def triage(scan) -> Triage:
         nc["message"] = (f"sharp or very noisy reconstruction: high-frequency noise {noise:g} HU in the {where} "
                          f"(threshold {NOISE_THRESHOLD_HU:g} HU; soft calcium-scoring kernels give 5-20 HU): noise "
                          "over 130 HU would be scored as calcium. Use a soft-tissue (standard) reconstruction.")
-        refusals.append(nc["message"])
     else:
         nc["verdict"] = "ok" if noise is not None else "unknown"
     checks["noise"] = nc
@@ -419,21 +414,20 @@ def triage(scan) -> Triage:
         kc["message"] = (f"sharp reconstruction kernel {kernel!r} ({meta.get('manufacturer') or 'unknown maker'}): "
                          "calcium scores are defined on a soft-tissue kernel; a sharp kernel's noise and edge "
                          "overshoot inflate them.")
-        refusals.append(kc["message"])
     checks["kernel"] = kc
 
-    # slices and kVp (their warnings are the reader's)
-    thick = meta.get("slice_thickness_mm")
-    inc = spacing[0]
-    bad_thick = thick is not None and not 2.5 - 1e-3 <= thick <= 3.0 + 1e-3
-    bad_inc = not 2.5 - 1e-3 <= inc <= 3.0 + 1e-3 and (thick is None or abs(inc - thick) > 1e-3)
-    checks["slices"] = {"thickness_mm": thick, "increment_mm": round(inc, 4), "range_mm": [2.5, 3.0],
-                        "verdict": "warn" if bad_thick or bad_inc else "ok"}
+    # slices and kVp: the reader's rule (and warnings), reported here as verdicts
+    flags = acquisition_flags(spacing, meta)
+    checks["slices"] = {"thickness_mm": meta.get("slice_thickness_mm"), "increment_mm": round(spacing[0], 4),
+                        "range_mm": [2.5, 3.0], "verdict": "warn" if flags["thickness"] or flags["increment"] else "ok"}
     kvp = meta.get("kvp")
     checks["kvp"] = {"kvp": kvp, "expected": 120,
-                     "verdict": "unknown" if kvp is None else "warn" if abs(kvp - 120) > 0.5 else "ok"}
+                     "verdict": "unknown" if kvp is None else "warn" if flags["kvp"] else "ok"}
 
     verdicts = [c["verdict"] for c in checks.values()]
     verdict = "refuse" if "refuse" in verdicts else "warn" if "warn" in verdicts else "ok"
+    # the messages of the checks that refuse or warn (the slice and kVp checks carry none: the reader warns)
+    refusals = [c["message"] for c in checks.values() if c["verdict"] == "refuse"]
+    warnings = [c["message"] for c in checks.values() if c["verdict"] == "warn" and "message" in c]
     return Triage(verdict=verdict, checks=checks, warnings=warnings, refusals=refusals,
                   heart_mask=heart, block=f)  # type: ignore[arg-type]
