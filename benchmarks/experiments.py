@@ -13,12 +13,22 @@
   and ensemble, ICC of each artery's Agatston score, and the number of arteries
   with calcium (CAC-DRS N's count).
 
+``--background NAME --backgrounds ROOT`` scores a held-out *real patient*
+instead of phantoms: ``--n`` copies of that traced patient's reconstructions
+under ROOT (``src/cacnet/train/anatomy/NAME.json``), augmented, with calcium
+of categories A-E inserted along the traced coronaries and look-alikes on the
+aortic wall, valve and annulus (``cacnet.train.iter_inserted_scans``; case i
+is reconstruction i % R, with seed ``[HELD_OUT_SEED * 1000 + r, i // R]``).
+Weights trained with ``--hold-out-background NAME`` never saw that patient:
+the leave-one-background-out check. The cases are written to --cache (required).
+
 Rows of an earlier run's Table 1 (other weights, scored on the same cases) can
 be carried over with ``--keep-rows results.json``, so that one run need not
 score every weight set again.
 
 Run:  python benchmarks/experiments.py [--n 100] [--weights weights] [--label shipped]
              [--compare LABEL=DIR ...] [--keep-rows OLD/results.json] [--cache DIR] [--out docs/experiments]
+             [--background NAME --backgrounds ROOT]
 Writes results.json, tables.md, confusion.png and overlays.png into --out.
 """
 
@@ -75,6 +85,38 @@ def held_out_case(i: int, cache: Path | None) -> dict:
     return {"hu": case.hu, "labels": case.labels, "spacing": case.spacing, **info}
 
 
+def background_case(i: int, n: int, name: str, root: Path, cache: Path) -> dict:
+    """Case ``i`` of the held-out real patient ``name`` (see the module docstring), from ``cache`` when there.
+
+    The first call makes and caches all ``n`` cases (each reconstruction is read once).
+    """
+    from cacnet.train import ANATOMY_DIR, find_backgrounds, iter_inserted_scans
+
+    path = cache / f"{name}_{i:04d}.npz"
+    if not path.exists():
+        others = [json.loads(f.read_text())["name"] for f in sorted(ANATOMY_DIR.glob("*.json"))]
+        found, _ = find_backgrounds(root, hold_out=[o for o in others if o != name])
+        cache.mkdir(parents=True, exist_ok=True)
+        for r, b in enumerate(found):
+            indices = [k // len(found) for k in range(n) if k % len(found) == r]
+            for j, ins, params in iter_inserted_scans(b.path, b.tracing_path, indices, HELD_OUT_SEED * 1000 + r):
+                k = j * len(found) + r
+                info = {"id": f"{b.slug}_held_out_{j:03d}", "true": ins.truth.agatston,
+                        "true_category": ins.truth.category,
+                        "faint_lesion": any(o["faint"] for o in ins.meta["objects"] if o["label"]),
+                        "mitral_annulus": "mitral_annulus" in ins.meta["lookalikes"],
+                        "lookalikes": ins.meta["lookalikes"], "source": b.scan}
+                tmp = cache / f".{name}_{k:04d}.tmp.npz"
+                np.savez_compressed(tmp, hu=ins.hu.astype(np.int16), labels=ins.labels,
+                                    spacing=np.array(ins.spacing), info=json.dumps(info))
+                tmp.replace(cache / f"{name}_{k:04d}.npz")
+                print(f"made held-out case {k}: {info['id']} ({info['true_category']}, {info['true']:.1f})",
+                      flush=True)
+    with np.load(path) as z:
+        return {"hu": z["hu"], "labels": z["labels"], "spacing": tuple(z["spacing"].tolist()),
+                **json.loads(str(z["info"]))}
+
+
 def model_scores(ens: Ensemble, hu, spacing, grid, x):
     """Ensemble labels, ensemble Agatston and each single model's Agatston of one case."""
     classes = list(ens.predict(x))
@@ -109,12 +151,20 @@ def main() -> None:
     parser.add_argument("--label", default="shipped", help="Table 1 label of --weights")
     parser.add_argument("--keep-rows", type=Path, default=None, metavar="RESULTS_JSON",
                         help="carry over Table 1 rows of an earlier run on the same cases (labels not scored now)")
+    parser.add_argument("--background", default=None, metavar="NAME",
+                        help="score inserted-calcium copies of this traced real patient instead of phantoms")
+    parser.add_argument("--backgrounds", type=Path, default=None, metavar="ROOT",
+                        help="the real-CT folder the tracings name (with --background)")
     args = parser.parse_args()
+    if args.background is not None and (args.backgrounds is None or args.cache is None):
+        parser.error("--background needs --backgrounds ROOT and --cache DIR")
+    case_set = f"background:{args.background}" if args.background else "phantoms"
     args.out.mkdir(parents=True, exist_ok=True)
     old = None
     if args.keep_rows is not None:  # checked before the long run
         old = json.loads(args.keep_rows.read_text())["summary"]
-        if old.get("n_cases") != args.n or old.get("held_out_seed") != HELD_OUT_SEED:
+        if (old.get("n_cases") != args.n or old.get("held_out_seed") != HELD_OUT_SEED
+                or old.get("set", "phantoms") != case_set):
             raise SystemExit(f"{args.keep_rows}: scored on other cases ({old.get('n_cases')} of seed "
                              f"{old.get('held_out_seed')}); its rows cannot be compared with {args.n} cases")
     ens = Ensemble(args.weights, device="cpu")
@@ -127,7 +177,8 @@ def main() -> None:
     overlays = []
     t0 = time.perf_counter()
     for i in range(args.n):
-        case = held_out_case(i, args.cache)
+        case = (background_case(i, args.n, args.background, args.backgrounds, args.cache) if args.background
+                else held_out_case(i, args.cache))
         hu, spacing, truth_labels = case["hu"].astype(np.float32), case["spacing"], case["labels"]
         grid = coarse_grid(hu.shape, spacing)
         x = normalize(downsample(hu, grid))
@@ -153,7 +204,7 @@ def main() -> None:
             "ensemble": ens_score.agatston, "singles": singles, "threshold_130": thr, "heart_region_130": heart,
             "faint_lesion": case["faint_lesion"], "mitral_annulus": case["mitral_annulus"],
             "lookalikes": case["lookalikes"], "detection": det.to_dict(), "compared": compared,
-            "arteries": arteries,
+            "arteries": arteries, **({"source": case["source"]} if "source" in case else {}),
         })
         if len(overlays) < 4 and case["true_category"] in "BCDE"[len(overlays)]:
             z = int(np.argmax((truth_labels > 0).sum(axis=(1, 2)) + (labels > 0).sum(axis=(1, 2))))
@@ -166,7 +217,7 @@ def main() -> None:
     true_cats = [r["true_category"] for r in rows]
     single = [metrics([r["singles"][m] for r in rows], true_cats) for m in range(n_models)]
     res = {
-        "n_cases": len(rows), "held_out_seed": HELD_OUT_SEED, "seconds": round(seconds, 1),
+        "n_cases": len(rows), "held_out_seed": HELD_OUT_SEED, "set": case_set, "seconds": round(seconds, 1),
         "ensemble": metrics([r["ensemble"] for r in rows], true_cats),
         "single_models": {k: {"mean": statistics.mean(s[k] for s in single),
                               "sd": statistics.stdev(s[k] for s in single) if len(single) > 1 else 0.0}
@@ -227,7 +278,9 @@ def main() -> None:
 
     sm = res["single_models"]
     lines = [
-        f"Held-out phantoms: {len(rows)} cases (seed {HELD_OUT_SEED}, balanced A-E)",
+        (f"Held-out phantoms: {len(rows)} cases (seed {HELD_OUT_SEED}, balanced A-E)" if not args.background else
+         f"Held-out real patient {args.background}: {len(rows)} inserted-calcium cases on its reconstructions "
+         f"(seed {HELD_OUT_SEED}, balanced A-E)"),
         "",
         "| method | C-index | accuracy | linear kappa |",
         "|---|---|---|---|",

@@ -11,8 +11,8 @@ from ._data import (BatchSampler, Case, PatchSampler, PhantomStream, dataset_cas
                     pad_to_multiple, phantom_cases, save_case, split_by_id)
 from ._ensemble import TRAIN_SET_SEED, VAL_SET_SEED, default_mix, negative_cases, train_ensemble
 from ._export import export_onnx, sha256, state_from_onnx, write_manifest
-from ._insert import (InsertedCase, augment_scan, insert_calcium, inserted_cases, iter_inserted_cases, load_tracing,
-                      resample_for_cac)
+from ._insert import (InsertedCase, augment_scan, insert_calcium, inserted_cases, iter_inserted_cases,
+                      iter_inserted_scans, load_tracing, resample_for_cac)
 from ._joint import TrainData, load_start_state, train_models
 from ._loop import CANDIDATE_X, TrainConfig, bf16_supported, dice_ce_loss, evaluate, learning_rate, pooled
 from ._model import ARCHITECTURE, UNet3D
@@ -23,6 +23,7 @@ __all__ = [
     "learning_rate", "load_case", "load_start_state", "negative_case", "negative_cases", "pad_to_multiple",
     "phantom_cases", "pooled", "save_case", "sha256", "split_by_id", "state_from_onnx", "train_ensemble",
     "train_models", "write_manifest", "TRAIN_SET_SEED", "VAL_SET_SEED",
-    "InsertedCase", "augment_scan", "insert_calcium", "inserted_cases", "iter_inserted_cases", "load_tracing",
-    "resample_for_cac", "ANATOMY_DIR", "BACKGROUND_SEED", "Background", "find_backgrounds", "make_background_cases",
+    "InsertedCase", "augment_scan", "insert_calcium", "inserted_cases", "iter_inserted_cases", "iter_inserted_scans",
+    "load_tracing", "resample_for_cac", "ANATOMY_DIR", "BACKGROUND_SEED", "Background", "find_backgrounds",
+    "make_background_cases",
 ]

@@ -771,24 +771,21 @@ def inserted_cases(scan_path, tracing_path, n: int, seed: int, *, augment: bool 
                                     lookalikes=lookalikes))
 
 
-def iter_inserted_cases(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
-                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
-                        name: Optional[str] = None):
-    """The cases ``indices`` of :func:`inserted_cases` (the same cases), yielded as they are made.
+def iter_inserted_scans(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
+                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True):
+    """The full-resolution scans behind :func:`iter_inserted_cases`: ``(i, InsertedCase, augment_params)``.
 
-    The scan is read once. Case ids are ``<name>_ins<seed>_<i:03d>``; ``name``
-    defaults to the tracing's name.
+    The scan is read once; case ``i`` uses ``numpy.random.default_rng([seed, i])``
+    and category ``"ABCDE"[i % 5]``. Evaluation on a held-out patient scores
+    these on their own grid (``benchmarks/experiments.py --background``).
     """
     from ..io import read_scan
-    from ..preprocess import downsample_labels, preprocess
-    from ._data import Case
 
     tracing = load_tracing(tracing_path)
     scan = read_scan(scan_path)
     if resample is not None:
         scan = resample_for_cac(scan, *resample)
     thick = scan.meta.get("slice_thickness_mm")
-    name = name or tracing.get("name") or scan.id
     # The sharpness of the original: resampled copies have artificial edges where the field of view was cut.
     psf, _ = estimate_psf_sigma(scan.hu, scan.spacing)
     for i in indices:
@@ -803,6 +800,23 @@ def iter_inserted_cases(scan_path, tracing_path, indices: Sequence[int], seed: i
             except RuntimeError:
                 if attempt == 3:
                     raise
+        yield i, ins, params
+
+
+def iter_inserted_cases(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
+                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
+                        name: Optional[str] = None):
+    """The cases ``indices`` of :func:`inserted_cases` (the same cases), yielded as they are made.
+
+    The scan is read once (:func:`iter_inserted_scans`). Case ids are
+    ``<name>_ins<seed>_<i:03d>``; ``name`` defaults to the tracing's name.
+    """
+    from ..preprocess import downsample_labels, preprocess
+    from ._data import Case
+
+    name = name or load_tracing(tracing_path).get("name") or Path(str(scan_path)).name
+    for i, ins, params in iter_inserted_scans(scan_path, tracing_path, indices, seed, augment=augment,
+                                              resample=resample, lookalikes=lookalikes):
         x, grid = preprocess(ins.hu, ins.spacing)
         y = downsample_labels(ins.labels, grid)
         meta = {"category": ins.truth.category, "agatston": ins.truth.agatston, "inserted": True,
