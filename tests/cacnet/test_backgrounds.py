@@ -123,6 +123,25 @@ def test_train_ensemble_on_backgrounds_with_a_held_out_patient(fake_real_ct, tmp
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 1
 
 
+def test_background_validation_cases_are_other_cases_of_the_training_patients(fake_real_ct, tmp_path):
+    root, tracings = fake_real_ct
+    out = _run_folder(tmp_path / "run")
+    cfg = TrainConfig(steps=1, batch=2, patch=(8, 16, 16), val_every=1, checkpoint_every=1, threads=2)
+    manifest = train_ensemble(out, phantoms=2, val_phantoms=1, models=1, config=cfg, workers=1,
+                              backgrounds=root, background_cases=1, val_background_cases=1,
+                              hold_out_backgrounds=["other"], tracings_dir=tracings)
+    t = json.loads(manifest.read_text())["training"]
+    bg = t["backgrounds"]
+    train_ids = [i for r in bg["reconstructions"] for i in r["ids"]]
+    val_ids = [i for r in bg["validation_reconstructions"] for i in r["ids"]]
+    assert len(train_ids) == len(val_ids) == 2 and not set(train_ids) & set(val_ids)
+    assert [r["scan"] for r in bg["validation_reconstructions"]] == [r["scan"] for r in bg["reconstructions"]]
+    assert {r["seed"] for r in bg["validation_reconstructions"]}.isdisjoint(r["seed"] for r in bg["reconstructions"])
+    assert t["train_cases"] == 2 + 2 and t["val_cases"] == 1 + 2  # phantoms + backgrounds, both ways
+    assert "2 real backgrounds with other inserted calcium" in t["validation"]
+    assert not any(i.startswith("other") for i in val_ids)  # the held-out patient never validates either
+
+
 def test_cac_train_backgrounds_cli(fake_real_ct, tmp_path):
     from typer.testing import CliRunner
 
@@ -149,4 +168,6 @@ def test_cac_train_backgrounds_cli(fake_real_ct, tmp_path):
                                    "--tracings", str(tracings), "--hold-out-background", "nobody"])
     assert res.exit_code == 2 and "nobody" in res.output
     res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--hold-out-background", "tiny"])
+    assert res.exit_code == 2 and "need --backgrounds" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--val-background-cases", "1"])
     assert res.exit_code == 2 and "need --backgrounds" in res.output

@@ -77,3 +77,29 @@ def test_cac_eval_refuses_like_score_and_takes_force(tmp_path):
     forced = subprocess.run(cmd + ["--force"], capture_output=True, text=True, encoding="utf-8")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)["n"] == 1
+
+
+@pytest.mark.parametrize("fov_mm", [150.0, 200.0, 250.0])
+def test_triage_accepts_heart_zoomed_calcium_score_geometry(fov_mm, tmp_path):
+    """Gated calcium-score CT is reconstructed heart-zoomed (150-250 mm, 0.3-0.5 mm pixels, 3 mm slices):
+    a real heart resampled to that geometry, centred on the traced coronaries, must not be refused."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from cacnet.train import ANATOMY_DIR
+
+    tracing = json.loads((ANATOMY_DIR / "lung_pet_ct_dx_a0002.json").read_text())["structures"]
+    centre = np.mean([p for k in ("LM", "LAD", "LCX", "RCA") for p in tracing[k]], axis=0)  # LPS x, y, z mm
+    src = sitk.ReadImage(str(DATA / "a0002_B40f.nii.gz"))
+    px, dz = fov_mm / 512, 3.0
+    top = src.TransformIndexToPhysicalPoint((0, 0, src.GetSize()[2] - 1))[2]
+    bottom = src.TransformIndexToPhysicalPoint((0, 0, 0))[2]
+    lo, hi = min(top, bottom), max(top, bottom)
+    ref = sitk.Image(512, 512, int((hi - lo) // dz), sitk.sitkInt16)
+    ref.SetSpacing((px, px, dz))
+    ref.SetOrigin((centre[0] - fov_mm / 2, centre[1] - fov_mm / 2, lo))
+    zoomed = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+    sitk.WriteImage(zoomed, str(tmp_path / "zoomed.nii.gz"))
+    t = triage(read_scan(tmp_path / "zoomed.nii.gz")).to_dict()
+    assert t["verdict"] != "refuse", t["checks"]
+    assert t["checks"]["heart"]["verdict"] == "ok" and t["checks"]["contrast"]["verdict"] == "ok"

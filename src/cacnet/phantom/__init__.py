@@ -2,8 +2,9 @@
 
 from ._calcium import LOOKALIKES
 from ._batch import case_seed, make_phantoms
-from ._generate import CATEGORY_TARGETS, ORIENTATIONS, Acquisition, PhantomCase, generate_phantom
+from ._generate import CATEGORY_TARGETS, ORIENTATIONS, VARIANTS, Acquisition, PhantomCase, generate_phantom
 
 from ._write import oriented_image, write_case
 
-__all__ = ["generate_phantom", "make_phantoms", "write_case", "oriented_image", "case_seed", "PhantomCase", "Acquisition", "LOOKALIKES", "ORIENTATIONS", "CATEGORY_TARGETS"]
+__all__ = ["generate_phantom", "make_phantoms", "write_case", "oriented_image", "case_seed", "PhantomCase", "Acquisition", "LOOKALIKES", "ORIENTATIONS", "CATEGORY_TARGETS",
+           "VARIANTS"]

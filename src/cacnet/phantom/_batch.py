@@ -41,18 +41,20 @@ def make_phantoms(
     preview: bool = False,
     size: int = 512,
     on_case: Optional[Callable[[str], None]] = None,
+    variant: str = "default",
 ) -> list[dict]:
     """Generate ``n`` cases into ``outdir``; write truth.csv and points.csv.
 
     Returns the truth rows. Case ``i`` is ``phantom_<seed>_<i>`` and is the
-    same whatever ``n`` is.
+    same whatever ``n`` is. ``variant`` picks the generator
+    (:func:`cacnet.phantom.generate_phantom`); truth.csv records it.
     """
     outdir = Path(outdir)
     truth_rows, point_rows = [], []
     for i, cat in enumerate(plan_categories(n, category, balanced)):
         case_id = f"phantom_{seed}_{i:04d}"
         case = generate_phantom(case_seed(seed, i), category=cat, hard_fraction=hard_fraction,
-                                lookalike_rate=lookalike_rate, case_id=case_id, size=size)
+                                lookalike_rate=lookalike_rate, case_id=case_id, size=size, variant=variant)
         row, points = write_case(case, outdir, preview=preview)
         truth_rows.append(row)
         point_rows.extend(points)

@@ -85,6 +85,42 @@ class Grid:
         )
         return b, inside.mean(axis=(3, 4, 5), dtype=np.float32)
 
+    # -- distances (no image needed) -------------------------------------------
+    def edge_width(self, nz: np.ndarray | float) -> np.ndarray | float:
+        """Width (mm) of a partial-volume edge whose normal has z-component nz."""
+        px = self.spacing[2]
+        return np.sqrt(px * px + (self.thickness * nz) ** 2) + 1e-6
+
+    def ellipsoid_distance(self, center, axes_mat, radii, box, coords: bool = False):
+        """Signed distance (mm, first order) to an oriented ellipsoid on ``box``.
+
+        Returns ``(sd, width, t)``: the distance (negative inside), the
+        partial-volume edge width (:meth:`edge_width` of the surface normal)
+        and, with ``coords``, the normalised coordinates ``t`` (one array per
+        row of ``axes_mat``: the position along that axis over its radius;
+        ``None`` without ``coords``), all float32 arrays of the box's shape.
+        """
+        b = box
+        z = (self.axes[0][b[0]] - center[0]).astype(np.float32)[:, None, None]
+        y = (self.axes[1][b[1]] - center[1]).astype(np.float32)[None, :, None]
+        x = (self.axes[2][b[2]] - center[2]).astype(np.float32)[None, None, :]
+        q = np.zeros((z.shape[0], y.shape[1], x.shape[2]), dtype=np.float32)
+        g = [np.zeros_like(q) for _ in range(3)]
+        kept = []
+        for axis, rad in zip(axes_mat, radii):
+            t = (np.float32(axis[0] / rad) * z + np.float32(axis[1] / rad) * y) + np.float32(axis[2] / rad) * x
+            q += t * t
+            for i in range(3):
+                g[i] += t * np.float32(axis[i] / rad)
+            if coords:
+                kept.append(t)
+        rho = np.sqrt(q)
+        gn = np.sqrt(g[0] * g[0] + g[1] * g[1] + g[2] * g[2])
+        # grad of rho = g / rho; signed distance ~ (rho - 1) / |grad rho|
+        sd = (rho - 1.0) * rho / np.maximum(gn, 1e-6)
+        width = self.edge_width(np.abs(g[0]) / np.maximum(gn, 1e-6)).astype(np.float32)
+        return sd, width, (kept if coords else None)
+
 
 @dataclass
 class Canvas(Grid):
@@ -100,11 +136,6 @@ class Canvas(Grid):
         self.cal_id = np.zeros(self.shape, dtype=np.int16)
 
     # -- analytic soft-edged structures -------------------------------------
-    def edge_width(self, nz: np.ndarray | float) -> np.ndarray | float:
-        """Width (mm) of a partial-volume edge whose normal has z-component nz."""
-        px = self.spacing[2]
-        return np.sqrt(px * px + (self.thickness * nz) ** 2) + 1e-6
-
     def paint(self, box, occ: np.ndarray, value) -> None:
         """Composite: hu = hu + occ * (value - hu) inside ``box``."""
         view = self.hu[box]
@@ -141,35 +172,26 @@ class Canvas(Grid):
         occ3 = occ[None] if z_range is None else occ[None] * zw[:, None, None].astype(np.float32)
         self.paint(b, occ3, value)
 
-    def ellipsoid_layers(self, center, axes_mat, radii, layers) -> None:
+    def ellipsoid_layers(self, center, axes_mat, radii, layers, tight: bool = False) -> None:
         """Nested oriented ellipsoids sharing axes: ``layers`` = [(offset_mm, value)].
 
         Rows of ``axes_mat`` are unit axes (z, y, x). Each layer is the
         ellipsoid grown by its offset, drawn outermost first; the signed
         distance is computed once (first order) and shifted per layer.
+        ``tight`` computes only inside the ellipsoid's own bounding box (the
+        extent along each axis) instead of a cube of its largest radius:
+        faster for elongated shapes, not bit-identical at the far edges of
+        the first-order distance.
         """
         layers = sorted(layers, key=lambda lv: -lv[0])
         grow = max(0.0, layers[0][0])
         r = float(max(radii)) + grow
+        if tight:
+            r = np.sqrt(((np.asarray(radii, float)[:, None] * np.asarray(axes_mat, float)) ** 2).sum(axis=0)) + grow
         b = self.box(np.subtract(center, r), np.add(center, r), (self.thickness, 2, 2))
         if b is None:
             return
-        z = (self.axes[0][b[0]] - center[0]).astype(np.float32)[:, None, None]
-        y = (self.axes[1][b[1]] - center[1]).astype(np.float32)[None, :, None]
-        x = (self.axes[2][b[2]] - center[2]).astype(np.float32)[None, None, :]
-        q = np.zeros((z.shape[0], y.shape[1], x.shape[2]), dtype=np.float32)
-        g = [np.zeros_like(q) for _ in range(3)]
-        for axis, rad in zip(axes_mat, radii):
-            t = (np.float32(axis[0] / rad) * z + np.float32(axis[1] / rad) * y) + np.float32(axis[2] / rad) * x
-            q += t * t
-            for i in range(3):
-                g[i] += t * np.float32(axis[i] / rad)
-        rho = np.sqrt(q)
-        gn = np.sqrt(g[0] * g[0] + g[1] * g[1] + g[2] * g[2])
-        # grad of rho = g / rho; signed distance ~ (rho - 1) / |grad rho|
-        sd = (rho - 1.0) * rho / np.maximum(gn, 1e-6)
-        width = self.edge_width(np.abs(g[0]) / np.maximum(gn, 1e-6)).astype(np.float32)
-        del q, g, gn, rho
+        sd, width, _ = self.ellipsoid_distance(center, axes_mat, radii, b)
         for offset, value in layers:
             occ = np.clip(0.5 - (sd - np.float32(offset)) / width, 0.0, 1.0)
             self.paint(b, occ, value)

@@ -15,7 +15,8 @@ from ._anatomy import ARTERIES, draw_anatomy, sample_anatomy
 from ._calcium import LOOKALIKES, Calcification, sample_lookalikes, sample_plaque
 from ._canvas import Canvas
 
-__all__ = ["PhantomCase", "Acquisition", "generate_phantom", "ORIENTATIONS", "CATEGORY_TARGETS"]
+__all__ = ["PhantomCase", "Acquisition", "PhantomSteps", "generate_phantom", "ORIENTATIONS", "CATEGORY_TARGETS",
+           "VARIANTS"]
 
 #: How the case is stored on disk: (order of canonical axes, flipped written axes).
 #: Canonical is (z, y, x) with identity direction; all keep slices axial.
@@ -240,6 +241,83 @@ class _CategoryNotReached(RuntimeError):
     pass
 
 
+class PhantomSteps:
+    """How a generator variant samples and draws a case, step by step.
+
+    :func:`generate_phantom` calls the steps in this order with one random
+    generator; everything after them (coronary plaques, the category loop,
+    the truth rule, annotation points) is shared by all variants. This class
+    is the default generator; :mod:`cacnet.phantom._varied` overrides steps.
+    """
+
+    name = "default"
+
+    def acquisition(self, rng: np.random.Generator, size: int) -> Acquisition:
+        """Scanner settings of the case (``size``: in-plane matrix)."""
+        return _sample_acquisition(rng)
+
+    def lookalike_kinds(self, rng: np.random.Generator, target: str, hard_fraction: float,
+                        lookalike_rate: float) -> tuple[bool, bool, list[str]]:
+        """(faint coronary lesion, mitral annulus calcification, look-alike kinds)."""
+        faint = target != "A" and rng.random() < hard_fraction
+        mac = rng.random() < hard_fraction
+        kinds = [k for k in LOOKALIKES if k != "mitral_annulus" and rng.random() < lookalike_rate]
+        if mac:
+            kinds.append("mitral_annulus")
+        return faint, mac, kinds
+
+    def geometry(self, rng: np.random.Generator, acq: Acquisition,
+                 size: int) -> tuple[tuple[int, int, int], tuple[float, float, float], tuple[float, float, float]]:
+        """(shape, spacing, origin) of the volume; the heart is sampled near the origin."""
+        spacing = (acq.increment_mm, acq.pixel_mm, acq.pixel_mm)
+        shape = (acq.n_slices, size, size)
+        center = np.array([rng.normal(-5, 6), rng.normal(0, 6), rng.normal(0, 6)])
+        origin = tuple(float(np.float32(c - (n - 1) / 2 * s)) for c, n, s in zip(center, shape, spacing))
+        return shape, spacing, origin  # type: ignore[return-value]
+
+    def anatomy(self, rng: np.random.Generator, canvas: Canvas) -> Any:
+        """Sample the anatomy and draw its tissues into ``canvas``."""
+        anat = sample_anatomy(rng, (canvas.axes[0][0], canvas.axes[0][-1]))
+        draw_anatomy(canvas, anat, rng)
+        return anat
+
+    def lookalikes(self, rng: np.random.Generator, anat: Any, kinds: list[str]) -> list[Calcification]:
+        """The look-alike calcifications of ``kinds``."""
+        return sample_lookalikes(rng, anat, kinds)
+
+    def extra_meta(self, anat: Any, lookalikes: list[Calcification]) -> dict[str, Any]:
+        """Variant-specific entries of ``PhantomCase.meta`` (none for the default)."""
+        return {}
+
+    def lookalike_id(self, kind: str) -> int:
+        """The (negative) calcium-layer id of a look-alike kind (see :data:`LOOKALIKES`)."""
+        return LOOKALIKES[kind]
+
+    def background(self, rng: np.random.Generator, canvas: Canvas, clean: np.ndarray, acq: Acquisition,
+                   anat: Any, lookalikes: list[Calcification]) -> np.ndarray:
+        """The scanned image without coronary calcium: kernel, noise through the kernel, HU offset."""
+        noise = rng.standard_normal(canvas.shape, dtype=np.float32)
+        noise *= np.float32(acq.noise_sd / _noise_gain(acq))
+        noise += clean
+        base = _blur(noise, acq)
+        base += np.float32(acq.hu_offset)
+        return base
+
+
+def _steps(variant: str) -> PhantomSteps:
+    if variant == "default":
+        return PhantomSteps()
+    if variant == "varied":
+        from ._varied import VariedSteps
+
+        return VariedSteps()
+    raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}.")
+
+
+#: Generator variants (see :func:`generate_phantom`).
+VARIANTS = ("default", "varied")
+
+
 def generate_phantom(
     seed: int,
     *,
@@ -248,6 +326,7 @@ def generate_phantom(
     lookalike_rate: float = 0.4,
     case_id: Optional[str] = None,
     size: int = 512,
+    variant: str = "default",
 ) -> PhantomCase:
     """Generate one synthetic non-contrast cardiac CT with exact ground truth.
 
@@ -269,47 +348,54 @@ def generate_phantom(
     case_id : str, optional
     size : int, default 512
         In-plane matrix size (smaller only for quick tests).
+    variant : {"default", "varied"}, default "default"
+        Which generator. ``"default"`` is the generator the shipped models
+        were trained on (bit-for-bit stable). ``"varied"``
+        (:mod:`cacnet.phantom._varied`) varies far more: a heart with
+        chambers, septum and fat-filled grooves, epicardial and pericardial
+        fat of varying thickness, heart size, position and axis, heart-zoomed
+        and whole-chest fields of view, very soft to sharp lung kernels with
+        CT-like noise texture, 2.5-5 mm slices, vendor HU offsets, beam
+        hardening and streaks, frequent aortic wall and root calcification,
+        sternal wires. Its look-alikes reuse the ids of :data:`LOOKALIKES`
+        (``meta["lookalike_detail"]`` names them); the aortic ones follow a
+        drawn "vascular age", ``lookalike_rate`` scales the rarer kinds
+        (pericardium, costal cartilage, pacing lead, sternal wire) and
+        ``hard_fraction`` sets the faint lesion (and a floor for mitral
+        annulus calcification).
 
     Returns
     -------
     PhantomCase
     """
+    steps = _steps(variant)
     for attempt in range(8):
         try:
             return _generate(seed, attempt, category=category, hard_fraction=hard_fraction,
-                             lookalike_rate=lookalike_rate, case_id=case_id, size=size)
+                             lookalike_rate=lookalike_rate, case_id=case_id, size=size, steps=steps)
         except _CategoryNotReached:
             continue
     raise RuntimeError(f"phantom seed {seed}: category {category} not reached in 8 attempts")
 
 
-def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id, size) -> PhantomCase:
+def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id, size, steps) -> PhantomCase:
     if category is not None and category not in CATEGORY_TARGETS:
         raise ValueError(f"category must be one of A-E; got {category!r}.")
     if not 0 <= hard_fraction <= 1 or not 0 <= lookalike_rate <= 1:
         raise ValueError("hard_fraction and lookalike_rate must lie in [0, 1].")
     rng = np.random.default_rng([seed, attempt] if attempt else seed)
     target = category or str(rng.choice(list(CATEGORY_TARGETS)))
-    acq = _sample_acquisition(rng)
-    faint = target != "A" and rng.random() < hard_fraction
-    mac = rng.random() < hard_fraction
-    kinds = [k for k in LOOKALIKES if k != "mitral_annulus" and rng.random() < lookalike_rate]
-    if mac:
-        kinds.append("mitral_annulus")
+    acq = steps.acquisition(rng, size)
+    faint, mac, kinds = steps.lookalike_kinds(rng, target, hard_fraction, lookalike_rate)
 
-    spacing = (acq.increment_mm, acq.pixel_mm, acq.pixel_mm)
-    shape = (acq.n_slices, size, size)
-    center = np.array([rng.normal(-5, 6), rng.normal(0, 6), rng.normal(0, 6)])
-    origin = tuple(float(np.float32(c - (n - 1) / 2 * s)) for c, n, s in zip(center, shape, spacing))
-    canvas = Canvas(shape=shape, spacing=spacing, origin=origin, thickness=acq.thickness_mm)  # type: ignore[arg-type]
-    z_range = (canvas.axes[0][0], canvas.axes[0][-1])
-    anat = sample_anatomy(rng, z_range)
-    draw_anatomy(canvas, anat, rng)
+    shape, spacing, origin = steps.geometry(rng, acq, size)
+    canvas = Canvas(shape=shape, spacing=spacing, origin=origin, thickness=acq.thickness_mm)
+    anat = steps.anatomy(rng, canvas)
 
     # Look-alikes into the calcium layer, composited into the clean image.
-    lookalikes = sample_lookalikes(rng, anat, kinds)
+    lookalikes = steps.lookalikes(rng, anat, kinds)
     for calc in lookalikes:
-        canvas.calcium(calc.centers, calc.radii, calc.value_hu, LOOKALIKES[calc.kind])
+        canvas.calcium(calc.centers, calc.radii, calc.value_hu, steps.lookalike_id(calc.kind))
     look_idx = np.nonzero(canvas.cal_occ)
     look_contrib = canvas.cal_occ[look_idx] * (canvas.cal_hu[look_idx] - canvas.hu[look_idx])
     look_kind = canvas.cal_id[look_idx]
@@ -318,13 +404,8 @@ def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id
     clean = canvas.hu
     del canvas.cal_occ, canvas.cal_hu, canvas.cal_id
 
-    # Kernel and noise: white noise through the same kernel as the image.
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    noise *= np.float32(acq.noise_sd / _noise_gain(acq))
-    noise += clean
-    base = _blur(noise, acq)
-    base += np.float32(acq.hu_offset)
-    del noise
+    # Kernel and noise: noise through the same kernel as the image.
+    base = steps.background(rng, canvas, clean, acq, anat, lookalikes)
 
     # Coronary plaques, adjusted until the truth score is in the target category.
     plaques = _Plaques(canvas, clean, acq)
@@ -406,7 +487,9 @@ def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id
         "merged_with_lookalike": merged,
         "thickness_mm": acq.thickness_mm,
         "attempt": attempt,
+        "variant": steps.name,
     }
+    meta.update(steps.extra_meta(anat, lookalikes))
     return PhantomCase(
         case_id=case_id or f"phantom_{seed}",
         seed=seed,

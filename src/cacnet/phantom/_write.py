@@ -18,6 +18,7 @@ TRUTH_COLUMNS = [
     "id", "agatston", "category", "volume_mm3", "LM", "LAD", "LCX", "RCA", "n_lesions", "cac_drs",
     "target_category", "pixel_mm", "thickness_mm", "increment_mm", "n_slices", "kernel", "noise_sd",
     "orientation", "lookalikes", "faint_lesion", "mitral_annulus", "noisy", "merged_with_lookalike", "seed",
+    "variant",
 ]
 POINT_COLUMNS = ["id", "lesion", "artery", "label", "x_mm", "y_mm", "z_mm", "k", "j", "i"]
 
@@ -81,6 +82,7 @@ def truth_row(case: PhantomCase) -> dict[str, Any]:
         "noisy": int(m["noisy"]),
         "merged_with_lookalike": m["merged_with_lookalike"],
         "seed": case.seed,
+        "variant": m.get("variant", "default"),
     }
 
 

@@ -6,7 +6,8 @@ train``) prepares the data, runs it and exports ONNX weights with a manifest.
 Never imported by inference.
 """
 
-from ._backgrounds import ANATOMY_DIR, BACKGROUND_SEED, Background, find_backgrounds, make_background_cases
+from ._backgrounds import (ANATOMY_DIR, BACKGROUND_SEED, VAL_BACKGROUND_SEED, Background, find_backgrounds,
+                           make_background_cases, validation_backgrounds)
 from ._data import (BatchSampler, Case, PatchSampler, PhantomStream, dataset_cases, load_case, negative_case,
                     pad_to_multiple, phantom_cases, save_case, split_by_id)
 from ._ensemble import TRAIN_SET_SEED, VAL_SET_SEED, default_mix, negative_cases, train_ensemble
@@ -25,5 +26,5 @@ __all__ = [
     "train_models", "write_manifest", "TRAIN_SET_SEED", "VAL_SET_SEED",
     "InsertedCase", "augment_scan", "insert_calcium", "inserted_cases", "iter_inserted_cases", "iter_inserted_scans",
     "load_tracing", "resample_for_cac", "ANATOMY_DIR", "BACKGROUND_SEED", "Background", "find_backgrounds",
-    "make_background_cases",
+    "make_background_cases", "VAL_BACKGROUND_SEED", "validation_backgrounds",
 ]

@@ -14,20 +14,22 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ._data import Case, load_case, save_case
 from ._insert import iter_inserted_cases, load_tracing
 
-__all__ = ["ANATOMY_DIR", "BACKGROUND_SEED", "Background", "describe_backgrounds", "find_backgrounds",
-           "make_background_cases"]
+__all__ = ["ANATOMY_DIR", "BACKGROUND_SEED", "VAL_BACKGROUND_SEED", "Background", "describe_backgrounds",
+           "find_backgrounds", "make_background_cases", "validation_backgrounds"]
 
 #: The shipped tracings (package data of cacnet.train).
 ANATOMY_DIR = Path(__file__).resolve().parent / "anatomy"
 #: Base of the per-reconstruction seeds (see :func:`find_backgrounds`).
 BACKGROUND_SEED = 2000
+#: Base of the seeds of the validation cases made on the same reconstructions (:func:`validation_backgrounds`).
+VAL_BACKGROUND_SEED = 3000
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,20 @@ class Background:
         return self.scan.strip("/").replace("/", "_")
 
 
-def _seed(scan: str) -> int:
+def _seed(scan: str, base: int = BACKGROUND_SEED) -> int:
     """A stable seed per reconstruction (differs between the reconstructions of one patient)."""
-    return BACKGROUND_SEED * 1000 + zlib.crc32(scan.strip("/").encode()) % 1000
+    return base * 1000 + zlib.crc32(scan.strip("/").encode()) % 1000
+
+
+def validation_backgrounds(backgrounds: Sequence[Background]) -> list[Background]:
+    """The same reconstructions with the validation seeds (base :data:`VAL_BACKGROUND_SEED`).
+
+    Their cases (:func:`make_background_cases`) are other augmentations and
+    other inserted calcium on the training patients: they check that the
+    models find calcium in real anatomy, not how they do on a patient never
+    seen (that is ``--hold-out-background``).
+    """
+    return [replace(b, seed=_seed(b.scan, VAL_BACKGROUND_SEED)) for b in backgrounds]
 
 
 def find_backgrounds(root: Union[str, Path], *, tracings_dir: Optional[Path] = None,
@@ -164,8 +177,7 @@ def make_background_cases(backgrounds: Sequence[Background], n: int, cache: Opti
     return [cases[k, i] for k in range(len(backgrounds)) for i in range(n)]
 
 
-def describe_backgrounds(backgrounds: Sequence[Background], cases: Sequence[Case], n: int, record: dict) -> dict:
-    """The manifest's record of the backgrounds used."""
+def _per_reconstruction(backgrounds: Sequence[Background], cases: Sequence[Case], n: int) -> list[dict]:
     per = []
     for k, b in enumerate(backgrounds):
         mine = cases[k * n:(k + 1) * n]
@@ -175,12 +187,23 @@ def describe_backgrounds(backgrounds: Sequence[Background], cases: Sequence[Case
         per.append({"tracing": b.tracing, "tracing_file": b.tracing_path.name, "scan": b.scan, "seed": b.seed,
                     "cases": len(mine), "categories": dict(sorted(cats.items())),
                     "ids": [c.case_id for c in mine]})
+    return per
+
+
+def describe_backgrounds(backgrounds: Sequence[Background], cases: Sequence[Case], n: int, record: dict,
+                         val_cases: Sequence[Case] = (), n_val: int = 0) -> dict:
+    """The manifest's record of the backgrounds used (and of their validation cases, when ``n_val`` > 0)."""
+    per = _per_reconstruction(backgrounds, cases, n)
+    val = _per_reconstruction(validation_backgrounds(backgrounds), val_cases, n_val) if n_val else []
     return {**{k: v for k, v in record.items() if k != "looked_for"},
             "cases_per_reconstruction": n, "base_seed": BACKGROUND_SEED,
             "seeds": "per reconstruction: base_seed * 1000 + crc32(scan) % 1000; case i uses "
                      "numpy.random.default_rng([seed, i]), category 'ABCDE'[i % 5]",
             "augment": "augment_scan (rotation +-10 deg, scale 0.9-1.1, elastic 2 mm, HU offset +-15, gain +-3 %)",
             "resample": "none (each scan's own geometry)",
-            "validation": "none: background cases only train (validation: phantoms + --data validation splits)",
-            "reconstructions": per}
+            "validation": (f"{n_val} other case(s) per reconstruction (seed base {VAL_BACKGROUND_SEED}: other "
+                           "augmentations and calcium on the training patients) validate with the phantoms"
+                           if n_val else "none: background cases only train (validation: phantoms + --data "
+                           "validation splits)"),
+            "reconstructions": per, **({"validation_reconstructions": val} if val else {})}
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
-__all__ = ["Case", "save_case", "load_case", "phantom_cases", "PhantomStream", "dataset_cases", "split_by_id",
+__all__ = ["Case", "save_case", "load_case", "phantom_cases", "phantom_case_id", "PhantomStream", "dataset_cases",
+           "split_by_id",
            "negative_case", "PatchSampler", "BatchSampler", "pad_to_multiple"]
 
 
@@ -31,11 +32,17 @@ class Case:
     meta: dict
 
 
+def phantom_case_id(set_seed: int, i: int, variant: str = "default") -> str:
+    """Id (and cache file stem) of case ``i`` of a phantom set: ``phantom[-<variant>]_<seed>_<i>``."""
+    return f"phantom_{set_seed}_{i:04d}" if variant == "default" else f"phantom-{variant}_{set_seed}_{i:04d}"
+
+
 def _phantom_case(args) -> Case:
     from ..phantom import case_seed, generate_phantom
 
-    set_seed, i, cat = args
-    case = generate_phantom(case_seed(set_seed, i), category=cat, case_id=f"phantom_{set_seed}_{i:04d}")
+    set_seed, i, cat, variant = args
+    case = generate_phantom(case_seed(set_seed, i), category=cat, case_id=phantom_case_id(set_seed, i, variant),
+                            variant=variant)
     x, grid = preprocess(case.hu.astype(np.float32), case.spacing)
     y = downsample_labels(case.labels, grid)
     meta = {"category": case.truth.category, "agatston": case.truth.agatston, **{
@@ -59,23 +66,25 @@ def load_case(path: Path) -> Case:
 
 
 def phantom_cases(set_seed: int, n: int, cache: Optional[Path] = None, workers: int = 2,
-                  balanced: bool = True, deadline: Optional[float] = None) -> list[Case]:
+                  balanced: bool = True, deadline: Optional[float] = None, variant: str = "default") -> list[Case]:
     """``n`` phantoms of a set (balanced A-E), preprocessed; cached as .npz files.
 
     With ``deadline`` (a ``time.perf_counter()`` value), no new case is waited
     for once it has passed: the cases come in order, and the ones made so far
-    (the first ``k <= n``) are returned.
+    (the first ``k <= n``) are returned. ``variant``: the generator
+    (:func:`cacnet.phantom.generate_phantom`); its cases have their own ids
+    (:func:`phantom_case_id`).
     """
     cats = ["ABCDE"[i % 5] if balanced else None for i in range(n)]
     todo, cases = [], [None] * n
     for i in range(n):
-        path = cache / f"phantom_{set_seed}_{i:04d}.npz" if cache else None
+        path = cache / f"{phantom_case_id(set_seed, i, variant)}.npz" if cache else None
         if path is not None and path.exists():
             cases[i] = load_case(path)
         else:
             todo.append(i)
     if todo:
-        args = [(set_seed, i, cats[i]) for i in todo]
+        args = [(set_seed, i, cats[i], variant) for i in todo]
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
         try:
             made = pool.imap(_phantom_case, args, chunksize=1) if pool else map(_phantom_case, args)
@@ -108,11 +117,12 @@ class PhantomStream:
     ([], 0, True)
     """
 
-    def __init__(self, set_seed: int, n: int, cache: Optional[Path], workers: int = 2, balanced: bool = True):
+    def __init__(self, set_seed: int, n: int, cache: Optional[Path], workers: int = 2, balanced: bool = True,
+                 variant: str = "default"):
         self.cached: list[Case] = []
         todo = []
         for i in range(n):
-            path = cache / f"phantom_{set_seed}_{i:04d}.npz" if cache else None
+            path = cache / f"{phantom_case_id(set_seed, i, variant)}.npz" if cache else None
             if path is not None and path.exists():
                 self.cached.append(load_case(path))
             else:
@@ -124,7 +134,7 @@ class PhantomStream:
         self._stop = threading.Event()
         self._pool = None
         if todo:
-            args = [(set_seed, i, "ABCDE"[i % 5] if balanced else None) for i in todo]
+            args = [(set_seed, i, "ABCDE"[i % 5] if balanced else None, variant) for i in todo]
             threading.Thread(target=self._produce, args=(args, cache, workers), daemon=True).start()
 
     def _produce(self, args: list, cache: Optional[Path], workers: int) -> None:

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from ._backgrounds import describe_backgrounds, find_backgrounds, make_background_cases
+from ._backgrounds import describe_backgrounds, find_backgrounds, make_background_cases, validation_backgrounds
 from ._data import Case, PhantomStream, dataset_cases, load_case, negative_case, phantom_cases, save_case, split_by_id
 from ._export import export_onnx, write_manifest
 from ._joint import TrainData, train_models
@@ -83,9 +83,11 @@ def train_ensemble(
     workers: int = 2,
     backgrounds: Optional[Path] = None,
     background_cases: int = 40,
+    val_background_cases: int = 0,
     hold_out_backgrounds: Sequence[str] = (),
     tracings_dir: Optional[Path] = None,
     on_event: Optional[Callable[[str, dict], None]] = None,
+    phantom_variant: str = "default",
 ) -> Path:
     """Train ``models`` U-Nets together (:func:`train_models`) and export them to ``outdir/weights``.
 
@@ -99,7 +101,9 @@ def train_ensemble(
     tracings, or those in ``tracings_dir``; :func:`make_background_cases`,
     cached in ``outdir/cache/backgrounds``), less the traced patients named
     in ``hold_out_backgrounds``; they join the real training cases (the
-    ``real_per_batch`` patches) and never validate. Each batch mixes them as
+    ``real_per_batch`` patches). ``val_background_cases`` > 0 adds that many
+    other cases per reconstruction (:func:`validation_backgrounds`: other
+    seeds) to the validation cases; otherwise backgrounds never validate. Each batch mixes them as
     ``config`` says (``real_per_batch``, ``neg_per_batch``;
     :func:`default_mix` when 0 and such cases are given). Validation: ``val_phantoms`` phantoms (seed
     VAL_SET_SEED) and the real validation split, pooled; each model keeps the
@@ -108,6 +112,12 @@ def train_ensemble(
     are not cached yet on ``workers`` processes while training starts (a
     resumed run is then not a bit-exact replay: the cases present at each
     step depend on timing); otherwise they are all made (and cached) first.
+
+    ``phantom_variant`` is the generator of the training and validation
+    phantoms (:func:`cacnet.phantom.generate_phantom`; ``"varied"``: far more
+    anatomy and scanner variety), recorded in the manifest; a variant other
+    than the default caches its phantoms in ``cache/train-<variant>`` and
+    ``cache/val-<variant>``.
 
     Everything is cached and checkpointed under ``outdir``: run it again to
     resume. Returns the manifest's path.
@@ -122,13 +132,17 @@ def train_ensemble(
     emit("data_start", {"phantoms": phantoms, "val": val_phantoms, "data": [str(d) for d in data_dirs],
                         "negatives": len(negatives), "backgrounds": [b.scan for b in bgs],
                         "background_cases": background_cases if bgs else 0})
-    val = phantom_cases(VAL_SET_SEED, val_phantoms, cache=outdir / "cache" / "val", workers=workers)
+    suffix = "" if phantom_variant == "default" else f"-{phantom_variant}"
+    val = phantom_cases(VAL_SET_SEED, val_phantoms, cache=outdir / "cache" / f"val{suffix}", workers=workers,
+                        variant=phantom_variant)
     more = None
     if stream and phantoms:
-        more = PhantomStream(TRAIN_SET_SEED, phantoms, cache=outdir / "cache" / "train", workers=workers)
+        more = PhantomStream(TRAIN_SET_SEED, phantoms, cache=outdir / "cache" / f"train{suffix}", workers=workers,
+                             variant=phantom_variant)
         train = more.cached
     else:
-        train = phantom_cases(TRAIN_SET_SEED, phantoms, cache=outdir / "cache" / "train", workers=workers)
+        train = phantom_cases(TRAIN_SET_SEED, phantoms, cache=outdir / "cache" / f"train{suffix}", workers=workers,
+                              variant=phantom_variant)
     fraction = 0.2 if val_fraction is None else val_fraction
     real, real_val, sets = [], [], []
     for d in data_dirs:
@@ -142,6 +156,10 @@ def train_ensemble(
     bg_cases = (make_background_cases(bgs, background_cases, cache=outdir / "cache" / "backgrounds", workers=workers)
                 if bgs else [])
     real += bg_cases  # the same patches of each batch as the --data training cases
+    bg_val = (make_background_cases(validation_backgrounds(bgs), val_background_cases,
+                                    cache=outdir / "cache" / "backgrounds", workers=workers)
+              if bgs and val_background_cases > 0 else [])
+    real_val += bg_val
     real_n, neg_n = default_mix(config.batch, phantoms > 0, bool(real), bool(negs))
     config = replace(config, real_per_batch=config.real_per_batch or real_n,
                      neg_per_batch=config.neg_per_batch or neg_n)
@@ -164,7 +182,8 @@ def train_ensemble(
                         "start_val_dice": None if s["start_val"] is None else round(s["start_val"]["dice"], 4),
                         "onnx_vs_torch_max_prob_diff": diff})
     n_train = summaries[0]["n_train_phantoms"]
-    described = [f"{n_train} synthetic phantoms (cacnet.phantom, seed {TRAIN_SET_SEED}, balanced A-E)"]
+    described = [f"{n_train} synthetic phantoms (cacnet.phantom, variant {phantom_variant}, seed {TRAIN_SET_SEED}, "
+                 "balanced A-E)"]
     described += [f"user data set {s['name']} ({len(s['train_ids'])} of {s['cases']} cases)" for s in sets]
     described += [f"{len(bg_cases)} real backgrounds with inserted calcium ({background_cases} per reconstruction "
                   f"of {', '.join(b.scan for b in bgs)}; balanced A-E)"] if bgs else []
@@ -173,17 +192,21 @@ def train_ensemble(
     n_ph = config.batch - config.real_per_batch - config.neg_per_batch
     training = {
         "data": " + ".join(described),
-        "validation": " + ".join([f"{len(val)} synthetic phantoms (seed {VAL_SET_SEED})"]
-                                 + [f"{len(s['val_ids'])} cases of {s['name']}" for s in sets if s["val_ids"]]),
+        "validation": " + ".join([f"{len(val)} synthetic phantoms (variant {phantom_variant}, seed {VAL_SET_SEED})"]
+                                 + [f"{len(s['val_ids'])} cases of {s['name']}" for s in sets if s["val_ids"]]
+                                 + ([f"{len(bg_val)} real backgrounds with other inserted calcium (training "
+                                     "patients, other seeds)"] if bg_val else [])),
         "selection": SELECTION + ("; the start weights are not a candidate (exclude_start)" if exclude_start
                                   else "; the start weights (step 0) are a candidate" if init else ""),
+        "phantom_variant": phantom_variant,
         "train_cases": n_train + len(real),
         "val_cases": len(val) + len(real_val),
         "data_sets": sets,
         "val_fraction": fraction if sets else None,
         "negatives": [{"id": c.case_id, "source": c.meta.get("source"), "coarse_shape": list(c.x.shape)}
                       for c in negs],
-        "backgrounds": describe_backgrounds(bgs, bg_cases, background_cases, bg_record) if bgs else None,
+        "backgrounds": (describe_backgrounds(bgs, bg_cases, background_cases, bg_record, bg_val,
+                                             val_background_cases if bg_val else 0) if bgs else None),
         "real_scans": "none" if not (sets or negs or bgs) else
         ", ".join((["user data sets"] if sets else []) + (["hard negatives"] if negs else [])
                   + (["backgrounds with inserted calcium"] if bgs else [])),
