@@ -46,15 +46,34 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     return out
 
 
-def write_outputs(result: ScanResult, outdir: Path, preview: bool = False) -> None:
-    """``<id>.json``, ``<id>_calcium.nii.gz`` (uint8 on the input grid), ``<id>.png``."""
+def write_outputs(result: ScanResult, outdir: Path, preview: bool = False, report: bool = False,
+                  dicom: bool = False) -> None:
+    """``<id>.json``, ``<id>_calcium.nii.gz`` (uint8 on the input grid), ``<id>.png`` (preview), ``<id>.html`` (report).
+
+    With ``dicom`` (DICOM input only, else :class:`~cacnet.errors.UsageError`), also ``<id>_seg.dcm`` and
+    ``<id>_sr.dcm`` (:func:`cacnet.dicom_out.write_dicom_outputs`), listed with their UIDs under ``"dicom"``
+    in the JSON. The JSON is written last.
+    """
     outdir = Path(outdir)
     assert result.scan is not None
     write_image_atomic(to_source_grid(result.labels, result.scan), outdir / f"{result.id}_calcium.nii.gz")
-    if preview:
-        from .preview import write_preview
+    if preview or report:
+        from .review import find_components
 
-        write_preview(result.scan.hu, result.labels, outdir / f"{result.id}.png")
+        table = find_components(result.scan.hu, result.scan.spacing, result.labels, result.data)
+    if preview:
+        from .preview import write_result_preview
+
+        write_result_preview(result, outdir / f"{result.id}.png", table)
+    if report:
+        from .report import write_report
+
+        write_report(result, outdir / f"{result.id}.html", table)
+    if dicom:
+        from .dicom_out import write_dicom_outputs
+
+        written = write_dicom_outputs(result, result.scan.source_path, outdir)
+        result.data["dicom"] = {**written.to_dict(), "seg": written.seg and written.seg.name, "sr": written.sr.name}
     write_text_atomic(outdir / f"{result.id}.json", json.dumps(result.data, indent=2))
 
 

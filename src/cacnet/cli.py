@@ -1,7 +1,7 @@
 """The `cac` command: a thin layer over the cacnet Python API.
 
 Exit codes: 0 ok, 2 usage error, 3 invalid input, 4 partial batch failure,
-5 device unavailable.
+5 device (or Dask cluster) unavailable, 6 DICOM send failed (--send; the files stay in -o).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID, EXIT_PARTIAL, EXIT_DEVICE = 0, 2, 3, 4, 5
+EXIT_SEND = 6  # --send: the DICOM node is unreachable or refused the objects (they stay in -o)
 
 
 def _version(value: bool) -> None:
@@ -72,7 +73,8 @@ def _main(
     """Automatic coronary artery calcium scoring from non-contrast cardiac CT.
 
     Exit codes: 0 ok, 2 usage error, 3 invalid input, 4 partial batch
-    failure, 5 device unavailable.
+    failure, 5 device (or Dask cluster) unavailable, 6 DICOM send failed
+    (--send; the files stay in OUTDIR).
     """
 
 
@@ -96,6 +98,9 @@ def phantom(
     lookalike_rate: float = typer.Option(0.4, "--lookalike-rate", min=0.0, max=1.0,
                                          help="Probability of each other look-alike in a case."),
     preview: bool = typer.Option(False, "--preview", help="Also write previews/<id>.png montages."),
+    variant: str = typer.Option("default", "--variant",
+                                help="Generator: default (what the shipped models learned) or varied (chambers, "
+                                     "fat, fields of view, kernels, streaks, aortic calcium; see README)."),
 ) -> None:
     """Generate synthetic cardiac CT scans with exact coronary calcium ground truth."""
     from .phantom import make_phantoms
@@ -108,11 +113,15 @@ def phantom(
         if balanced:
             err.print("[red]error:[/red] use either --category or --balanced, not both.")
             raise typer.Exit(EXIT_USAGE)
+    variant = variant.lower()
+    if variant not in ("default", "varied"):
+        err.print(f"[red]error:[/red] --variant must be default or varied; got {variant!r}.")
+        raise typer.Exit(EXIT_USAGE)
     with _progress() as progress:
         task = progress.add_task("phantoms", total=n)
         rows = make_phantoms(outdir, n, seed, category=category, balanced=balanced, hard_fraction=hard_fraction,
                              lookalike_rate=lookalike_rate, preview=preview,
-                             on_case=lambda _id: progress.advance(task))
+                             on_case=lambda _id: progress.advance(task), variant=variant)
     counts = {c: sum(r["category"] == c for r in rows) for c in "ABCDE"}
     err.print(f"wrote {len(rows)} cases to {outdir} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
 
@@ -127,6 +136,10 @@ def train(
         help="Hard negative (repeatable): a real scan without coronary calcium (file or DICOM folder); every label is background."),
     phantoms: int = typer.Option(300, "--phantoms", min=0, help="Synthetic training cases."),
     val_phantoms: int = typer.Option(20, "--val-phantoms", min=0, help="Synthetic validation cases."),
+    phantom_variant: str = typer.Option(
+        "default", "--phantom-variant",
+        help="Generator of the training and validation phantoms: default or varied (see cac phantom --variant; "
+             "cached separately, recorded in the manifest)."),
     init: Optional[Path] = typer.Option(
         None, "--init",
         help="Start weights: a weights folder (unet_<k>.onnx), a cac train folder (model_<k>/best.pt) or model_<k>.npz files. Default: from scratch."),
@@ -162,9 +175,13 @@ def train(
     backgrounds: Optional[Path] = typer.Option(
         None, "--backgrounds",
         help="Folder of real CT scans named by the traced anatomy (e.g. ../shared/data/real-ct): each traced scan found there "
-             "gives --background-cases cases with inserted calcium, trained on as real cases (--real-per-batch), never validated."),
+             "gives --background-cases cases with inserted calcium, trained on as real cases (--real-per-batch)."),
     background_cases: int = typer.Option(
         40, "--background-cases", min=1, help="Inserted-calcium cases per traced reconstruction (balanced A-E; cached)."),
+    val_background_cases: int = typer.Option(
+        0, "--val-background-cases", min=0,
+        help="Also validate on this many other inserted-calcium cases per traced reconstruction (other seeds, same "
+             "patients; default 0: backgrounds never validate)."),
     hold_out_background: Optional[List[str]] = typer.Option(
         None, "--hold-out-background",
         help="Traced patient (tracing name, e.g. lung_pet_ct_dx_a0002; repeatable) left out of training entirely."),
@@ -174,12 +191,15 @@ def train(
     """Train the U-Net ensemble, all models together in one process (CPU or GPU), and export it to OUTDIR/weights.
 
     Needs the `train` extra. Each model keeps its step with the best calcium Dice over all validation cases
-    (validation phantoms and the --data validation split pooled).
+    (validation phantoms, the --data validation split and --val-background-cases pooled).
     """
     try:
         from .train import TrainConfig, train_ensemble
     except ImportError as exc:
         err.print(f"[red]error:[/red] training needs the train extra: pip install '.[train]' ({exc}).")
+        raise typer.Exit(EXIT_USAGE)
+    if phantom_variant not in ("default", "varied"):
+        err.print(f"[red]error:[/red] --phantom-variant must be default or varied; got {phantom_variant!r}.")
         raise typer.Exit(EXIT_USAGE)
     for d in data or []:
         if not (d / "images").is_dir():
@@ -203,8 +223,8 @@ def train(
             raise _fail(escape(str(exc)), EXIT_INVALID)
         except ValueError as exc:
             raise _fail(escape(str(exc)), EXIT_USAGE)
-    elif hold_out_background or tracings is not None:
-        err.print("[red]error:[/red] --hold-out-background and --tracings need --backgrounds")
+    elif hold_out_background or tracings is not None or val_background_cases:
+        err.print("[red]error:[/red] --hold-out-background, --tracings and --val-background-cases need --backgrounds")
         raise typer.Exit(EXIT_USAGE)
     if any(n % 8 for n in patch):
         err.print(f"[red]error:[/red] --patch sizes must be multiples of 8, not {patch}")
@@ -259,8 +279,9 @@ def train(
                                       val_phantoms=val_phantoms, models=models, config=config, init=init,
                                       val_fraction=val_fraction, exclude_start=exclude_start, stream=stream,
                                       workers=workers, backgrounds=backgrounds, background_cases=background_cases,
+                                      val_background_cases=val_background_cases,
                                       hold_out_backgrounds=hold_out_background or [], tracings_dir=tracings,
-                                      on_event=on_event)
+                                      on_event=on_event, phantom_variant=phantom_variant)
         except (ValueError, FileNotFoundError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(EXIT_USAGE)
@@ -312,9 +333,69 @@ def _score_table(rows: list[dict]) -> Table:
     return table
 
 
-def _error_object(sid: str, path: Path, message: str, exit_code: int) -> dict:
-    """The `cac score --json` object of a scan that failed."""
-    return {"id": sid, "input": str(path), "status": "error", "error": message, "exit_code": exit_code}
+def _check_dicom_options(dicom: bool, send: Optional[str], calling_aet: str, outdir: Optional[Path],
+                         scans: List[Path]):
+    """Usage errors of --dicom/--send, before any scan is scored; the node to send to (or None)."""
+    from rich.markup import escape
+
+    from .errors import UsageError
+    from .io import IMAGE_SUFFIXES
+
+    if send is not None and not dicom:
+        raise _fail("--send sends the DICOM SEG and SR: add --dicom (and -o OUTDIR).", EXIT_USAGE)
+    if not dicom:
+        return None
+    if outdir is None:
+        raise _fail("--dicom needs -o OUTDIR (the SEG and SR are written there).", EXIT_USAGE)
+    try:
+        import highdicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+    except ImportError as exc:
+        raise _fail(f"--dicom and --send need the dicom extra: pip install 'cac-toolkit[dicom]' ({exc}).", EXIT_USAGE)
+    images = [p for p in scans if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+              and not p.name.lower().endswith(".zip")]
+    if images:
+        names = ", ".join(escape(str(p)) for p in images[:3]) + (", ..." if len(images) > 3 else "")
+        raise _fail(f"--dicom needs DICOM input (a folder or .zip of the CT series): {names} "
+                    f"{'is' if len(images) == 1 else 'are'} not DICOM. A DICOM SEG and SR reference the source DICOM "
+                    "instances; score the original series, or leave out --dicom.", EXIT_USAGE)
+    if send is None:
+        return None
+    from .send import check_ae_title, parse_node
+
+    try:
+        check_ae_title(calling_aet, "--calling-aet")
+        return parse_node(send)
+    except UsageError as exc:
+        raise _fail(escape(str(exc)), EXIT_USAGE)
+
+
+def _send_outputs(node: Any, calling_aet: str, outdir: Optional[Path], ids: List[str]) -> bool:
+    """C-STORE the SEG and SR of the scans ``ids`` in ``outdir``; False (after saying why) when that fails."""
+    from rich.markup import escape
+
+    from .dicom_out import output_paths
+    from .errors import CacError
+    from .send import send_files
+
+    assert outdir is not None
+    paths: list[Path] = []
+    for sid in ids:
+        found = output_paths(outdir, sid)
+        if not found:
+            err.print(f"[yellow]note:[/yellow] {escape(sid)}: no {escape(sid)}_sr.dcm in {escape(str(outdir))} "
+                      "(scored earlier without --dicom?); nothing sent for it.", highlight=False)
+        paths += found
+    if not paths:
+        return True
+    try:
+        sent = send_files(paths, node, calling_aet=calling_aet)
+    except CacError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))} The DICOM files stay in {escape(str(outdir))}; send them "
+                  "again by rerunning the command.", highlight=False)
+        return False
+    err.print(f"sent {len(sent)} DICOM object(s) to {escape(str(node))}", highlight=False)
+    return True
 
 
 @app.command(cls=_Command)
@@ -330,7 +411,23 @@ def score(
     precision: str = typer.Option("fp32", "--precision", help=_PRECISION_HELP),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
     calibration: Optional[float] = typer.Option(None, "--calibration", help="Mass calibration factor c (mg HA/cm3/HU)."),
-    preview: bool = typer.Option(False, "--preview", help="With -o: also write <id>.png with lesions outlined."),
+    preview: bool = typer.Option(
+        False, "--preview",
+        help="With -o: also write <id>.png, a quick look: the slices with the largest lesions and candidates, "
+             "outlined and numbered by artery."),
+    report: bool = typer.Option(
+        False, "--report",
+        help="With -o: also write <id>.html, a self-contained review report (lesion crops, rejected candidates, "
+             "accept/reject/relabel, Save review); see README, Review report."),
+    dicom: bool = typer.Option(
+        False, "--dicom",
+        help="With -o, DICOM input only: also write <id>_seg.dcm (DICOM SEG) and <id>_sr.dcm (TID 1500 SR) in the "
+             "source study; see README, PACS."),
+    send: Optional[str] = typer.Option(
+        None, "--send", metavar="HOST:PORT[:AET]",
+        help="With --dicom: C-STORE the SEG and SR to this DICOM node (called AE title default ANY-SCP); "
+             "exit 6 if that fails (the files stay in -o)."),
+    calling_aet: str = typer.Option("CACTOOLKIT", "--calling-aet", help="With --send: our AE title."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="With -o: skip scans whose <id>.json exists."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first scan that fails."),
     early_stop: bool = typer.Option(
@@ -342,72 +439,81 @@ def score(
         False, "--force",
         help="Score scans that triage refuses (contrast-enhanced, no heart found, sharp kernel); "
              "the reasons become warnings."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1,
+        help="Score on N local worker processes (Dask), one scan at a time each, the cores shared among them "
+             "(needs the cohort extra). With --csv, a rerun resumes: see README, Cohorts."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler",
+        help="Submit the scans to a running Dask cluster: scheduler address (tcp://host:8786) or scheduler file; "
+             "its workers must see the scans and -o at the same absolute paths."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1,
+        help="Model threads per worker (default: cores / --workers; with --scheduler each worker's own "
+             "thread count; serially, all cores)."),
 ) -> None:
-    """Score coronary calcium in one or more scans."""
-    from ._files import write_csv_atomic
-    from .batch import CSV_COLUMNS, csv_row, expand_inputs, read_result, write_outputs
+    """Score coronary calcium in one or more scans.
+
+    With --csv FILE, every finished scan is also logged in FILE.manifest.jsonl: rerunning the same
+    command skips the scans that finished and retries those that failed.
+    """
+    from rich.markup import escape
+
+    from .batch import expand_inputs
+    from .cohort import EnsembleSpec, ScanOutcome, ScoreOptions, run_cohort
+    from .ensemble import DEFAULT_WEIGHTS
     from .errors import CacError
-    from .io import scan_id
-    from .pipeline import score_scan
 
     _check_backend(device, backend, precision)
     if calibration is not None and not calibration > 0:
         raise _fail(f"--calibration must be a positive number (mg HA/cm3/HU); got {calibration}.", EXIT_USAGE)
-    if (preview or skip_existing) and outdir is None:
-        raise _fail("--preview and --skip-existing need -o OUTDIR.", EXIT_USAGE)
+    if (preview or report or skip_existing) and outdir is None:
+        raise _fail("--preview, --report and --skip-existing need -o OUTDIR.", EXIT_USAGE)
     scans = expand_inputs(inputs)
-    ensemble = _load_ensemble(weights, device, backend, precision)
-    rows, results, failed_code = [], [], 0
-    printed: list[dict] = []  # --json: one object per scan, in input order, failures included
+    node = _check_dicom_options(dicom, send, calling_aet, outdir, scans)
+    # what each scan gets besides its score; the outputs' options go to batch.write_outputs (and to Dask workers)
+    options = ScoreOptions(outdir=outdir, calibration=calibration, series=series, early_stop=early_stop, force=force,
+                           skip_existing=skip_existing, outputs={"preview": preview, "report": report, "dicom": dicom})
+    spec = EnsembleSpec(weights or DEFAULT_WEIGHTS, device=device, backend=backend, precision=precision,
+                        threads=threads)
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(scans))
-        for path in scans:
-            sid = scan_id(path)
-            try:
-                if skip_existing and outdir is not None and (outdir / f"{sid}.json").exists():
-                    data = read_result(outdir / f"{sid}.json")
-                    rows.append(csv_row(data, input_path=path, status="skipped"))
-                    results.append(data)
-                    printed.append({"id": data["id"], "status": "skipped", "input": str(path), **data})
-                    continue
-                res = score_scan(path, ensemble, calibration=calibration, series=series, early_stop=early_stop,
-                                 force=force)
-                if outdir is not None:
-                    write_outputs(res, outdir, preview=preview)
-                rows.append(csv_row(res.data, input_path=path, status="ok"))
-                results.append(res.data)
-                printed.append({"id": res.data["id"], "status": "ok", "input": str(path), **res.data})
-            except CacError as exc:
-                rows.append(csv_row(None, input_path=path, status="error", error=str(exc)))
-                printed.append(_error_object(sid, path, str(exc), exc.exit_code))
-                err.print(f"[red]error:[/red] {exc}", highlight=False)
-                failed_code = failed_code or exc.exit_code
-                if fail_fast:
-                    break
-            except Exception as exc:  # noqa: BLE001 - a batch must go on; say what happened
-                rows.append(csv_row(None, input_path=path, status="error", error=f"internal error: {exc!r}"))
-                printed.append(_error_object(sid, path, f"internal error: {exc!r}", 1))
-                err.print(f"[red]internal error on {path}:[/red] {exc!r} (please report it)", highlight=False)
-                failed_code = failed_code or 1
-                if fail_fast:
-                    break
-            finally:
-                progress.advance(task)
-    if csv_file is not None:
-        write_csv_atomic(csv_file, CSV_COLUMNS, rows)
+
+        def on_outcome(o: ScanOutcome) -> None:
+            progress.advance(task)
+            if o.status == "error" and o.internal:
+                err.print(f"[red]internal error on {escape(o.input)}:[/red] "
+                          f"{escape(o.error.removeprefix('internal error: '))} (please report it)", highlight=False)
+            elif o.status == "error":
+                err.print(f"[red]error:[/red] {escape(o.error)}", highlight=False)
+
+        try:
+            run = run_cohort(scans, spec, options, csv_file=csv_file, workers=workers, scheduler=scheduler,
+                             fail_fast=fail_fast, need_data=as_json, on_outcome=on_outcome,
+                             on_note=lambda msg: err.print(f"[yellow]note:[/yellow] {escape(msg)}", highlight=False))
+        except CacError as exc:
+            raise _fail(escape(str(exc)), exc.exit_code)
+    rows = [o.row for o in run.outcomes]
+    failed_code = next((o.exit_code for o in run.outcomes if o.status == "error"), 0)
+    printed = [o.json_object() for o in run.outcomes]  # --json: one object per scan, in input order, failures included
     if as_json:
         typer.echo(json.dumps(printed[0] if len(scans) == 1 and printed else printed, indent=2))
     else:
         Console(width=None if sys.stdout.isatty() else 160).print(_score_table(rows))
-        for data in results:
-            for w in data.get("warnings", []):
-                err.print(f"[yellow]warning[/yellow] {data['id']}: {w}", highlight=False)
+        for o in run.outcomes:
+            for w in o.warnings if o.status != "error" else []:
+                err.print(f"[yellow]warning[/yellow] {o.id}: {w}", highlight=False)
+    # --send: the SEG and SR of every scan scored or skipped, in one association (exit 6 when that fails)
+    sent_ok = node is None or _send_outputs(node, calling_aet, outdir,
+                                            [o.id for o in run.outcomes if o.status != "error"])
     n_bad = sum(r["status"] == "error" for r in rows)
     if n_bad:
         if len(scans) == 1 or fail_fast:
             raise typer.Exit(failed_code if failed_code in (EXIT_INVALID, EXIT_DEVICE) else EXIT_PARTIAL)
         err.print(f"{n_bad} of {len(scans)} scans failed; see the messages above" + (f" and {csv_file}" if csv_file else ""))
         raise typer.Exit(EXIT_PARTIAL)
+    if not sent_ok:
+        raise typer.Exit(EXIT_SEND)
 
 
 @app.command(name="eval", cls=_Command)
@@ -658,6 +764,63 @@ def dataset_orcascore(
 ) -> None:
     """Convert orCaScore (MetaImage + reference labels; LM merged into LAD) for `cac train --data`."""
     _convert_dataset("orcascore", src, out)
+
+
+review_app = typer.Typer(
+    name="review",
+    cls=_Group,
+    help="Apply a review saved from the HTML report of cac score --report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("apply", cls=_Command)
+def review_apply(
+    result: Path = typer.Argument(..., help="OUT/<id>.json written by cac score -o OUT (its <id>_calcium.nii.gz next to it)."),
+    review: Path = typer.Argument(..., help="<id>_review.json saved from the report page (Save review)."),
+    outdir: Optional[Path] = typer.Option(
+        None, "-o", "--outdir",
+        help="Write the reviewed <id>.json, mask, report, points.csv, truth.csv and images/ here (default: OUT/reviewed; "
+             "one folder collects many reviewed scans for cac train --data)."),
+    scan: Optional[Path] = typer.Option(None, "--scan", help="The scan, if it moved since it was scored (same sha256)."),
+    image: bool = typer.Option(True, "--image/--no-image", help="Write images/<id>.nii.gz (cac train --data reads it)."),
+    preview: bool = typer.Option(False, "--preview", help="Also write <id>.png, the quick look of the reviewed result."),
+    as_json: bool = typer.Option(False, "--json", help="Print the reviewed result as JSON."),
+) -> None:
+    """Recompute the scores exactly (agatston) after a review; write the new result, mask, report and training points.
+
+    A review of another scan, or one made on an earlier result of this scan (stale), is refused (exit 3).
+    """
+    from rich.markup import escape
+
+    from .errors import CacError
+    from .review import apply_review
+
+    try:
+        done = apply_review(result, review, outdir, scan_path=scan, write_image=image, preview=preview)
+    except CacError as exc:
+        raise _fail(escape(str(exc)), exc.exit_code)
+    except OSError as exc:  # e.g. no permission to write -o
+        raise _fail(escape(f"cannot write the reviewed result: {exc}"), 1)
+    if as_json:
+        typer.echo(json.dumps(done.data, indent=2))
+        return
+    d, ro = done.data, done.data["review_outcome"]
+    counts = ", ".join(f"{v} {k}" for k, v in
+                       zip(("accepted", "rejected", "relabelled", "added"),
+                           (ro["decisions"][a] for a in ("accept", "reject", "relabel", "add"))))
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    out.print(f"{escape(d['id'])}: Agatston {done.before:.1f} ({escape(str(ro['category_before']))}) -> "
+              f"{done.after:.1f} ({d['category']}), {d['cac_drs']['label']}; {counts}", highlight=False)
+    out.print("  ".join(f"{a} {d['arteries'][a]['agatston']:.1f}" for a in ("LM", "LAD", "LCX", "RCA")), highlight=False)
+    out.print(f"wrote {escape(str(done.outdir))}: " + ", ".join(escape(p.relative_to(done.outdir).as_posix()) for p in done.files.values()),
+              highlight=False)
+    if not done.points_agree:
+        err.print("[yellow]note:[/yellow] points.csv rebuilds a different mask by the paper's rule (a lesion touches "
+                  "other dense voxels in 3D); see the warning in the JSON.", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

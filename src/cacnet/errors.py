@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 __all__ = ["CacError", "InvalidScanError", "SeriesSelectionError", "UnsuitableScanError", "WeightsError",
-           "DeviceUnavailableError", "UsageError"]
+           "DeviceUnavailableError", "ClusterUnavailableError", "UsageError", "ReviewError",
+           "SendError"]
 
 
 class CacError(Exception):
@@ -42,7 +43,29 @@ class DeviceUnavailableError(CacError, RuntimeError):
     exit_code = 5
 
 
+class ClusterUnavailableError(DeviceUnavailableError):
+    """The Dask scheduler of ``--scheduler`` cannot be reached, or local workers cannot start (exit 5)."""
+
+
 class UsageError(CacError, ValueError):
     """Options that cannot go together here, e.g. --precision bf16 on a CPU without bf16 (exit 2)."""
 
     exit_code = 2
+
+
+class SendError(CacError, RuntimeError):
+    """DICOM outputs could not be sent (``--send``): node unreachable, association or store refused (exit 6).
+
+    The files stay in the output folder; send them again later.
+    """
+
+    exit_code = 6
+
+
+class ReviewError(CacError, ValueError):
+    """A review that cannot be applied: another scan's, a stale one, or a malformed file (exit 3).
+
+    Raised by :func:`cacnet.review.apply_review` (``cac review apply``).
+    """
+
+    exit_code = 3

@@ -114,6 +114,9 @@ class Scan:
         (index z of ``hu``), the file that slice came from, as
         ``{"sop_instance_uid": str, "instance_number": int or None}``. Kept
         out of ``meta`` (it would swell the JSON result).
+    source_path : pathlib.Path or None
+        The file or folder the scan was read from (absolute), None for a
+        scan made in memory.
     """
 
     id: str
@@ -124,6 +127,7 @@ class Scan:
     meta: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     slices: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    source_path: Optional[Path] = field(default=None, repr=False)
 
 
 def scan_id(path: Path) -> str:
@@ -725,7 +729,7 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
     if dicom_slices:
         slices = [dicom_slices[int(round(_to_source_index(source, (z, 0.0, 0.0))[2]))] for z in range(hu.shape[0])]
     return Scan(id=scan_id(path), hu=hu, spacing=spacing, image=canonical, source_image=source, meta=meta,
-                warnings=_warnings(hu, spacing, meta), slices=slices)
+                warnings=_warnings(hu, spacing, meta), slices=slices, source_path=path.resolve())
 
 
 def _gzipped_files(folder: Path) -> list[Path]:

@@ -34,7 +34,8 @@ from .io import Scan, canonical_to_source_index, read_scan
 from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
 from .triage import triage
 
-__all__ = ["ScanResult", "score_scan", "decide_components", "lesion_position", "versions"]
+__all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "decide_components", "lesion_position",
+           "versions"]
 
 
 @dataclass
@@ -174,8 +175,76 @@ def lesion_position(scan: Scan, z: int, y: float, x: float) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class PreparedScan:
+    """A scan read, triaged and preprocessed: everything :func:`score_scan` does before the models.
+
+    Made by :func:`prepare_scan`, e.g. in a background thread for the next scan
+    of a batch while the current one runs through the models.
+    """
+
+    scan: Scan
+    checked: Any  # triage.Triage
+    grid: CoarseGrid
+    coarse_hu: np.ndarray
+    x: np.ndarray  # the models' input, in [0, 1]
+    timings_s: dict[str, float]  # read, triage, preprocess (unrounded)
+
+
+def prepare_scan(source: Path | str | Scan, *, series: Optional[str] = None, force: bool = False) -> PreparedScan:
+    """Read, triage and preprocess a scan: the part of :func:`score_scan` before the models.
+
+    Parameters
+    ----------
+    source : path or Scan
+        A scan file or DICOM folder (see :func:`cacnet.io.read_scan`), or a scan already read.
+    series : str, optional
+        SeriesInstanceUID for DICOM folders with several series.
+    force : bool
+        Go on with a scan that triage refuses (the reasons become warnings).
+
+    Returns
+    -------
+    PreparedScan
+        To pass to :func:`score_scan` as its ``source``.
+
+    Raises
+    ------
+    InvalidScanError
+        When the scan cannot be read, or triage refuses it and ``force`` is False.
+    """
+    t = {"start": time.perf_counter()}
+    scan = source if isinstance(source, Scan) else read_scan(Path(source), series=series)
+    t["read"] = time.perf_counter()
+    checked = triage(scan)
+    if checked.refusals and not force:
+        label = scan.id if isinstance(source, Scan) else str(source)
+        raise UnsuitableScanError(f"{label}: not a calcium-scoring scan: " + " ".join(checked.refusals)
+                                  + " Use --force (score_scan(force=True)) to score it anyway.")
+    checked.forced = bool(checked.refusals)
+    t["triage"] = time.perf_counter()
+    grid = coarse_grid(scan.hu.shape, scan.spacing)
+    coarse_hu = downsample(scan.hu, grid)
+    x = normalize(coarse_hu)
+    t["preprocess"] = time.perf_counter()
+    timings = {k: t[k] - t[p] for p, k in (("start", "read"), ("read", "triage"), ("triage", "preprocess"))}
+    return PreparedScan(scan=scan, checked=checked, grid=grid, coarse_hu=coarse_hu, x=x, timings_s=timings)
+
+
+def _source(scan: Scan) -> dict[str, Any]:
+    """``{"path", "sha256"}`` of the file or folder a scan was read from (see :func:`cacnet.review.scan_sha256`).
+
+    Both are None for a scan made in memory.
+    """
+    if scan.source_path is None:
+        return {"path": None, "sha256": None}
+    from .review import scan_sha256
+
+    return {"path": str(scan.source_path), "sha256": scan_sha256(scan.source_path)}
+
+
 def score_scan(
-    source: Path | str | Scan,
+    source: Path | str | Scan | PreparedScan,
     ensemble: Ensemble,
     *,
     calibration: Optional[float] = None,
@@ -187,9 +256,10 @@ def score_scan(
 
     Parameters
     ----------
-    source : path or Scan
-        A scan file or DICOM folder (see :func:`cacnet.io.read_scan`), or a
-        scan already read.
+    source : path, Scan or PreparedScan
+        A scan file or DICOM folder (see :func:`cacnet.io.read_scan`), a
+        scan already read, or one made ready by :func:`prepare_scan` (then
+        ``series`` and ``force`` were applied there and are not used here).
     ensemble : Ensemble
         Loaded once, reused for every scan.
     calibration : float, optional
@@ -213,20 +283,9 @@ def score_scan(
     UnsuitableScanError
         When triage refuses the scan and ``force`` is False (see :mod:`cacnet.triage`).
     """
-    t = {"start": time.perf_counter()}
-    scan = source if isinstance(source, Scan) else read_scan(Path(source), series=series)
-    t["read"] = time.perf_counter()
-    checked = triage(scan)
-    if checked.refusals and not force:
-        label = scan.id if isinstance(source, Scan) else str(source)
-        raise UnsuitableScanError(f"{label}: not a calcium-scoring scan: " + " ".join(checked.refusals)
-                                  + " Use --force (score_scan(force=True)) to score it anyway.")
-    checked.forced = bool(checked.refusals)
-    t["triage"] = time.perf_counter()
-    grid = coarse_grid(scan.hu.shape, scan.spacing)
-    coarse_hu = downsample(scan.hu, grid)
-    x = normalize(coarse_hu)
-    t["preprocess"] = time.perf_counter()
+    prepared = source if isinstance(source, PreparedScan) else prepare_scan(source, series=series, force=force)
+    scan, checked, grid, coarse_hu, x = prepared.scan, prepared.checked, prepared.grid, prepared.coarse_hu, prepared.x
+    t = {"preprocess": time.perf_counter()}  # the models' stage starts now (a prepared scan may have waited)
     candidates = coarse_hu >= 130.0
     if candidates.any():
         vote = ensemble.vote(x, candidates=candidates, early_stop=early_stop,
@@ -263,6 +322,8 @@ def score_scan(
                           "mass_mg": (s.mass_mg if s else (0.0 if calibration else None)),
                           "n_lesions": s.n_lesions if s else 0}
     drs = agatston.cac_drs({k: v["agatston"] for k, v in arteries.items()})
+    stages = {**prepared.timings_s, **{k: t[k] - t[p] for p, k in zip(
+        ["preprocess", "inference", "postprocess"], ["inference", "postprocess", "score"])}}
     warnings = list(scan.warnings) + [f"forced: {w}" for w in checked.refusals] + checked.warnings
     warnings += list(ensemble.warnings)
     if early_stop and vote.models_run < vote.n_models:
@@ -282,14 +343,14 @@ def score_scan(
         "rejected_candidates": rejected,
         "warnings": warnings,
         "scan": scan.meta,
+        # the scan's file and the sha256 of its bytes: `cac review apply` re-reads it and refuses another scan
+        "source": _source(scan),
         "triage": checked.to_dict(),
         "settings": {**result.settings, "calibration": calibration},
         "models": {"n_models": vote.n_models, "models_run": vote.models_run, **ensemble.describe(),
                    "weights": [{"file": m["file"], "sha256": m["sha256"]} for m in ensemble.models]},
-        "timings_s": {k: round(t[k] - t[p], 4) for p, k in zip(
-            ["start", "read", "triage", "preprocess", "inference", "postprocess"],
-            ["read", "triage", "preprocess", "inference", "postprocess", "score"])},
+        "timings_s": {k: round(v, 4) for k, v in stages.items()},
         "versions": versions(),
     }
-    data["timings_s"]["total"] = round(t["score"] - t["start"], 4)
+    data["timings_s"]["total"] = round(sum(stages.values()), 4)  # the stages' time, not any wait between them
     return ScanResult(id=scan.id, labels=labels, score=result, data=data, scan=scan)

@@ -1,16 +1,26 @@
-"""Preview montages: axial slices with calcium outlined by artery (PNG)."""
+"""Preview PNGs: the quick look of a scored scan (``cac score --preview``) and montages of phantoms.
+
+:func:`write_result_preview` draws what a reader needs at a glance (see
+:func:`render_result_preview`); :func:`write_preview` is the plain montage of
+axial slices with labels outlined that ``cac phantom --preview`` writes.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from ._files import atomic_path
 
-__all__ = ["ARTERY_COLORS", "choose_slices", "render_montage", "write_preview"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import ScanResult
+    from .review import ComponentTable
+
+__all__ = ["ARTERY_COLORS", "choose_slices", "render_montage", "write_preview", "render_result_preview",
+           "write_result_preview", "TILE_PX"]
 
 #: Outline colours (RGB) by label: LM yellow, LAD red, LCX green, RCA blue.
 ARTERY_COLORS = {1: (255, 220, 0), 2: (255, 40, 40), 3: (40, 220, 40), 4: (40, 140, 255)}
@@ -67,4 +77,170 @@ def write_preview(hu: np.ndarray, labels: np.ndarray, path: Path, slices: Option
     img = sitk.GetImageFromArray(render_montage(hu, labels, picked), isVector=True)
     with atomic_path(Path(path)) as tmp:
         sitk.WriteImage(img, str(tmp))
+    return Path(path)
+
+
+# --- the quick look of a scored scan (cac score --preview) -------------------------------------------------------
+
+#: Side of a tile of :func:`render_result_preview` in pixels.
+TILE_PX = 320
+
+
+def _tile_slices(table: "ComponentTable", hu_shape: Sequence[int], bbox: Optional[Any], n: int = 6) -> list[int]:
+    """Slices of the quick look: the largest lesion contributions, then the largest candidates, then spread."""
+    per_slice: dict[int, float] = {}
+    for comp in table.lesions:
+        for p in comp.parts:
+            per_slice[p.slice_index] = per_slice.get(p.slice_index, 0.0) + p.agatston
+    chosen: list[int] = []
+    for z, _ in sorted(per_slice.items(), key=lambda kv: (-kv[1], kv[0]))[: max(n - 2, 1)]:
+        chosen.append(z)
+    for comp in table.candidates:  # already ordered: most votes, then largest
+        if len(chosen) >= n:
+            break
+        best = max(comp.parts, key=lambda p: (p.agatston, p.n_voxels)).slice_index
+        if best not in chosen:
+            chosen.append(best)
+    for z in per_slice:  # the remaining lesion slices
+        if len(chosen) >= n:
+            break
+        if z not in chosen:
+            chosen.append(z)
+    if len(chosen) < 3:  # nothing (or little) found: show the heart region evenly
+        z0, z1 = (bbox[0][0], bbox[0][1]) if bbox else (0, hu_shape[0] - 1)
+        for z in np.linspace(z0, z1, 5)[1:-1].round().astype(int):
+            if len(chosen) >= 3:
+                break
+            if int(z) not in chosen:
+                chosen.append(int(z))
+    return sorted(chosen)
+
+
+def render_result_preview(result: "ScanResult", table: Optional["ComponentTable"] = None) -> np.ndarray:
+    """The quick look of a scored scan as an RGB uint8 image.
+
+    A header (id, total Agatston, category, CAC-DRS, per-artery scores,
+    counts, triage verdict, legend) over up to six tiles: the slices with the
+    largest lesion contributions and the largest rejected candidates (or, when
+    there is nothing, three slices spread over the heart region), each cropped
+    to the heart region (the same square on every tile), calcium window
+    -200..800 HU, lesions outlined by artery and numbered as in the HTML
+    report, candidates dashed magenta and numbered C1, C2, ..., with slice number, z (mm), DICOM
+    instance number when known, the slice's Agatston sum, and R/L/A/P markers.
+    """
+    import agatston as _ag
+
+    from ._render import ARTERY_RGB as _RGB, CANDIDATE_RGB, draw_text, text_width, window as _window
+    from .review import find_components
+
+    scan, data = result.scan, result.data
+    hu = np.asarray(scan.hu)
+    if table is None:
+        table = find_components(hu, scan.spacing, result.labels, data)
+    shape = hu.shape
+    bbox = (((data.get("triage") or {}).get("checks") or {}).get("heart") or {}).get("bbox_zyx")
+    slices = _tile_slices(table, shape, bbox)
+    # the in-plane square: heart box and every component, 10 mm margin
+    lo = [bbox[1][0], bbox[2][0]] if bbox else [shape[1] // 4, shape[2] // 4]
+    hi = [bbox[1][1], bbox[2][1]] if bbox else [shape[1] - 1 - shape[1] // 4, shape[2] - 1 - shape[2] // 4]
+    for comp in table.components:
+        _, y, x = np.unravel_index(comp.voxels, shape)
+        lo = [min(lo[0], int(y.min())), min(lo[1], int(x.min()))]
+        hi = [max(hi[0], int(y.max())), max(hi[1], int(x.max()))]
+    m = [int(round(10.0 / scan.spacing[1])), int(round(10.0 / scan.spacing[2]))]
+    lo = [a - b for a, b in zip(lo, m)]
+    hi = [a + b for a, b in zip(hi, m)]
+    side = max(hi[0] - lo[0], hi[1] - lo[1]) + 1
+    lo = [lo[0] - (side - (hi[0] - lo[0] + 1)) // 2, lo[1] - (side - (hi[1] - lo[1] + 1)) // 2]
+    idx = np.minimum((np.arange(TILE_PX) * side / TILE_PX).astype(int), side - 1)  # tile pixel -> crop voxel
+    ys, xs = idx + lo[0], idx + lo[1]
+    inside = ((ys >= 0) & (ys < shape[1]))[:, None] & ((xs >= 0) & (xs < shape[2]))[None, :]
+    yc, xc = np.clip(ys, 0, shape[1] - 1), np.clip(xs, 0, shape[2] - 1)
+    owner = np.full(shape[1:], -1, np.int32)  # which component a voxel of the current slice belongs to
+    z_all = {c.id: np.unravel_index(c.voxels, shape) for c in table.components}
+    tiles = []
+    for zi in slices:
+        grey = np.where(inside, _window(hu[zi][np.ix_(yc, xc)]), 0).astype(np.uint8)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        owner[:] = -1
+        labels_here = []
+        for k, comp in enumerate(table.components):
+            z, y, x = z_all[comp.id]
+            sel = z == zi
+            if sel.any():
+                owner[y[sel], x[sel]] = k
+                labels_here.append(k)
+        tile_owner = np.where(inside, owner[np.ix_(yc, xc)], -1)
+        for k in labels_here:
+            comp = table.components[k]
+            msk = tile_owner == k
+            edge = ndimage.binary_dilation(msk, np.ones((3, 3), bool), iterations=2) & ~msk
+            if comp.kind == "candidate":
+                yy, xx = np.indices(edge.shape)
+                edge &= ((yy + xx) // 3) % 2 == 0
+                color = CANDIDATE_RGB
+            else:
+                color = _RGB.get(comp.label, (255, 255, 255))
+            rgb[edge] = color
+            ty, tx = np.nonzero(msk)
+            if ty.size:
+                tx0 = min(int(tx.max()) + 5, TILE_PX - text_width(comp.number, 2) - 2)
+                draw_text(rgb, tx0, max(int(ty.min()) - 12, 0), comp.number, color, 2)
+        ag = sum(p.agatston for c in table.lesions for p in c.parts if p.slice_index == zi)
+        z_mm = scan.image.TransformIndexToPhysicalPoint((0, 0, int(zi)))[2]
+        inst = scan.slices[zi].get("instance_number") if scan.slices else None
+        draw_text(rgb, 4, 4, f"SLICE {zi}  Z {z_mm:.1f}", (255, 255, 255), 2)
+        draw_text(rgb, 4, 22, (f"IN {inst}  " if inst is not None else "") + f"AG {ag:.1f}", (255, 255, 255), 2)
+        for ch, (yy, xx) in {"R": (TILE_PX // 2 - 7, 3), "L": (TILE_PX // 2 - 7, TILE_PX - 13),
+                             "A": (44, TILE_PX // 2 - 5), "P": (TILE_PX - 18, TILE_PX // 2 - 5)}.items():
+            draw_text(rgb, xx, yy, ch, (255, 255, 0), 2)
+        tiles.append(rgb)
+    columns = {1: 1, 2: 2, 4: 2}.get(len(tiles), 3)
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    gap = 4
+    rows = []
+    for i in range(0, len(tiles), columns):
+        row = [tiles[i]]
+        for t in tiles[i + 1:i + columns]:
+            row += [np.full((TILE_PX, gap, 3), 40, np.uint8), t]
+        rows.append(np.concatenate(row, axis=1))
+    width = rows[0].shape[1]
+    body = rows[0]
+    for r in rows[1:]:
+        body = np.concatenate([body, np.full((gap, width, 3), 40, np.uint8), r], axis=0)
+    # header and footer
+    head = np.full((96, width, 3), 24, np.uint8)
+    arts = data.get("arteries") or {}
+    drs = (data.get("cac_drs") or {}).get("label", "")
+    draw_text(head, 8, 6, f"{data.get('id', result.id)}  AGATSTON {data.get('agatston', 0.0):.1f}  "
+              f"CAT {data.get('category', '?')}  {drs}", (255, 255, 255), 2)
+    draw_text(head, 8, 28, "  ".join(f"{a} {(arts.get(a) or {}).get('agatston', 0.0):.1f}"
+                                     for a in ("LM", "LAD", "LCX", "RCA"))
+              + f"   {len(table.lesions)} LESIONS  {len(table.candidates)} CANDIDATES  "
+              f"{len(data.get('review') or [])} FLAGGED", (220, 220, 220), 2)
+    tri = data.get("triage") or {}
+    draw_text(head, 8, 50, f"TRIAGE {tri.get('verdict', '?')}" + (" (FORCED)" if tri.get("forced") else "")
+              + f"   {len(data.get('warnings') or [])} WARNINGS", (255, 200, 120), 2)
+    x = 8
+    for code, name in _ag.ARTERY_NAMES.items():
+        head[74:88, x:x + 14] = _RGB[code]
+        draw_text(head, x + 18, 74, name, (230, 230, 230), 2)
+        x += 18 + len(name) * 12 + 14
+    head[80:82, x:x + 20] = CANDIDATE_RGB
+    head[80:82, x + 5:x + 8] = 24
+    head[80:82, x + 13:x + 16] = 24
+    draw_text(head, x + 26, 74, "CANDIDATE (DASHED)", (230, 230, 230), 2)
+    foot = np.full((22, width, 3), 24, np.uint8)
+    draw_text(foot, 8, 4, "MODELS NOT VALIDATED ON PATIENTS: CHECK EVERY LESION (--REPORT)", (255, 120, 120), 2)
+    return np.concatenate([head, body, foot], axis=0)
+
+
+def write_result_preview(result: "ScanResult", path: Path, table: Optional["ComponentTable"] = None) -> Path:
+    """Write :func:`render_result_preview` as a PNG (atomically); returns ``path``."""
+    from ._render import encode_png
+
+    data = encode_png(render_result_preview(result, table))
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(data)
     return Path(path)

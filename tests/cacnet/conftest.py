@@ -72,3 +72,17 @@ def phantom_scans(tmp_path_factory):
         sitk.WriteImage(oriented_image(case.hu, case, orientation), str(out / f"case{seed}.nii.gz"))
         cases[f"case{seed}"] = (case, orientation)
     return out, cases
+
+
+@pytest.fixture(scope="session")
+def scored_example(tmp_path_factory):
+    """The bundled example scored by the shipped ensemble, with report and preview: (outdir, ScanResult)."""
+    from cacnet.batch import write_outputs
+    from cacnet.ensemble import Ensemble
+    from cacnet.pipeline import score_scan
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "data" / "phantom_example.nii.gz"
+    out = tmp_path_factory.mktemp("scored_example")
+    res = score_scan(example, Ensemble(device="cpu"))
+    write_outputs(res, out, preview=True, report=True)
+    return out, res

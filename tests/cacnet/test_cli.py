@@ -178,7 +178,8 @@ def test_score_outputs_get_the_umask_permissions(phantom_scans, toy_weights, tmp
         os.umask(old)
     assert r.exit_code == 0, r.output
     assert _modes(tmp_path / "out") == {name: expected for name in
-                                        ("case23.json", "case23_calcium.nii.gz", "case23.png", "scores.csv")}
+                                        ("case23.json", "case23_calcium.nii.gz", "case23.png", "scores.csv",
+                                         "scores.csv.manifest.jsonl")}
 
 
 def test_json_reports_every_input_in_order(phantom_scans, toy_weights, tmp_path):
