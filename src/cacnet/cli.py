@@ -178,6 +178,10 @@ def train(
              "gives --background-cases cases with inserted calcium, trained on as real cases (--real-per-batch)."),
     background_cases: int = typer.Option(
         40, "--background-cases", min=1, help="Inserted-calcium cases per traced reconstruction (balanced A-E; cached)."),
+    max_negative_voxels: Optional[int] = typer.Option(
+        None, "--max-negative-voxels", min=0,
+        help="Keep only validated steps whose model labels at most this many coarse voxels of the --negatives as "
+             "calcium (e.g. 0; default: no limit)."),
     val_background_cases: int = typer.Option(
         0, "--val-background-cases", min=0,
         help="Also validate on this many other inserted-calcium cases per traced reconstruction (other seeds, same "
@@ -242,6 +246,7 @@ def train(
         checkpoint_every=checkpoint_every, batch=batch, patch=tuple(patch), lr=lr,
         warmup=warmup if warmup is not None else (0.03 if init else 0.0),
         real_per_batch=real_per_batch or 0, neg_per_batch=neg_per_batch or 0,
+        max_negative_voxels=max_negative_voxels,
         max_seconds=None if max_minutes is None else max_minutes * 60.0)
     with _progress() as progress:
         task: dict = {}

@@ -491,3 +491,36 @@ def test_cac_train_init_from_onnx_starts_from_those_weights(cli_run):
                                    "--exclude-start"])
     assert res.exit_code == 0, res.output
     assert [m["best_step"] for m in json.loads((tuned / "weights" / "manifest.json").read_text())["models"]] == [1, 1]
+
+
+def test_max_negative_voxels_keeps_only_steps_quiet_on_the_negatives(tmp_path, monkeypatch):
+    """A step whose model labels more hard-negative coarse voxels than the cap is never kept: the best step
+    is the best-Dice step among those within the cap (read back from the log), and a cap no step meets
+    is an error that says so."""
+    import dataclasses
+
+    monkeypatch.setenv("CAC_TRAIN_FP32", "1")
+    negative = toy_cases(1, 9)[0]
+    negative.y[:] = 0
+
+    def data():
+        return TrainData(toy_cases(3, 0), toy_cases(1, 1), negatives=[negative])
+
+    cfg = TrainConfig(steps=6, batch=2, patch=(8, 16, 16), lr=3e-2, val_every=1, checkpoint_every=1, seed=0,
+                      threads=2, neg_per_batch=1)
+    free = train_models(tmp_path / "free", data(), cfg, models=1)[0]
+    with open(tmp_path / "free" / "model_0" / "log.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["val_dice"]]
+    false = {int(r["step"]): int(float(r["negatives_false_voxels"])) for r in rows}
+    dice = {int(r["step"]): float(r["val_dice"]) for r in rows}
+    assert free["best_step"] == max(dice, key=lambda s: (dice[s], -s))
+    cap = min(false.values())
+    assert any(v > cap for v in false.values())  # the cap excludes some validated step
+    capped = train_models(tmp_path / "capped", data(), dataclasses.replace(cfg, max_negative_voxels=cap),
+                          models=1)[0]
+    allowed = [s for s in dice if false[s] <= cap]
+    assert capped["best_step"] in allowed
+    assert dice[capped["best_step"]] == max(dice[s] for s in allowed)
+    assert capped["best_val"]["negatives_false_voxels"] <= cap
+    with pytest.raises(RuntimeError, match="max_negative_voxels=-1"):
+        train_models(tmp_path / "none", data(), dataclasses.replace(cfg, max_negative_voxels=-1), models=1)

@@ -196,7 +196,9 @@ def train_ensemble(
                                  + [f"{len(s['val_ids'])} cases of {s['name']}" for s in sets if s["val_ids"]]
                                  + ([f"{len(bg_val)} real backgrounds with other inserted calcium (training "
                                      "patients, other seeds)"] if bg_val else [])),
-        "selection": SELECTION + ("; the start weights are not a candidate (exclude_start)" if exclude_start
+        "selection": SELECTION + (f"; only steps with at most {config.max_negative_voxels} coarse voxels of the hard "
+                                  "negatives labelled calcium" if config.max_negative_voxels is not None else "")
+                     + ("; the start weights are not a candidate (exclude_start)" if exclude_start
                                   else "; the start weights (step 0) are a candidate" if init else ""),
         "phantom_variant": phantom_variant,
         "train_cases": n_train + len(real),

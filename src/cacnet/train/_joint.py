@@ -110,6 +110,12 @@ def _sampler(cases: list[Case], patch, device, capacity: Optional[int] = None, m
     return s, too_big
 
 
+def _eligible(v: dict, config: TrainConfig) -> bool:
+    """May this validation result become a model's best (``config.max_negative_voxels``)?"""
+    cap, false = config.max_negative_voxels, v.get("negatives_false_voxels")
+    return cap is None or false is None or false <= cap
+
+
 def train_models(
     outdir: Path,
     data: TrainData,
@@ -251,7 +257,7 @@ def train_models(
         for k, net in enumerate(nets):
             v = validate(net)
             start_val[k] = v
-            if not exclude_start:
+            if not exclude_start and _eligible(v, config):
                 best[k] = {"dice": v["dice"], "step": 0, "val": v, "state": snapshot(net)}
             logs[k].append([0, "", round(v["dice"], 4), _r(v["phantom_dice"]), _r(v["real_dice"]),
                             round(v["artery_accuracy"], 4), _r(v["negatives_false_voxels"]), 0.0, 0.0,
@@ -336,7 +342,7 @@ def train_models(
             mean_loss = float(loss_sum[k].item()) / max(good, 1)
             if val_now:
                 v = vals[k] = validate(net)
-                if v["dice"] > best[k]["dice"]:
+                if v["dice"] > best[k]["dice"] and _eligible(v, config):
                     best[k] = {"dice": v["dice"], "step": step, "val": v, "state": snapshot(net)}
                     write_best(k)
             v = vals[k] or {}
@@ -366,7 +372,8 @@ def train_models(
     summaries = []
     for k, s in enumerate(seeds):
         if best[k]["state"] is None:
-            raise RuntimeError(f"model {s}: no validated weights to keep (exclude_start with no training step)")
+            raise RuntimeError(f"model {s}: no validated weights to keep (exclude_start with no training step, or "
+                               f"no validated step within max_negative_voxels={config.max_negative_voxels})")
         summary = {
             "seed": s, "config": asdict(config), "steps_done": step, "best_step": best[k]["step"],
             "best_val_dice": best[k]["dice"], "best_val": best[k]["val"], "start_val": start_val[k],

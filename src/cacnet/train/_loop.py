@@ -47,6 +47,10 @@ class TrainConfig:
     #: Warm the rate up over this share of the run (0: none; 0.03 suits a
     #: start from trained weights with a fresh optimizer state).
     warmup: float = 0.0
+    #: A validated step is a candidate for a model's best only when the model
+    #: labels at most this many coarse voxels of the hard negatives as calcium
+    #: (None: no limit; the start weights are subject to it too).
+    max_negative_voxels: Optional[int] = None
 
 
 def learning_rate(config: TrainConfig, step: int, elapsed: float) -> float:
