@@ -17,7 +17,7 @@ import numpy as np
 
 from ._canvas import Canvas
 
-__all__ = ["Heart", "Anatomy", "sample_anatomy", "draw_anatomy", "resample_polyline"]
+__all__ = ["Heart", "Anatomy", "sample_anatomy", "draw_anatomy", "draw_ribs", "resample_polyline"]
 
 ARTERIES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
 
@@ -221,6 +221,16 @@ def _sample_coronaries(rng, anat: Anatomy) -> None:
     }
 
 
+def draw_ribs(canvas: Canvas, ribs, t) -> None:
+    """Ribs (cortex and marrow tubes) and their costal cartilage, in the order both variants draw them."""
+    for rib, cart in ribs:
+        pts, _ = resample_polyline(rib, 3.0)
+        canvas.tube(pts, 5.0, t["cortical"] * 0.85)
+        canvas.tube(pts, 3.2, t["cancellous"])
+        cpts, _ = resample_polyline(cart, 3.0)
+        canvas.tube(cpts, 4.0, t["cartilage"])
+
+
 def draw_anatomy(canvas: Canvas, anat: Anatomy, rng: np.random.Generator) -> None:
     """Draw the tissues (no calcium) into ``canvas.hu``, back to front."""
     t = anat.tissue
@@ -280,12 +290,7 @@ def draw_anatomy(canvas: Canvas, anat: Anatomy, rng: np.random.Generator) -> Non
         canvas.small_tube(pts, radii, t["blood"])
 
     # Ribs (cortex and marrow), costal cartilage and the sternum.
-    for rib, cart in anat.ribs:
-        pts, _ = resample_polyline(rib, 3.0)
-        canvas.tube(pts, 5.0, t["cortical"] * 0.85)
-        canvas.tube(pts, 3.2, t["cancellous"])
-        cpts, _ = resample_polyline(cart, 3.0)
-        canvas.tube(cpts, 4.0, t["cartilage"])
+    draw_ribs(canvas, anat.ribs, t)
     st_y, st_x = anat.sternum_yx
     canvas.ellipse_cylinder((st_y, st_x), (7, 16), t["cortical"] * 0.8)
     canvas.ellipse_cylinder((st_y, st_x), (5.5, 14.5), t["cancellous"])

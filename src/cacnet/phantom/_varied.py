@@ -54,7 +54,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage, sparse
 
-from ._anatomy import Anatomy, Heart, _sample_coronaries, _sample_ribs, _unit, resample_polyline
+from ._anatomy import Anatomy, Heart, _sample_coronaries, _sample_ribs, _unit, draw_ribs, resample_polyline
 from ._calcium import LOOKALIKES, Calcification, _perpendicular, sample_lookalikes
 from ._canvas import Canvas, Grid
 from ._generate import ORIENTATIONS, Acquisition, PhantomSteps, _blur
@@ -712,12 +712,7 @@ def draw_varied_anatomy(canvas: Canvas, anat: VariedAnatomy, rng: np.random.Gene
     for pts, radii in ([] if coarse else anat.coronaries.values()):
         canvas.small_tube(pts, radii, t["blood"])
     # Bones of the chest wall: ribs, cartilage, sternum, scapulae.
-    for rib, cart in anat.ribs:
-        pts, _ = resample_polyline(rib, 3.0)
-        canvas.tube(pts, 5.0, t["cortical"] * 0.85)
-        canvas.tube(pts, 3.2, t["cancellous"])
-        cpts, _ = resample_polyline(cart, 3.0)
-        canvas.tube(cpts, 4.0, t["cartilage"])
+    draw_ribs(canvas, anat.ribs, t)
     st_y, st_x = anat.sternum_yx
     sr_ = anat.sternum_radii
     canvas.ellipse_cylinder((st_y, st_x), sr_, t["cortical"] * 0.8)
