@@ -54,6 +54,14 @@ import numpy as np
 
 from .errors import InvalidScanError, SeriesSelectionError
 
+try:  # ISA-L's gzip (python-isal): the same bytes as the standard library, about twice as fast
+    from isal.igzip import decompress as _gunzip_bytes
+    from isal.igzip_lib import IsalError as _GunzipError
+except ImportError:  # pragma: no cover - where no isal wheel exists
+    from gzip import decompress as _gunzip_bytes
+
+    _GunzipError = zlib.error
+
 __all__ = ["Scan", "SeriesInfo", "acquisition_flags", "read_scan", "list_series", "to_source_grid", "canonical_to_source_index",
            "scan_id", "IMAGE_SUFFIXES", "is_scan_path"]
 
@@ -386,9 +394,8 @@ def _check_nifti(path: Path, label: str, copy: Optional[Path] = None
     name = path.name.lower()
     if name.endswith(".gz"):
         try:
-            with gzip.open(path, "rb") as fh:
-                data = fh.read()
-        except (OSError, EOFError, zlib.error) as exc:
+            data = _gunzip_bytes(path.read_bytes())
+        except (OSError, EOFError, zlib.error, _GunzipError) as exc:
             raise InvalidScanError(f"{label}: the compressed file is truncated or corrupt ({exc}); "
                                    "copy or export it again.") from None
     elif name.endswith(".nii"):
