@@ -2,8 +2,8 @@
 
 Scores each scan once with the shipped ensemble, then times, over --repeat runs
 (median), what ``cac score --report --preview`` adds: finding the components
-(:func:`cacnet.review.find_components`, which runs the triage's heart region
-again), rendering and writing the HTML report, and the preview PNG. With
+(:func:`cacnet.review.find_components`, with the heart region of the triage
+scoring made), rendering and writing the HTML report, and the preview PNG. With
 --docs it writes docs/report/<id>.html, the quick look docs/report/<id>_preview.png
 and a screenshot of the report, docs/report/<id>.png, taken with headless
 Chromium (Debian package ``chromium``).
@@ -71,7 +71,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                table = find_components(res.scan.hu, res.scan.spacing, res.labels, res.data)
+                table = find_components(res.scan.hu, res.scan.spacing, res.labels, res.data, res.triage)
                 t1 = time.perf_counter()
                 html = write_report(res, Path(tmp) / f"{res.id}.html", table)
                 t2 = time.perf_counter()

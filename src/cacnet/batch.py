@@ -60,7 +60,7 @@ def write_outputs(result: ScanResult, outdir: Path, preview: bool = False, repor
     if preview or report:
         from .review import find_components
 
-        table = find_components(result.scan.hu, result.scan.spacing, result.labels, result.data)
+        table = find_components(result.scan.hu, result.scan.spacing, result.labels, result.data, result.triage)
     if preview:
         from .preview import write_result_preview
 

@@ -47,6 +47,8 @@ class ScanResult:
     score: agatston.ScoreResult
     data: dict[str, Any] = field(default_factory=dict)
     scan: Optional[Scan] = None
+    #: The triage of the scan (:func:`cacnet.triage.triage`); its heart region serves the report's candidates.
+    triage: Optional[Any] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return self.data
@@ -353,4 +355,4 @@ def score_scan(
         "versions": versions(),
     }
     data["timings_s"]["total"] = round(sum(stages.values()), 4)  # the stages' time, not any wait between them
-    return ScanResult(id=scan.id, labels=labels, score=result, data=data, scan=scan)
+    return ScanResult(id=scan.id, labels=labels, score=result, data=data, scan=scan, triage=checked)

@@ -136,7 +136,7 @@ def render_result_preview(result: "ScanResult", table: Optional["ComponentTable"
     scan, data = result.scan, result.data
     hu = np.asarray(scan.hu)
     if table is None:
-        table = find_components(hu, scan.spacing, result.labels, data)
+        table = find_components(hu, scan.spacing, result.labels, data, result.triage)
     shape = hu.shape
     bbox = (((data.get("triage") or {}).get("checks") or {}).get("heart") or {}).get("bbox_zyx")
     slices = _tile_slices(table, shape, bbox)

@@ -431,7 +431,7 @@ def render_report(result: "ScanResult", table: Optional[ComponentTable] = None) 
     hu = np.asarray(scan.hu)
     labels = np.asarray(result.labels)
     if table is None:
-        table = find_components(hu, scan.spacing, labels, data)
+        table = find_components(hu, scan.spacing, labels, data, result.triage)
     geo = _Geometry(scan)
     models = data.get("models") or {}
     n_models = int(models.get("models_run") or models.get("n_models") or 0)

@@ -375,13 +375,17 @@ def _match(index: dict[int, list[dict[str, Any]]], z: int, cy: float, cx: float,
 
 
 def _in_heart(hu: np.ndarray, spacing: Sequence[float], data: dict[str, Any], z: np.ndarray, y: np.ndarray,
-              x: np.ndarray) -> np.ndarray:
-    """Whether voxel positions lie in the heart region (grown by one 3.5 mm cell), see :func:`find_components`."""
-    from types import SimpleNamespace
+              x: np.ndarray, found: Any = None) -> np.ndarray:
+    """Whether voxel positions lie in the heart region (grown by one 3.5 mm cell), see :func:`find_components`.
 
-    from .triage import triage
+    ``found``: the scan's :class:`cacnet.triage.Triage` when scoring made one; otherwise it is made here.
+    """
+    if found is None:
+        from types import SimpleNamespace
 
-    found = triage(SimpleNamespace(hu=hu, spacing=tuple(spacing), meta={}))
+        from .triage import triage
+
+        found = triage(SimpleNamespace(hu=hu, spacing=tuple(spacing), meta={}))
     heart, f = found.heart_mask, found.block
     if heart is not None and heart.any():
         grown = ndimage.binary_dilation(heart, structure=np.ones((3, 3, 3), bool))
@@ -402,7 +406,7 @@ def _in_heart(hu: np.ndarray, spacing: Sequence[float], data: dict[str, Any], z:
 
 
 def find_components(hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray,
-                    data: dict[str, Any]) -> ComponentTable:
+                    data: dict[str, Any], triaged: Any = None) -> ComponentTable:
     """The lesions and rejected candidates of a result, with stable ids (see the module docstring).
 
     Parameters
@@ -415,6 +419,9 @@ def find_components(hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray
         The result's mask on the same grid (0, 1 LM, 2 LAD, 3 LCX, 4 RCA).
     data : dict
         The result JSON (settings, lesions with votes, rejected candidates, triage).
+    triaged : cacnet.triage.Triage, optional
+        The scan's triage, when scoring just made it (``ScanResult.triage``):
+        its heart region is used instead of finding it again.
 
     Returns
     -------
@@ -485,7 +492,7 @@ def find_components(hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray
                 else:
                     unmatched.append(r)
         # quiet candidates: counted parts with their centroid in the heart region
-        inside = _in_heart(hu, (dz, dy, dx), data, uz, cy, cx)
+        inside = _in_heart(hu, (dz, dy, dx), data, uz, cy, cx, triaged)
         inside &= (counts >= st["min_voxels"]) & (counts * dy * dx >= min_area)
         quiet = [int(i) for i in np.flatnonzero(inside) if int(i) not in selected]
         chosen = np.array(sorted(set(selected) | set(quiet)), dtype=np.int64)
@@ -834,7 +841,10 @@ def apply_review(result_path: Path | str, review_path: Path | str, outdir: Optio
         raise UsageError(f"-o {out} is a file, not a folder.")
     scan = read_scan(spath, series=(data.get("scan") or {}).get("series_uid"))
     labels = _read_mask(result_path.parent / f"{case_id}_calcium.nii.gz", scan)
-    table = find_components(scan.hu, scan.spacing, labels, data)
+    from .triage import triage
+
+    checked = triage(scan)  # once: its heart region serves both component tables and the report
+    table = find_components(scan.hu, scan.spacing, labels, data, checked)
     if review["components_sha256"] != table.digest:
         raise ReviewError(f"{review_path} is stale: it was made on a report whose lesions and candidates differ "
                           f"from those of {result_path} (the scan was scored again, or the mask changed). Review "
@@ -845,14 +855,14 @@ def apply_review(result_path: Path | str, review_path: Path | str, outdir: Optio
                          min_area_mm2=st["min_area_mm2"], min_voxels=st["min_voxels"],
                          connectivity=st["connectivity"], calibration=st["calibration"], water_hu=st["water_hu"])
     new_data = _reviewed_data(data, scan, table, review, res, new_labels, review_path)
-    result = ScanResult(id=case_id, labels=new_labels, score=res, data=new_data, scan=scan)
+    result = ScanResult(id=case_id, labels=new_labels, score=res, data=new_data, scan=scan, triage=checked)
 
     files: dict[str, Path] = {}
     files["mask"] = out / f"{case_id}_calcium.nii.gz"
     write_image_atomic(to_source_grid(new_labels, scan), files["mask"])
     from .report import write_report
 
-    new_table = find_components(scan.hu, scan.spacing, new_labels, new_data)
+    new_table = find_components(scan.hu, scan.spacing, new_labels, new_data, checked)
     files["report"] = write_report(result, out / f"{case_id}.html", new_table)
     if preview:
         from .preview import write_result_preview
