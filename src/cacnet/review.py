@@ -625,12 +625,7 @@ def read_review(path: Path | str) -> dict[str, Any]:
         that makes no sense.
     """
     path = Path(path)
-    try:
-        review = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReviewError(f"{path}: no such review file.") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ReviewError(f"{path}: not a readable review file ({exc}).") from None
+    review = _load_json(path, "review")
     if not isinstance(review, dict) or review.get("format") != REVIEW_FORMAT:
         raise ReviewError(f"{path}: not a review file (no \"format\": \"{REVIEW_FORMAT}\"); save one from the "
                           "report page (<id>.html, button \"Save review\").")
@@ -720,13 +715,18 @@ class ReviewOutcome:
     points_agree: bool
 
 
-def _read_result(path: Path) -> dict[str, Any]:
+def _load_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a missing or unreadable file is a :class:`ReviewError` naming ``what`` it should be."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ReviewError(f"{path}: no such result file.") from None
+        raise ReviewError(f"{path}: no such {what} file.") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ReviewError(f"{path}: not a readable result file ({exc}).") from None
+        raise ReviewError(f"{path}: not a readable {what} file ({exc}).") from None
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    data = _load_json(path, "result")
     if not isinstance(data, dict) or "id" not in data or "lesions" not in data or "settings" not in data:
         raise ReviewError(f"{path}: not a result of cac score (<id>.json with id, lesions and settings).")
     return data
