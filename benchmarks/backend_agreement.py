@@ -36,9 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def recording(ens: Ensemble) -> list:
-    """Make ``ens`` keep the logits of its last vote (one array per model run)."""
+    """Make ``ens`` keep the logits of its last vote (one array per model run).
+
+    OpenVINO votes with one graph that returns class maps, not logits
+    (:meth:`Ensemble.classes`); for it the logits are computed afterwards by
+    the single compiled models, and the graph's class maps are checked
+    against their argmax (``graph_argmax_differ``).
+    """
     kept: list = []
-    run = ens.logits
+    run, run_classes = ens.logits, ens.classes
 
     def logits(x):
         kept.clear()
@@ -46,7 +52,15 @@ def recording(ens: Ensemble) -> list:
             kept.append(out)
             yield out
 
+    def classes(x):
+        maps = run_classes(x)
+        if ens.backend == "openvino":
+            list(logits(x))
+            kept.append(sum(int((m != la.argmax(0)).sum()) for m, la in zip(maps, kept)))
+        return maps
+
     ens.logits = logits  # type: ignore[method-assign]  # an instance attribute shadows the method
+    ens.classes = classes  # type: ignore[method-assign]
     return kept
 
 
@@ -84,6 +98,7 @@ def compare(name: str, scan: Scan, ref: Ensemble, test: Ensemble, ref_logits: li
     row["labels_identical"] = row["label_voxels_differ"] == 0
     row["examples"] = [{"zyx": v.tolist(), "ref": int(a.labels[tuple(v)]), "test": int(b.labels[tuple(v)])}
                        for v in diff[:show]]
+    graph_differ = test_logits.pop() if test_logits and isinstance(test_logits[-1], int) else 0
     max_logit = max_prob = 0.0
     argmax_differ, margins = 0, []
     if ref_logits and len(ref_logits) == len(test_logits):  # no candidates >= 130 HU: no model ran
@@ -96,7 +111,7 @@ def compare(name: str, scan: Scan, ref: Ensemble, test: Ensemble, ref_logits: li
                 top2 = np.sort(la[:, where], axis=0)[-2:]
                 margins += (top2[1] - top2[0]).tolist()
     row.update({"max_abs_logit_diff": max_logit, "max_abs_prob_diff": max_prob,
-                "coarse_argmax_differ": argmax_differ,
+                "coarse_argmax_differ": argmax_differ, "graph_argmax_differ": graph_differ,
                 "max_ref_margin_where_argmax_differs": max(margins) if margins else None,
                 "models_run": len(ref_logits)})
     return row
@@ -151,6 +166,8 @@ def main() -> None:
     print(f"  label maps identical: {same} of {n}; calcium masks identical: {same_mask} of {n}; "
           f"voxels differing in all: {sum(r['label_voxels_differ'] for r in rows)}")
     print(f"  coarse argmax differences (model x voxel): {sum(r['coarse_argmax_differ'] for r in rows)}")
+    print(f"  OpenVINO's one-graph class maps against the argmax of its single models' logits, voxels "
+          f"differing: {sum(r['graph_argmax_differ'] for r in rows)}")
     print(f"  |Agatston difference|: max {max(d):.3f}, mean {np.mean(d):.4f}; scans with any: "
           f"{sum(x > 0 for x in d)}; category changed: "
           f"{sum(_cat(r['agatston']) != _cat(r['agatston_ref']) for r in rows)}; largest per-artery |difference| "
@@ -158,7 +175,8 @@ def main() -> None:
     print(f"  largest |logit| difference {max(r['max_abs_logit_diff'] for r in rows):.3g}, "
           f"largest |probability| difference {max(r['max_abs_prob_diff'] for r in rows):.3g}")
     print(f"  inference: onnxruntime {sum(r['inference_s_ref'] for r in rows):.1f} s, "
-          f"OpenVINO {sum(r['inference_s'] for r in rows):.1f} s in all")
+          f"OpenVINO {sum(r['inference_s'] for r in rows):.1f} s in all (for fp32 OpenVINO's includes "
+          "running its single models again for their logits; use bench_score.py for speed)")
     if args.json:
         args.json.write_text(json.dumps({"reference": ref.describe(), "tested": test.describe(), "rows": rows},
                                         indent=1))

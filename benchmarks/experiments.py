@@ -168,7 +168,7 @@ def main() -> None:
             raise SystemExit(f"{args.keep_rows}: scored on other cases ({old.get('n_cases')} of seed "
                              f"{old.get('held_out_seed')}); its rows cannot be compared with {args.n} cases")
     ens = Ensemble(args.weights, device="cpu")
-    n_models = len(ens.sessions)
+    n_models = ens.n_models
     others = {}
     for item in args.compare:
         label, _, folder = item.partition("=")
@@ -240,7 +240,7 @@ def main() -> None:
                        [[r["singles"][m] for r in rows] for m in range(n_models)], args.weights)]
     for item in args.compare:
         label, _, folder = item.partition("=")
-        k = len(others[label].sessions)
+        k = others[label].n_models
         table1.append(size_row(label, [r["compared"][label]["ensemble"] for r in rows],
                                [[r["compared"][label]["singles"][m] for r in rows] for m in range(k)], Path(folder)))
     kept = []

@@ -132,6 +132,18 @@ def decided(vote: Vote) -> np.ndarray:
     return calcium_fixed & ((vote.votes < need) | artery_fixed)
 
 
+def _argmax_node(ops, logits):
+    """OpenVINO nodes for ``numpy.argmax(logits, axis=1)`` with a class axis kept, as int32.
+
+    A TopK of 1 sorted by value and stable: among equal maxima the lowest
+    index comes first, as in numpy. ``ops`` is an OpenVINO opset module (11+).
+    """
+    import openvino as ov
+
+    k = ops.constant(np.int64(1))
+    return ops.topk(logits, k, 1, "max", "value", ov.Type.i32, stable=True).output(1)
+
+
 BACKENDS = ("auto", "openvino", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
 
@@ -218,7 +230,11 @@ class Ensemble:
         execution provider or ``"OpenVINO:CPU"``; ``"cpu"``/``"cuda"``;
         ``"fp32"``/``"bf16"``.
     sessions : list
-        One per model: onnxruntime sessions or OpenVINO compiled models.
+        One per model: onnxruntime sessions or OpenVINO compiled models
+        (compiled on first use: with OpenVINO, :meth:`classes` and the vote
+        without early stop run all models as one compiled graph).
+    n_models : int
+        How many models vote.
     """
 
     weights_dir: Path = DEFAULT_WEIGHTS
@@ -276,7 +292,7 @@ class Ensemble:
         # No per-session memory arena: five sessions each keeping their peak
         # activations held 2.25 GB on a 512 x 512 x 60 scan; without, 1.39 GB.
         opts.enable_cpu_mem_arena = False
-        self.sessions = []
+        self._sessions = []
         for m in self.models:
             try:
                 sess = ort.InferenceSession(m["path"], sess_options=opts, providers=providers)
@@ -284,7 +300,7 @@ class Ensemble:
                 if self.device == "cuda":
                     raise DeviceUnavailableError(f"--device cuda: the CUDA session failed ({exc}).") from None
                 sess = ort.InferenceSession(m["path"], sess_options=opts, providers=["CPUExecutionProvider"])
-            self.sessions.append(sess)
+            self._sessions.append(sess)
         running = self.sessions[0].get_providers()[0]
         if self.device == "cuda" and running != "CUDAExecutionProvider":
             raise DeviceUnavailableError(f"--device cuda: onnxruntime fell back to {running}.")
@@ -302,20 +318,69 @@ class Ensemble:
         # f32 explicitly: on CPUs with AMX/AVX512-BF16 OpenVINO would run bf16 by default
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
-        self.sessions, self._runners = [], []
-        for m in self.models:
-            # the input's spatial dimensions stay dynamic: the CPU plugin compiles once for every shape
-            compiled = core.compile_model(core.read_model(m["path"]), "CPU", config)
-            self.sessions.append(compiled)
-            self._runners.append(self._openvino_runner(compiled))
-        compiled = self.sessions[0]
-        ran = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self._ov_core, self._ov_config = core, config
+        # the input's spatial dimensions stay dynamic: the CPU plugin compiles once for every shape
+        merged = self._compile_openvino_ensemble()
+        ran = str(merged.get_property("INFERENCE_PRECISION_HINT"))
         self.precision = "bf16" if "bf16" in ran or "bfloat16" in ran else "fp32"
-        devices = compiled.get_property("EXECUTION_DEVICES")
+        devices = merged.get_property("EXECUTION_DEVICES")
         self.provider = "OpenVINO:" + ",".join(devices)
         self.device = "cpu"
-        self.input_name = compiled.input(0).get_any_name()
         self.threads = threads
+        self._sessions = None  # one compiled model per model, for early stop and logits: on first need
+
+    @property
+    def n_models(self) -> int:
+        """How many models the ensemble has."""
+        return len(self.models)
+
+    @property
+    def sessions(self) -> list:
+        """One per model: onnxruntime sessions, or OpenVINO compiled models (compiled on first use)."""
+        if self._sessions is None:
+            core = self._ov_core
+            self._sessions = [core.compile_model(core.read_model(m["path"]), "CPU", self._ov_config)
+                              for m in self.models]
+            self._runners = [self._openvino_runner(c) for c in self._sessions]
+        return self._sessions
+
+    def _compile_openvino_ensemble(self):
+        """Compile every model as one OpenVINO graph: a shared input, each model's argmax as an output.
+
+        One graph instead of five compiled models saves ~10 % of the
+        inference time (one memory pool, one shape inference per scan) and
+        the copies of the (5, z, y, x) logits. The argmax is a stable TopK
+        (:func:`_argmax_node`), whose ties go to the lowest class as in
+        ``numpy.argmax``, so the class maps are those of :meth:`predict`.
+        """
+        import openvino as ov
+
+        try:
+            from openvino import opset11 as ops
+        except ImportError:  # OpenVINO < 2025
+            from openvino.runtime import opset11 as ops  # type: ignore[no-redef]
+
+        core = self._ov_core
+        graphs = [core.read_model(m["path"]) for m in self.models]
+        self.input_name = graphs[0].input(0).get_any_name()
+        shared = ops.parameter(graphs[0].inputs[0].get_partial_shape(), ov.Type.f32, name=self.input_name)
+        outputs = []
+        for graph in graphs:
+            for target in list(graph.get_parameters()[0].output(0).get_target_inputs()):
+                target.replace_source_output(shared.output(0))
+            outputs.append(ops.result(_argmax_node(ops, graph.get_results()[0].input_value(0))))
+        merged = core.compile_model(ov.Model(outputs, [shared], "cacnet_ensemble"), "CPU", self._ov_config)
+        request = merged.create_infer_request()
+
+        def run(inp: np.ndarray) -> list[np.ndarray]:
+            outs = request.infer({0: inp}, share_inputs=True)
+            maps = [np.asarray(outs[i]) for i in range(len(graphs))]
+            if hasattr(merged, "release_memory"):  # as in _openvino_runner
+                merged.release_memory()
+            return maps
+
+        self._run_all = run
+        return merged
 
     @staticmethod
     def _openvino_runner(compiled) -> Callable[[np.ndarray], np.ndarray]:
@@ -331,10 +396,23 @@ class Ensemble:
 
         return run
 
+    def classes(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every model's class map of a preprocessed (z, y, x) volume (see :meth:`predict`), all at once.
+
+        With OpenVINO the models run as one graph that returns class maps
+        (same maps as :meth:`predict`, faster); otherwise :meth:`predict`.
+        """
+        if self.backend != "openvino":
+            return list(self.predict(x))
+        inp = np.ascontiguousarray(pad_to_multiple(x.astype(np.float32))[None, None])
+        crop = tuple(slice(0, s) for s in x.shape)
+        return [m[0, 0][crop].astype(np.uint8) for m in self._run_all(inp)]
+
     def logits(self, x: np.ndarray) -> Iterator[np.ndarray]:
         """Each model's float32 logits (5, z, y, x) of a preprocessed (z, y, x) volume, one model at a time."""
         inp = np.ascontiguousarray(pad_to_multiple(x.astype(np.float32))[None, None])
         crop = (slice(None),) + tuple(slice(0, s) for s in x.shape)
+        self.sessions  # noqa: B018 - OpenVINO compiles the single models on first use
         for run in self._runners:
             yield np.asarray(run(inp))[0][crop]
 
@@ -365,8 +443,10 @@ class Ensemble:
         calcium mask and the arteries are then what the full ensemble gives;
         vote counts only cover the models run.
         """
-        n = len(self.sessions)
+        n = self.n_models
         need = n // 2 + 1
+        if not early_stop or candidates is None:
+            return combine_votes(self.classes(x), n)
         classes: list[np.ndarray] = []
         for cls in self.predict(x):
             classes.append(cls)

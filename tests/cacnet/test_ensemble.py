@@ -135,9 +135,46 @@ def test_backends_give_identical_votes_on_the_shipped_weights():
 
     scan = read_scan(EXAMPLE)
     x = normalize(downsample(scan.hu, coarse_grid(scan.hu.shape, scan.spacing)))[:16, :48, :48]
-    maps = {b: list(Ensemble(device="cpu", backend=b).predict(x)) for b in ("openvino", "onnxruntime")}
-    for a, b in zip(maps["openvino"], maps["onnxruntime"]):
-        assert np.array_equal(a, b)
+    ov_ens = Ensemble(device="cpu", backend="openvino")
+    maps = {"openvino": list(ov_ens.predict(x)), "onnxruntime": list(Ensemble(device="cpu", backend="onnxruntime")
+                                                                     .predict(x))}
+    graph = ov_ens.classes(x)  # the five models as one OpenVINO graph with an argmax each
+    for a, b, g in zip(maps["openvino"], maps["onnxruntime"], graph):
+        assert np.array_equal(a, b) and np.array_equal(g, b) and g.dtype == np.uint8
+
+
+@needs_openvino
+def test_one_graph_argmax_breaks_ties_like_numpy():
+    """The TopK that ends each model in the one-graph ensemble picks the lowest class among equal maxima."""
+    import openvino as ov
+
+    from cacnet.ensemble import _argmax_node
+
+    try:
+        from openvino import opset11 as ops
+    except ImportError:
+        from openvino.runtime import opset11 as ops
+    param = ops.parameter(ov.PartialShape([1, 5, -1, -1, -1]), ov.Type.f32)
+    model = ov.Model([ops.result(_argmax_node(ops, param.output(0)))], [param])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    rng = np.random.default_rng(3)
+    logits = rng.integers(0, 3, size=(1, 5, 6, 40, 40)).astype(np.float32)  # ties everywhere
+    logits[0, :, 0, 0, 0] = 1.0  # a five-way tie
+    got = compiled({0: logits})[0][:, 0]
+    assert got.shape == (1, 6, 40, 40)
+    assert np.array_equal(got, logits.argmax(axis=1)) and got[0, 0, 0, 0] == 0
+
+
+@needs_openvino
+def test_vote_without_early_stop_uses_the_one_graph(toy_weights):
+    """Toy threshold models tie their logits on most voxels: the one graph still gives numpy's argmax."""
+    ens = Ensemble(toy_weights, device="cpu", backend="openvino")
+    rng = np.random.default_rng(11)
+    x = rng.random((8, 24, 24), dtype=np.float32)
+    single = list(ens.predict(x))
+    assert all(np.array_equal(a, b) for a, b in zip(ens.classes(x), single))
+    full = ens.vote(x)
+    assert full.models_run == 5 and np.array_equal(full.votes, combine_votes(single, 5).votes)
 
 
 def test_bf16_is_refused_where_unsupported(toy_weights, monkeypatch):

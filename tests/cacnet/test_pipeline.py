@@ -32,6 +32,26 @@ def test_decide_whole_components_by_their_peak():
     assert sorted((r[3], r[5]) for r in records) == [(2, False), (5, True)]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_candidates_only_shrink_the_box_labelled(seed):
+    """Votes outside the coarse candidates cannot decide a component: same labels and records with or without."""
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(40, 60, (10, 90, 90)).astype(np.float32)
+    for _ in range(25):  # dense spots and streaks, some crossing coarse borders
+        z, y, x = rng.integers(0, 10), rng.integers(0, 80), rng.integers(0, 80)
+        hu[z, y:y + rng.integers(1, 10), x:x + rng.integers(1, 10)] = rng.uniform(130, 900)
+    hu[3, 40, :] = 400.0  # one component spanning the whole width
+    grid = coarse_grid(hu.shape, (3.0, 0.5, 0.5))
+    votes = rng.integers(0, 6, grid.coarse_shape).astype(np.uint8) * (rng.random(grid.coarse_shape) < 0.3)
+    artery = np.where(votes > 0, rng.integers(1, 5, grid.coarse_shape), 0).astype(np.uint8)
+    vote = Vote(votes, artery, 5, 5)
+    candidates = downsample(hu, grid) >= 130.0
+    assert (votes > 0).sum() > (votes[candidates] > 0).sum()  # stray votes off the candidates
+    labels, records = decide_components(hu, vote, grid)
+    fast_labels, fast_records = decide_components(hu, vote, grid, candidates=candidates)
+    assert np.array_equal(labels, fast_labels) and records == fast_records and records
+
+
 def test_weights_are_verified(tmp_path):
     w = make_weights(tmp_path / "w", thresholds=(130, 300))
     assert len(verify_weights(w)) == 2
@@ -240,3 +260,19 @@ def test_lesion_positions_on_the_input_grid_nifti(tmp_path, ensemble):
                                                                                           abs=0.02)
         # the canonical keys stay canonical
         assert res.scan.hu[les["slice_index"], round(les["centroid_yx"][0]), round(les["centroid_yx"][1])] >= 130
+
+
+def test_a_scan_whose_file_was_deleted_still_scores(phantom_scans, toy_weights, tmp_path):
+    """The result records the source's sha256 for `cac review apply`; a file gone since reading gives None."""
+    import shutil
+
+    folder, _ = phantom_scans
+    path = tmp_path / "gone.nii.gz"
+    shutil.copy(folder / "case21.nii.gz", path)
+    scan = read_scan(path)
+    ens = Ensemble(toy_weights, device="cpu")
+    kept = score_scan(scan, ens, force=True)
+    path.unlink()
+    gone = score_scan(scan, ens, force=True)
+    assert kept.data["source"]["sha256"] and gone.data["source"] == {"path": str(path), "sha256": None}
+    assert np.array_equal(kept.labels, gone.labels) and gone.score.agatston == kept.score.agatston
