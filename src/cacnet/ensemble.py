@@ -337,12 +337,17 @@ class Ensemble:
     @property
     def sessions(self) -> list:
         """One per model: onnxruntime sessions, or OpenVINO compiled models (compiled on first use)."""
+        self._single_runners()
+        return self._sessions
+
+    def _single_runners(self) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """One callable per model, input to logits; OpenVINO compiles the single models on the first call."""
         if self._sessions is None:
             core = self._ov_core
             self._sessions = [core.compile_model(core.read_model(m["path"]), "CPU", self._ov_config)
                               for m in self.models]
             self._runners = [self._openvino_runner(c) for c in self._sessions]
-        return self._sessions
+        return self._runners
 
     def _compile_openvino_ensemble(self):
         """Compile every model as one OpenVINO graph: a shared input, each model's argmax as an output.
@@ -412,8 +417,7 @@ class Ensemble:
         """Each model's float32 logits (5, z, y, x) of a preprocessed (z, y, x) volume, one model at a time."""
         inp = np.ascontiguousarray(pad_to_multiple(x.astype(np.float32))[None, None])
         crop = (slice(None),) + tuple(slice(0, s) for s in x.shape)
-        self.sessions  # noqa: B018 - OpenVINO compiles the single models on first use
-        for run in self._runners:
+        for run in self._single_runners():
             yield np.asarray(run(inp))[0][crop]
 
     def predict(self, x: np.ndarray) -> Iterator[np.ndarray]:
