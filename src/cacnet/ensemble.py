@@ -301,14 +301,14 @@ class Ensemble:
                     raise DeviceUnavailableError(f"--device cuda: the CUDA session failed ({exc}).") from None
                 sess = ort.InferenceSession(m["path"], sess_options=opts, providers=["CPUExecutionProvider"])
             self._sessions.append(sess)
-        running = self.sessions[0].get_providers()[0]
+        running = self._sessions[0].get_providers()[0]
         if self.device == "cuda" and running != "CUDAExecutionProvider":
             raise DeviceUnavailableError(f"--device cuda: onnxruntime fell back to {running}.")
         self.provider = running
         self.device = "cuda" if running == "CUDAExecutionProvider" else "cpu"
-        self.input_name = self.sessions[0].get_inputs()[0].name
+        self.input_name = self._sessions[0].get_inputs()[0].name
         self._runners = [
-            (lambda inp, s=sess: s.run(None, {self.input_name: inp})[0]) for sess in self.sessions]
+            (lambda inp, s=sess: s.run(None, {self.input_name: inp})[0]) for sess in self._sessions]
 
     def _load_openvino(self) -> None:
         import openvino as ov
