@@ -22,13 +22,17 @@ is reconstruction i % R, with seed ``[HELD_OUT_SEED * 1000 + r, i // R]``).
 Weights trained with ``--hold-out-background NAME`` never saw that patient:
 the leave-one-background-out check. The cases are written to --cache (required).
 
+``--variant varied`` draws the held-out phantoms from the varied generator
+(``cac phantom --variant varied``) instead: for weights trained on the default
+generator only, the cross-variant check.
+
 Rows of an earlier run's Table 1 (other weights, scored on the same cases) can
 be carried over with ``--keep-rows results.json``, so that one run need not
 score every weight set again.
 
 Run:  python benchmarks/experiments.py [--n 100] [--weights weights] [--label shipped]
              [--compare LABEL=DIR ...] [--keep-rows OLD/results.json] [--cache DIR] [--out docs/experiments]
-             [--background NAME --backgrounds ROOT]
+             [--background NAME --backgrounds ROOT] [--variant varied]
 Writes results.json, tables.md, confusion.png and overlays.png into --out.
 """
 
@@ -66,14 +70,15 @@ def metrics(pred_scores, true_cats) -> dict:
             "kappa": agatston.weighted_kappa(pred_cats, true_cats)}
 
 
-def held_out_case(i: int, cache: Path | None) -> dict:
-    """Held-out phantom ``i`` (seed HELD_OUT_SEED, category ABCDE[i % 5]), from ``cache`` when there."""
-    path = cache / f"held_out_{i:04d}.npz" if cache else None
+def held_out_case(i: int, cache: Path | None, variant: str = "default") -> dict:
+    """Held-out phantom ``i`` (seed HELD_OUT_SEED, category ABCDE[i % 5]) of a generator variant, from ``cache``."""
+    prefix = "held_out" if variant == "default" else f"held_out_{variant}"
+    path = cache / f"{prefix}_{i:04d}.npz" if cache else None
     if path is not None and path.exists():
         with np.load(path) as z:
             return {"hu": z["hu"], "labels": z["labels"], "spacing": tuple(z["spacing"].tolist()),
                     **json.loads(str(z["info"]))}
-    case = generate_phantom(case_seed(HELD_OUT_SEED, i), category="ABCDE"[i % 5])
+    case = generate_phantom(case_seed(HELD_OUT_SEED, i), category="ABCDE"[i % 5], variant=variant)
     info = {"id": case.case_id, "true": case.truth.agatston, "true_category": case.truth.category,
             **{k: case.meta[k] for k in ("faint_lesion", "mitral_annulus", "lookalikes")}}
     if path is not None:
@@ -155,10 +160,14 @@ def main() -> None:
                         help="score inserted-calcium copies of this traced real patient instead of phantoms")
     parser.add_argument("--backgrounds", type=Path, default=None, metavar="ROOT",
                         help="the real-CT folder the tracings name (with --background)")
+    parser.add_argument("--variant", default="default", choices=["default", "varied"],
+                        help="generator variant of the held-out phantoms (cross-variant check: weights trained "
+                             "without it)")
     args = parser.parse_args()
     if args.background is not None and (args.backgrounds is None or args.cache is None):
         parser.error("--background needs --backgrounds ROOT and --cache DIR")
-    case_set = f"background:{args.background}" if args.background else "phantoms"
+    case_set = (f"background:{args.background}" if args.background
+                else "phantoms" if args.variant == "default" else f"phantoms:{args.variant}")
     args.out.mkdir(parents=True, exist_ok=True)
     old = None
     if args.keep_rows is not None:  # checked before the long run
@@ -178,7 +187,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for i in range(args.n):
         case = (background_case(i, args.n, args.background, args.backgrounds, args.cache) if args.background
-                else held_out_case(i, args.cache))
+                else held_out_case(i, args.cache, args.variant))
         hu, spacing, truth_labels = case["hu"].astype(np.float32), case["spacing"], case["labels"]
         grid = coarse_grid(hu.shape, spacing)
         x = normalize(downsample(hu, grid))
@@ -278,7 +287,8 @@ def main() -> None:
 
     sm = res["single_models"]
     lines = [
-        (f"Held-out phantoms: {len(rows)} cases (seed {HELD_OUT_SEED}, balanced A-E)" if not args.background else
+        (f"Held-out phantoms ({args.variant} generator): {len(rows)} cases (seed {HELD_OUT_SEED}, balanced A-E)"
+         if not args.background else
          f"Held-out real patient {args.background}: {len(rows)} inserted-calcium cases on its reconstructions "
          f"(seed {HELD_OUT_SEED}, balanced A-E)"),
         "",
