@@ -181,7 +181,8 @@ def train(
     max_negative_voxels: Optional[int] = typer.Option(
         None, "--max-negative-voxels", min=0,
         help="Keep only validated steps whose model labels at most this many coarse voxels of the --negatives as "
-             "calcium (e.g. 0; default: no limit)."),
+             "calcium (e.g. 0; default: no limit). If no step does, the step with the fewest is kept, with a "
+             "warning and a selection_note in the manifest."),
     val_background_cases: int = typer.Option(
         0, "--val-background-cases", min=0,
         help="Also validate on this many other inserted-calcium cases per traced reconstruction (other seeds, same "
@@ -278,6 +279,8 @@ def train(
                 progress.update(task["id"], completed=info["step"])
             elif kind == "val":
                 err.print(f"step {info['step']}: validation Dice " + " ".join(f"{d:.3f}" for d in info["dice"]))
+            elif kind == "warning":
+                err.print(f"[yellow]warning:[/yellow] model {info['model']}: {info['message']}", highlight=False)
 
         try:
             manifest = train_ensemble(outdir, data=data or [], negatives=negatives or [], phantoms=phantoms,

@@ -180,7 +180,8 @@ def train_ensemble(
                         "val_dice": round(s["best_val_dice"], 4),
                         "val": {k: (round(x, 4) if isinstance(x, float) else x) for k, x in v.items()},
                         "start_val_dice": None if s["start_val"] is None else round(s["start_val"]["dice"], 4),
-                        "onnx_vs_torch_max_prob_diff": diff})
+                        "onnx_vs_torch_max_prob_diff": diff,
+                        **({"selection_note": s["selection_note"]} if s.get("selection_note") else {})})
     n_train = summaries[0]["n_train_phantoms"]
     described = [f"{n_train} synthetic phantoms (cacnet.phantom, variant {phantom_variant}, seed {TRAIN_SET_SEED}, "
                  "balanced A-E)"]

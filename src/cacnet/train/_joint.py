@@ -116,6 +116,14 @@ def _eligible(v: dict, config: TrainConfig) -> bool:
     return cap is None or false is None or false <= cap
 
 
+def _better_fallback(v: dict, fallback: Optional[dict]) -> bool:
+    """Is ``v`` a better stand-in than ``fallback`` when no step is eligible: fewer negative voxels, then Dice?"""
+    if fallback is None:
+        return True
+    key = (-v["negatives_false_voxels"], v["dice"])
+    return key > (-fallback["val"]["negatives_false_voxels"], fallback["val"]["dice"])
+
+
 def train_models(
     outdir: Path,
     data: TrainData,
@@ -259,6 +267,8 @@ def train_models(
             start_val[k] = v
             if not exclude_start and _eligible(v, config):
                 best[k] = {"dice": v["dice"], "step": 0, "val": v, "state": snapshot(net)}
+            elif not exclude_start:
+                best[k]["fallback"] = {"step": 0, "val": v, "state": snapshot(net)}
             logs[k].append([0, "", round(v["dice"], 4), _r(v["phantom_dice"]), _r(v["real_dice"]),
                             round(v["artery_accuracy"], 4), _r(v["negatives_false_voxels"]), 0.0, 0.0,
                             len(phantoms), 0])
@@ -343,8 +353,13 @@ def train_models(
             if val_now:
                 v = vals[k] = validate(net)
                 if v["dice"] > best[k]["dice"] and _eligible(v, config):
-                    best[k] = {"dice": v["dice"], "step": step, "val": v, "state": snapshot(net)}
+                    best[k] = {"dice": v["dice"], "step": step, "val": v, "state": snapshot(net),
+                               "fallback": best[k].get("fallback")}
                     write_best(k)
+                elif (best[k]["state"] is None and not _eligible(v, config)
+                      and _better_fallback(v, best[k].get("fallback"))):
+                    # kept in case no step ever meets max_negative_voxels (see the end of the run)
+                    best[k]["fallback"] = {"step": step, "val": v, "state": snapshot(net)}
             v = vals[k] or {}
             logs[k].append([step, round(mean_loss, 5), _r(v.get("dice")), _r(v.get("phantom_dice")),
                             _r(v.get("real_dice")), _r(v.get("artery_accuracy")), _r(v.get("negatives_false_voxels")),
@@ -371,6 +386,16 @@ def train_models(
         stream.close()
     summaries = []
     for k, s in enumerate(seeds):
+        fallback = best[k].get("fallback")
+        if best[k]["state"] is None and fallback is not None:
+            # better than losing the run: the validated step with the fewest negative voxels, said loudly
+            best[k] = {"dice": fallback["val"]["dice"], "step": fallback["step"], "val": fallback["val"],
+                       "state": fallback["state"], "fallback": fallback,
+                       "note": (f"no validated step labelled at most {config.max_negative_voxels} coarse voxels of "
+                                f"the hard negatives as calcium; kept step {fallback['step']}, which labelled the "
+                                f"fewest ({fallback['val']['negatives_false_voxels']})")}
+            emit("warning", {"model": s, "message": best[k]["note"]})
+            write_best(k)
         if best[k]["state"] is None:
             raise RuntimeError(f"model {s}: no validated weights to keep (exclude_start with no training step, or "
                                f"no validated step within max_negative_voxels={config.max_negative_voxels})")
@@ -378,6 +403,7 @@ def train_models(
             "seed": s, "config": asdict(config), "steps_done": step, "best_step": best[k]["step"],
             "best_val_dice": best[k]["dice"], "best_val": best[k]["val"], "start_val": start_val[k],
             "skipped_steps": skipped[k], "bf16": bf16, "device": device.type,
+            "selection_note": best[k].get("note"),
             "train_seconds": round(time.perf_counter() - t0 if step > first_step else elapsed, 1),
             "steps_this_run": step - first_step, "seconds_this_run": round(run_seconds, 2),
             "steps_per_second": round((step - first_step) / run_seconds, 4) if step > first_step else None,
