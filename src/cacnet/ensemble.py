@@ -370,10 +370,17 @@ class Ensemble:
         self.input_name = graphs[0].input(0).get_any_name()
         shared = ops.parameter(graphs[0].inputs[0].get_partial_shape(), ov.Type.f32, name=self.input_name)
         outputs = []
+        source = shared.output(0)
         for graph in graphs:
             for target in list(graph.get_parameters()[0].output(0).get_target_inputs()):
-                target.replace_source_output(shared.output(0))
-            outputs.append(ops.result(_argmax_node(ops, graph.get_results()[0].input_value(0))))
+                target.replace_source_output(source)
+            classes = _argmax_node(ops, graph.get_results()[0].input_value(0))
+            outputs.append(ops.result(classes))
+            # The next model's input waits for this model's classes: input + 0 * min(classes), which is
+            # the input exactly. Without that dependency the plugin interleaves the five models and
+            # holds all their activations at once (peak RSS 1.04 GB instead of ~0.6 GB on a 2.5 mm scan).
+            done = ops.convert(ops.reduce_min(classes, ops.constant(np.arange(5, dtype=np.int64))), ov.Type.f32)
+            source = ops.add(shared.output(0), ops.multiply(done, ops.constant(np.float32(0.0)))).output(0)
         merged = core.compile_model(ov.Model(outputs, [shared], "cacnet_ensemble"), "CPU", self._ov_config)
         request = merged.create_infer_request()
 
