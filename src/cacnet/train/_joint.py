@@ -353,8 +353,7 @@ def train_models(
             if val_now:
                 v = vals[k] = validate(net)
                 if v["dice"] > best[k]["dice"] and _eligible(v, config):
-                    best[k] = {"dice": v["dice"], "step": step, "val": v, "state": snapshot(net),
-                               "fallback": best[k].get("fallback")}
+                    best[k] = {"dice": v["dice"], "step": step, "val": v, "state": snapshot(net)}
                     write_best(k)
                 elif (best[k]["state"] is None and not _eligible(v, config)
                       and _better_fallback(v, best[k].get("fallback"))):
@@ -390,7 +389,7 @@ def train_models(
         if best[k]["state"] is None and fallback is not None:
             # better than losing the run: the validated step with the fewest negative voxels, said loudly
             best[k] = {"dice": fallback["val"]["dice"], "step": fallback["step"], "val": fallback["val"],
-                       "state": fallback["state"], "fallback": fallback,
+                       "state": fallback["state"],
                        "note": (f"no validated step labelled at most {config.max_negative_voxels} coarse voxels of "
                                 f"the hard negatives as calcium; kept step {fallback['step']}, which labelled the "
                                 f"fewest ({fallback['val']['negatives_false_voxels']})")}
