@@ -10,7 +10,11 @@ red, LCX green, RCA blue; look-alike voxels >= 130 HU cyan), window
 
 Needs pillow (``pip install pillow``; not a dependency of the package).
 
-Usage: ``python docs/anatomy/make_inserted_previews.py [--out docs/anatomy] [--data shared/data/real-ct]``
+A tracing with ``decontrast`` (a contrast-enhanced scan) is de-contrasted
+first, as in training; the "original" column then shows the de-contrasted scan.
+
+Usage: ``python docs/anatomy/make_inserted_previews.py [--out docs/anatomy] [--data shared/data/real-ct]
+[--only NAME ...]``
 """
 
 from __future__ import annotations
@@ -64,22 +68,29 @@ def render(bg, ins, box_yx, out: Path, title: str, n_rows: int = 3, zoom: int = 
 
 def main() -> None:
     from cacnet.io import read_scan
-    from cacnet.train._insert import augment_scan, estimate_psf_sigma, insert_calcium, load_tracing
+    from cacnet.train._decontrast import decontrast_scan
+    from cacnet.train._insert import augment_scan, decontrast_mask_of, estimate_psf_sigma, insert_calcium, load_tracing
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "anatomy")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real-ct")
     ap.add_argument("--category", default="D")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", default=None, help="tracing names to render (default: all)")
     args = ap.parse_args()
     for path in sorted((ROOT / "src" / "cacnet" / "train" / "anatomy").glob("*.json")):
         tracing = load_tracing(path)
+        if args.only is not None and tracing["name"] not in args.only:
+            continue
         scan_path = args.data / tracing["scan"]
         if not scan_path.exists():
             print(f"{path.name}: {scan_path} not found; skipped")
             continue
         t = time.perf_counter()
         scan = read_scan(scan_path)
+        mask = decontrast_mask_of(tracing, scan_path, str(path))
+        if mask is not None:  # a contrast scan: its blood is made non-contrast first (as in training)
+            scan = decontrast_scan(scan, mask)
         rng = np.random.default_rng(args.seed)
         image, moved, params = augment_scan(scan, tracing, rng)
         import SimpleITK as sitk

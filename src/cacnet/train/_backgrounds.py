@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ._data import Case, load_case, save_case
-from ._insert import iter_inserted_cases, load_tracing
+from ._insert import decontrast_mask_of, iter_inserted_cases, load_tracing
 
 __all__ = ["ANATOMY_DIR", "BACKGROUND_SEED", "VAL_BACKGROUND_SEED", "Background", "describe_backgrounds",
            "find_backgrounds", "make_background_cases", "validation_backgrounds"]
@@ -70,7 +70,8 @@ def find_backgrounds(root: Union[str, Path], *, tracings_dir: Optional[Path] = N
     ``tracings_dir``: the folder of tracing JSON files (default: the shipped
     ones, :data:`ANATOMY_DIR`). A tracing's ``scan`` and each of its
     ``also_valid_for`` that exists under ``root`` (file or folder) is one
-    background. ``hold_out`` names tracings (their ``name``, e.g.
+    background (a tracing with ``decontrast`` is de-contrasted with the
+    label map it names under ``root`` when its cases are made). ``hold_out`` names tracings (their ``name``, e.g.
     ``lung_pet_ct_dx_a0001``) whose reconstructions are left out entirely.
 
     Returns the backgrounds and a record: ``root``, ``tracings_dir``,
@@ -79,7 +80,8 @@ def find_backgrounds(root: Union[str, Path], *, tracings_dir: Optional[Path] = N
     Raises
     ------
     FileNotFoundError
-        ``root`` is not a folder, there is no tracing, or no traced scan is under ``root``.
+        ``root`` is not a folder, there is no tracing, no traced scan is under ``root``, or the
+        label map a tracing's ``decontrast`` names (relative to ``root``) is missing.
     ValueError
         A ``hold_out`` name is not a tracing, or every background found is held out.
     """
@@ -107,6 +109,7 @@ def find_backgrounds(root: Union[str, Path], *, tracings_dir: Optional[Path] = N
             if not path.exists():
                 missing.append(rel)
             else:
+                decontrast_mask_of(t, path, str(f))  # a contrast scan's label map must be there too
                 found.append(Background(t["name"], f, rel, path, _seed(rel)))
     if not found:
         raise FileNotFoundError(f"backgrounds: no traced scan under {root}: looked for {', '.join(looked)} "

@@ -92,7 +92,8 @@ from ..phantom._canvas import Grid
 from ..phantom._generate import CATEGORY_TARGETS, _grow, _local, _Plaques, _truth, _union, reach_category
 
 __all__ = ["InsertedCase", "insert_calcium", "load_tracing", "validate_tracing", "inserted_cases", "augment_scan",
-           "resample_for_cac", "estimate_psf_sigma", "iter_inserted_cases", "CORONARIES", "STRUCTURES"]
+           "resample_for_cac", "estimate_psf_sigma", "iter_inserted_cases", "decontrast_mask_of", "CORONARIES",
+           "STRUCTURES"]
 
 #: Traced coronary polylines and their labels.
 CORONARIES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
@@ -160,6 +161,9 @@ def validate_tracing(doc: Any, label: str = "tracing") -> dict:
     lists of >= 2 ``[x, y, z]`` points, ``aortic_root_wall``/``ascending_aorta_wall``
     lists of rings of >= 3 points, ``aortic_valve_plane``/``mitral_annulus``
     one ring of >= 3 points. ``frame``, when present, must say LPS.
+    ``decontrast``, when present (a contrast-enhanced scan), must be
+    ``{"mask": "<path relative to the real-CT folder>"}``: the scan's
+    TotalSegmentator label map (:func:`decontrast_mask_of`).
     """
     if not isinstance(doc, dict):
         raise ValueError(f"{label}: the tracing must be a JSON object; got {type(doc).__name__}.")
@@ -182,7 +186,46 @@ def validate_tracing(doc: Any, label: str = "tracing") -> dict:
             _check_points(value, label, key, 3)
     if not any(k in st for k in CORONARIES):
         raise ValueError(f"{label}: structures has no coronary polyline (need at least one of LM, LAD, LCX, RCA).")
+    if "decontrast" in doc:
+        dc = doc["decontrast"]
+        if (not isinstance(dc, dict) or set(dc) != {"mask"} or not isinstance(dc["mask"], str)
+                or not dc["mask"].strip() or Path(dc["mask"]).is_absolute()):
+            raise ValueError(f"{label}: decontrast must be {{\"mask\": \"<label map path relative to the real-CT "
+                             f"folder>\"}} (the scan's TotalSegmentator label map); got {dc!r}.")
     return doc
+
+
+def decontrast_mask_of(tracing: dict, scan_path: Union[str, Path], label: str = "tracing") -> Optional[Path]:
+    """The label map that de-contrasts a tracing's scan (its ``decontrast.mask``), or None when it has none.
+
+    The mask path is relative to the real-CT folder, as ``scan`` is: the
+    folder is ``scan_path`` less the tracing's ``scan`` (or the one of its
+    ``also_valid_for``) that ``scan_path`` ends with.
+
+    Raises
+    ------
+    ValueError
+        ``scan_path`` does not end with the tracing's ``scan`` or one of its ``also_valid_for``.
+    FileNotFoundError
+        Naming the mask path, when it is missing.
+    """
+    dc = tracing.get("decontrast")
+    if not dc:
+        return None
+    scan_path = Path(scan_path)
+    for rel in [tracing.get("scan", ""), *tracing.get("also_valid_for", [])]:
+        parts = Path(rel).parts
+        if parts and scan_path.parts[-len(parts):] == parts:
+            root = scan_path.parents[len(parts) - 1]
+            break
+    else:
+        raise ValueError(f"{label}: cannot place decontrast.mask {dc['mask']!r}: the scan {scan_path} is not the "
+                         f"tracing's scan {tracing.get('scan')!r} under a real-CT folder; pass decontrast_mask.")
+    mask = root / dc["mask"]
+    if not mask.is_file():
+        raise FileNotFoundError(f"{label}: decontrast mask {mask} not found (decontrast.mask {dc['mask']!r} "
+                                f"relative to the real-CT folder {root}).")
+    return mask
 
 
 def load_tracing(path: Union[str, Path]) -> dict:
@@ -772,17 +815,27 @@ def inserted_cases(scan_path, tracing_path, n: int, seed: int, *, augment: bool 
 
 
 def iter_inserted_scans(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
-                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True):
+                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
+                        decontrast_mask: Optional[Union[str, Path]] = None):
     """The full-resolution scans behind :func:`iter_inserted_cases`: ``(i, InsertedCase, augment_params)``.
 
     The scan is read once; case ``i`` uses ``numpy.random.default_rng([seed, i])``
     and category ``"ABCDE"[i % 5]``. Evaluation on a held-out patient scores
     these on their own grid (``benchmarks/experiments.py --background``).
+    A contrast-enhanced scan whose tracing has ``decontrast`` is de-contrasted
+    first (:func:`cacnet.train._decontrast.decontrast_scan`) with that label
+    map (:func:`decontrast_mask_of`; ``decontrast_mask`` overrides the path).
     """
     from ..io import read_scan
 
     tracing = load_tracing(tracing_path)
+    if decontrast_mask is None:
+        decontrast_mask = decontrast_mask_of(tracing, scan_path, str(tracing_path))
     scan = read_scan(scan_path)
+    if decontrast_mask is not None:
+        from ._decontrast import decontrast_scan
+
+        scan = decontrast_scan(scan, decontrast_mask)
     if resample is not None:
         scan = resample_for_cac(scan, *resample)
     thick = scan.meta.get("slice_thickness_mm")
@@ -805,18 +858,20 @@ def iter_inserted_scans(scan_path, tracing_path, indices: Sequence[int], seed: i
 
 def iter_inserted_cases(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
                         resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
-                        name: Optional[str] = None):
+                        name: Optional[str] = None, decontrast_mask: Optional[Union[str, Path]] = None):
     """The cases ``indices`` of :func:`inserted_cases` (the same cases), yielded as they are made.
 
     The scan is read once (:func:`iter_inserted_scans`). Case ids are
     ``<name>_ins<seed>_<i:03d>``; ``name`` defaults to the tracing's name.
+    ``decontrast_mask``: see :func:`iter_inserted_scans`.
     """
     from ..preprocess import downsample_labels, preprocess
     from ._data import Case
 
     name = name or load_tracing(tracing_path).get("name") or Path(str(scan_path)).name
     for i, ins, params in iter_inserted_scans(scan_path, tracing_path, indices, seed, augment=augment,
-                                              resample=resample, lookalikes=lookalikes):
+                                              resample=resample, lookalikes=lookalikes,
+                                              decontrast_mask=decontrast_mask):
         x, grid = preprocess(ins.hu, ins.spacing)
         y = downsample_labels(ins.labels, grid)
         meta = {"category": ins.truth.category, "agatston": ins.truth.agatston, "inserted": True,
