@@ -49,7 +49,7 @@ import numpy as np
 import agatston
 from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes
 from cacnet.phantom import case_seed, generate_phantom
-from cacnet.pipeline import decide_components
+from cacnet.pipeline import decide_components, segment
 from cacnet.preprocess import coarse_grid, downsample, normalize
 from cacnet.preview import render_montage
 
@@ -123,12 +123,13 @@ def background_case(i: int, n: int, name: str, root: Path, cache: Path) -> dict:
 
 
 def model_scores(ens: Ensemble, hu, spacing, grid, x):
-    """Ensemble labels, ensemble Agatston and each single model's Agatston of one case."""
-    classes = list(ens.predict(x))
-    labels, _ = decide_components(hu, combine_votes(classes, len(classes)), grid)
+    """Ensemble labels (as ``cac score`` decides: second stage when the weights have one), ensemble Agatston and
+    each single model's Agatston (its own coarse labels, the majority rule of one) of one case."""
+    logits = list(ens.logits(x))
+    labels, _, _ = segment(hu, spacing, grid, x, downsample(hu, grid), ens, logits=logits)
     singles = []
-    for c in classes:
-        lab, _ = decide_components(hu, combine_votes([c], 1), grid)
+    for lg in logits:
+        lab, _ = decide_components(hu, combine_votes([lg.argmax(axis=0).astype(np.uint8)], 1), grid)
         singles.append(agatston.score(hu, spacing, lab).agatston)
     return labels, agatston.score(hu, spacing, labels), singles
 
@@ -296,7 +297,8 @@ def main() -> None:
         "|---|---|---|---|",
         f"| single model (mean +- sd of {n_models}) | {sm['c_index']['mean']:.3f} +- {sm['c_index']['sd']:.3f} | "
         f"{sm['accuracy']['mean']:.3f} +- {sm['accuracy']['sd']:.3f} | {sm['kappa']['mean']:.3f} +- {sm['kappa']['sd']:.3f} |",
-        f"| ensemble of {n_models} (majority vote) | {fmt(res['ensemble'])} |",
+        f"| ensemble of {n_models} ({'second stage' if ens.stage is not None else 'majority vote'}) | "
+        f"{fmt(res['ensemble'])} |",
         f"| baseline: everything >= 130 HU | {fmt(res['threshold_130'])} |",
         f"| baseline: >= 130 HU in a heart region | {fmt(res['heart_region_130'])} |",
         "",

@@ -192,6 +192,12 @@ def train(
         help="Traced patient (tracing name, e.g. lung_pet_ct_dx_a0002; repeatable) left out of training entirely."),
     tracings: Optional[Path] = typer.Option(
         None, "--tracings", help="Folder of tracing JSON files to use instead of the shipped ones (with --backgrounds)."),
+    second_stage_cases: int = typer.Option(
+        0, "--second-stage-cases", min=0,
+        help="After export, fit the second stage (a per-candidate classifier over the ensemble's soft output and "
+             "local anatomy, see cacnet.candidates) on this many inserted-calcium cases per traced reconstruction "
+             "(other seeds) and as many phantoms of each generator; needs --backgrounds and scikit-learn (train "
+             "extra). Default 0: none (the majority vote decides)."),
 ) -> None:
     """Train the U-Net ensemble, all models together in one process (CPU or GPU), and export it to OUTDIR/weights.
 
@@ -228,8 +234,9 @@ def train(
             raise _fail(escape(str(exc)), EXIT_INVALID)
         except ValueError as exc:
             raise _fail(escape(str(exc)), EXIT_USAGE)
-    elif hold_out_background or tracings is not None or val_background_cases:
-        err.print("[red]error:[/red] --hold-out-background, --tracings and --val-background-cases need --backgrounds")
+    elif hold_out_background or tracings is not None or val_background_cases or second_stage_cases:
+        err.print("[red]error:[/red] --hold-out-background, --tracings, --val-background-cases and "
+                  "--second-stage-cases need --backgrounds")
         raise typer.Exit(EXIT_USAGE)
     if any(n % 8 for n in patch):
         err.print(f"[red]error:[/red] --patch sizes must be multiples of 8, not {patch}")
@@ -281,6 +288,11 @@ def train(
                 err.print(f"step {info['step']}: validation Dice " + " ".join(f"{d:.3f}" for d in info["dice"]))
             elif kind == "warning":
                 err.print(f"[yellow]warning:[/yellow] model {info['model']}: {info['message']}", highlight=False)
+            elif kind == "second_stage_case":
+                err.print(f"second stage: {info['case']}: {info['rows']} candidates ({info['coronary']} coronary)")
+            elif kind == "second_stage":
+                err.print(f"second stage written: {info['file']} ({info['rows']} candidates, "
+                          f"{info['coronary']} coronary)")
 
         try:
             manifest = train_ensemble(outdir, data=data or [], negatives=negatives or [], phantoms=phantoms,
@@ -289,7 +301,8 @@ def train(
                                       workers=workers, backgrounds=backgrounds, background_cases=background_cases,
                                       val_background_cases=val_background_cases,
                                       hold_out_backgrounds=hold_out_background or [], tracings_dir=tracings,
-                                      on_event=on_event, phantom_variant=phantom_variant)
+                                      on_event=on_event, phantom_variant=phantom_variant,
+                                      second_stage_cases=second_stage_cases)
         except (ValueError, FileNotFoundError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(EXIT_USAGE)
@@ -307,6 +320,10 @@ _PRECISION_HELP = ("fp32 (exact, default) or bf16 (OpenVINO on a CPU with bf16 s
                    "masks may differ slightly; see README, Speed).")
 
 
+_SECOND_STAGE_HELP = ("Decide each candidate with the weights' second stage when they have one (default; see "
+                      "README, Second stage); --no-second-stage: the paper's majority vote of the models alone.")
+
+
 def _check_backend(device: str, backend: str, precision: str) -> None:
     if device not in ("auto", "cpu", "cuda"):
         raise _fail(f"--device must be auto, cpu or cuda; got {device!r}.", EXIT_USAGE)
@@ -316,12 +333,14 @@ def _check_backend(device: str, backend: str, precision: str) -> None:
         raise _fail(f"--precision must be fp32 or bf16; got {precision!r}.", EXIT_USAGE)
 
 
-def _load_ensemble(weights: Optional[Path], device: str, backend: str = "auto", precision: str = "fp32"):
+def _load_ensemble(weights: Optional[Path], device: str, backend: str = "auto", precision: str = "fp32",
+                   second_stage: bool = True):
     from .ensemble import DEFAULT_WEIGHTS, Ensemble
     from .errors import CacError
 
     try:
-        return Ensemble(weights or DEFAULT_WEIGHTS, device=device, backend=backend, precision=precision)
+        return Ensemble(weights or DEFAULT_WEIGHTS, device=device, backend=backend, precision=precision,
+                        second_stage=second_stage)
     except CacError as exc:
         raise _fail(str(exc), exc.exit_code)
 
@@ -417,6 +436,7 @@ def score(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
     precision: str = typer.Option("fp32", "--precision", help=_PRECISION_HELP),
+    second_stage: bool = typer.Option(True, "--second-stage/--no-second-stage", help=_SECOND_STAGE_HELP),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
     calibration: Optional[float] = typer.Option(None, "--calibration", help="Mass calibration factor c (mg HA/cm3/HU)."),
     preview: bool = typer.Option(
@@ -483,7 +503,7 @@ def score(
     options = ScoreOptions(outdir=outdir, calibration=calibration, series=series, early_stop=early_stop, force=force,
                            skip_existing=skip_existing, outputs={"preview": preview, "report": report, "dicom": dicom})
     spec = EnsembleSpec(weights or DEFAULT_WEIGHTS, device=device, backend=backend, precision=precision,
-                        threads=threads)
+                        threads=threads, second_stage=second_stage)
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(scans))
 
@@ -550,6 +570,8 @@ def evaluate_cmd(
     device: str = typer.Option("auto", "--device", help="With INPUT scans or --dataset: auto, cpu or cuda to run the models on."),
     backend: str = typer.Option("auto", "--backend", help="With INPUT scans or --dataset: " + _BACKEND_HELP),
     precision: str = typer.Option("fp32", "--precision", help="With INPUT scans or --dataset: " + _PRECISION_HELP),
+    second_stage: bool = typer.Option(True, "--second-stage/--no-second-stage",
+                                      help="With INPUT scans or --dataset: " + _SECOND_STAGE_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="With INPUT scans or --dataset: weights folder (default: the shipped ensemble)."),
     force: bool = typer.Option(False, "--force",
@@ -634,7 +656,7 @@ def evaluate_cmd(
             if wanted is not None:
                 predictions = {i: v for i, v in predictions.items() if i in keep}
         else:
-            ensemble = _load_ensemble(weights, device, backend, precision)
+            ensemble = _load_ensemble(weights, device, backend, precision, second_stage)
             with _progress() as progress:
                 task = progress.add_task("scoring", total=None)
                 started = [0]
@@ -669,7 +691,7 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
     """Versions, onnxruntime providers and the weight files with their hashes."""
     import onnxruntime as ort
 
-    from .ensemble import DEFAULT_WEIGHTS, load_manifest, verify_weights
+    from .ensemble import DEFAULT_WEIGHTS, load_manifest, load_second_stage, verify_weights
     from .errors import CacError
     from .pipeline import versions
 
@@ -694,6 +716,19 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
                       "ok" if m["file"] in ok else "[red]mismatch[/red]")
     out.print(table)
     out.print(f"trained on: {manifest.get('training', {}).get('data', 'unknown')}")
+    entry = manifest.get("second_stage")
+    if not entry:
+        out.print("second stage: none (the majority vote of the models decides)")
+        return
+    try:
+        load_second_stage(wdir, manifest)
+        status = "ok"
+    except CacError as exc:
+        status = f"[red]{exc}[/red]"
+    data = entry.get("data", {})
+    out.print(f"second stage: {entry['file']} {entry['sha256'][:16]}... {status}; P(coronary) >= "
+              f"{entry.get('threshold')}; fitted on {data.get('rows', '?')} candidates "
+              f"({data.get('coronary_rows', '?')} coronary)", highlight=False)
 
 
 dataset_app = typer.Typer(

@@ -66,6 +66,9 @@ class EnsembleSpec:
         when the workers run elsewhere.
     device, backend, precision : str
         As for :class:`cacnet.ensemble.Ensemble`.
+    second_stage : bool
+        Use the weights' second stage when they have one (default), as
+        :class:`cacnet.ensemble.Ensemble`.
     threads : int, optional
         Inference threads per model. None: the backend's default in a serial
         run; on a Dask worker, the worker's own thread count (``dask worker
@@ -77,11 +80,12 @@ class EnsembleSpec:
     backend: str = "auto"
     precision: str = "fp32"
     threads: Optional[int] = None
+    second_stage: bool = True
 
     def load(self) -> Ensemble:
         """Load and verify the ensemble (sha256 of every model file), compile each model once."""
         return Ensemble(Path(self.weights), device=self.device, threads=self.threads, backend=self.backend,
-                        precision=self.precision)
+                        precision=self.precision, second_stage=self.second_stage)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from .errors import DeviceUnavailableError, UsageError, WeightsError
 from .preprocess import pad_to_multiple
 
 __all__ = ["BACKENDS", "DEFAULT_WEIGHTS", "Ensemble", "PRECISIONS", "Vote", "combine_votes", "cpu_supports_bf16",
-           "decided", "load_manifest", "openvino_available", "resolve_backend", "verify_weights"]
+           "decided", "load_manifest", "load_second_stage", "openvino_available", "resolve_backend", "verify_weights"]
 
 
 def _default_weights() -> Path:
@@ -60,6 +60,33 @@ def verify_weights(weights_dir: Path) -> list[dict]:
                                "the file is corrupt or was replaced.")
         out.append({**m, "path": str(f)})
     return out
+
+
+def load_second_stage(weights_dir: Path, manifest: Optional[dict] = None):
+    """The weights folder's second stage (:class:`cacnet.candidates.SecondStage`), or None when it has none.
+
+    The manifest names it (``second_stage.file``) with its sha256, checked
+    like the models'.
+    """
+    from .candidates import SecondStage
+
+    weights_dir = Path(weights_dir)
+    manifest = load_manifest(weights_dir) if manifest is None else manifest
+    entry = manifest.get("second_stage")
+    if not entry:
+        return None
+    f = weights_dir / entry["file"]
+    if not f.exists():
+        raise WeightsError(f"{f}: the manifest's second stage is missing; restore it, or score with the "
+                           "majority vote alone (cac score --no-second-stage).")
+    digest = sha256_file(f)
+    if digest != entry["sha256"]:
+        raise WeightsError(f"{f}: sha256 {digest[:16]}... does not match the manifest ({entry['sha256'][:16]}...); "
+                           "the file is corrupt or was replaced.")
+    try:
+        return SecondStage.load(f)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 @dataclass
@@ -214,6 +241,10 @@ class Ensemble:
     threads : int, optional
         inference threads per model (OpenVINO: default the CPUs this process
         may use; onnxruntime: its own choice).
+    second_stage : bool
+        Decide each candidate with the weights' second stage
+        (:mod:`cacnet.candidates`) when the manifest names one (default);
+        False: the paper's majority vote alone.
     backend : {"auto", "openvino", "onnxruntime"}
         ``auto``: OpenVINO on the CPU when it is importable, onnxruntime for
         CUDA (see :func:`resolve_backend`). Both read the same ONNX files.
@@ -235,6 +266,8 @@ class Ensemble:
         without early stop run all models as one compiled graph).
     n_models : int
         How many models vote.
+    stage : SecondStage or None
+        The second stage in use (None: majority vote).
     """
 
     weights_dir: Path = DEFAULT_WEIGHTS
@@ -243,6 +276,7 @@ class Ensemble:
     warnings: list[str] = field(default_factory=list)
     backend: str = "auto"
     precision: str = "fp32"
+    second_stage: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -270,6 +304,7 @@ class Ensemble:
         # the hashes are checked before any model file is read by a runtime
         self.models = verify_weights(self.weights_dir)
         self.manifest = load_manifest(self.weights_dir)
+        self.stage = load_second_stage(self.weights_dir, self.manifest) if self.second_stage else None
         if self.backend == "openvino":
             self._load_openvino()
         else:
@@ -427,6 +462,18 @@ class Ensemble:
         for run in self._single_runners():
             yield np.asarray(run(inp))[0][crop]
 
+    def soft_vote(self, x: np.ndarray) -> tuple[np.ndarray, Vote]:
+        """The models' mean class probabilities (5, z, y, x) float32 and their majority :class:`Vote`.
+
+        Every model runs (no early stop); each model's classes are the
+        argmax of its logits, as in :meth:`predict`.
+        """
+        from .candidates import mean_probabilities
+
+        logits = list(self.logits(x))
+        classes = [lg.argmax(axis=0).astype(np.uint8) for lg in logits]
+        return mean_probabilities(logits), combine_votes(classes, self.n_models)
+
     def predict(self, x: np.ndarray) -> Iterator[np.ndarray]:
         """Each model's class map of a preprocessed (z, y, x) volume, one model at a time.
 
@@ -437,9 +484,10 @@ class Ensemble:
             yield logits.argmax(axis=0).astype(np.uint8)
 
     def describe(self) -> dict:
-        """What runs the models, for reports: backend, provider, device, precision, threads."""
+        """What runs the models, for reports: backend, provider, device, precision, threads, and what decides."""
         return {"backend": self.backend, "provider": self.provider, "device": self.device,
-                "precision": self.precision, "threads": self.threads}
+                "precision": self.precision, "threads": self.threads,
+                "decision": "second stage" if self.stage is not None else "majority vote"}
 
     def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False,
              irrelevant: Optional[Callable[[np.ndarray], bool]] = None) -> Vote:

@@ -28,13 +28,14 @@ from scipy import ndimage
 
 import agatston
 
-from .ensemble import Ensemble, Vote
+from .candidates import decide_candidates, mean_probabilities
+from .ensemble import Ensemble, Vote, combine_votes
 from .errors import UnsuitableScanError
 from .io import Scan, canonical_to_source_index, read_scan
 from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
 from .triage import triage
 
-__all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "decide_components", "lesion_position",
+__all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "segment", "decide_components", "lesion_position",
            "versions"]
 
 
@@ -261,6 +262,46 @@ def _source(scan: Scan) -> dict[str, Any]:
     return {"path": str(scan.source_path), "sha256": digest}
 
 
+def segment(hu: np.ndarray, spacing, grid: CoarseGrid, x: np.ndarray, coarse_hu: np.ndarray, ensemble: Ensemble,
+            *, early_stop: bool = False, timings: Optional[dict] = None, logits: Optional[list] = None):
+    """The calcium label volume of a scan: ``(labels, records, vote)``.
+
+    With a second stage (``ensemble.stage``), every model runs and each
+    2D candidate is decided by :func:`cacnet.candidates.decide_candidates`
+    (records have a 7th field, P(coronary)); ``early_stop`` has no effect.
+    Otherwise the paper's majority vote decides (:func:`decide_components`).
+    ``coarse_hu``: :func:`cacnet.preprocess.downsample` of ``hu`` on ``grid``;
+    ``x`` the model input. ``timings``: a dict that gets the
+    ``time.perf_counter()`` values at the end of ``inference`` and ``postprocess``.
+    ``logits``: every model's output on ``x`` (:meth:`Ensemble.logits`) when
+    the caller has it already (the models are then not run again).
+    """
+    timings = {} if timings is None else timings
+    if logits is not None:
+        classes = [lg.argmax(axis=0).astype(np.uint8) for lg in logits]
+        vote = combine_votes(classes, len(classes))
+        probs = mean_probabilities(logits) if ensemble.stage is not None else None
+    if ensemble.stage is not None:
+        if logits is None:
+            probs, vote = ensemble.soft_vote(x)
+        timings["inference"] = time.perf_counter()
+        labels, records = decide_candidates(hu, spacing, grid, probs, vote.votes, ensemble.stage)
+        timings["postprocess"] = time.perf_counter()
+        return labels, records, vote
+    candidates = coarse_hu >= 130.0
+    if logits is None:
+        if candidates.any():
+            vote = ensemble.vote(x, candidates=candidates, early_stop=early_stop,
+                                 irrelevant=lambda undecided: not deciding_any(hu, undecided, grid))
+        else:  # nothing >= 130 HU anywhere: no model can change the answer
+            zeros = np.zeros(x.shape, dtype=np.uint8)
+            vote = Vote(zeros, zeros, ensemble.n_models, 0)
+    timings["inference"] = time.perf_counter()
+    labels, records = decide_components(hu, vote, grid, candidates=candidates)
+    timings["postprocess"] = time.perf_counter()
+    return labels, records, vote
+
+
 def score_scan(
     source: Path | str | Scan | PreparedScan,
     ensemble: Ensemble,
@@ -285,7 +326,8 @@ def score_scan(
     series : str, optional
         SeriesInstanceUID for DICOM folders with several series.
     early_stop : bool
-        See :meth:`Ensemble.vote` (same mask and scores, fewer vote counts).
+        See :meth:`Ensemble.vote` (same mask and scores, fewer vote counts);
+        no effect when the weights have a second stage (see :func:`segment`).
     force : bool
         Score a scan that triage refuses (contrast-enhanced, no heart found,
         sharp kernel); the reasons become warnings.
@@ -304,16 +346,8 @@ def score_scan(
     prepared = source if isinstance(source, PreparedScan) else prepare_scan(source, series=series, force=force)
     scan, checked, grid, coarse_hu, x = prepared.scan, prepared.checked, prepared.grid, prepared.coarse_hu, prepared.x
     t = {"preprocess": time.perf_counter()}  # the models' stage starts now (a prepared scan may have waited)
-    candidates = coarse_hu >= 130.0
-    if candidates.any():
-        vote = ensemble.vote(x, candidates=candidates, early_stop=early_stop,
-                             irrelevant=lambda undecided: not deciding_any(scan.hu, undecided, grid))
-    else:  # nothing >= 130 HU anywhere: no model can change the answer
-        zeros = np.zeros(x.shape, dtype=np.uint8)
-        vote = Vote(zeros, zeros, ensemble.n_models, 0)
-    t["inference"] = time.perf_counter()
-    labels, records = decide_components(scan.hu, vote, grid, candidates=candidates)
-    t["postprocess"] = time.perf_counter()
+    labels, records, vote = segment(scan.hu, scan.spacing, grid, x, coarse_hu, ensemble, early_stop=early_stop,
+                                    timings=t)
     result = agatston.score(scan.hu, scan.spacing, labels, calibration=calibration)
     t["score"] = time.perf_counter()
 
@@ -326,11 +360,14 @@ def score_scan(
         d.update({"artery": agatston.ARTERY_NAMES.get(les.label, str(les.label)), "votes": votes,
                   "review": votes < vote.models_run,
                   "position": lesion_position(scan, les.slice_index, *les.centroid_yx)})
+        if rec is not None and len(rec) > 6:
+            d["p_coronary"] = round(rec[6], 4)
         lesions.append(d)
     # slice_index and centroid_yx are on the canonical LPS grid; "position" is on the input file's own grid
     rejected = [
         {"slice_index": r[0], "centroid_yx": [round(r[1], 2), round(r[2], 2)], "votes": r[3],
-         "artery": agatston.ARTERY_NAMES.get(r[4], ""), "position": lesion_position(scan, r[0], r[1], r[2])}
+         "artery": agatston.ARTERY_NAMES.get(r[4], ""), "position": lesion_position(scan, r[0], r[1], r[2]),
+         **({"p_coronary": round(r[6], 4)} if len(r) > 6 else {})}
         for r in records if not r[5]
     ]
     arteries = {}

@@ -386,6 +386,8 @@ def _card(comp: Component, crops: list[dict[str, Any]], n_models: int, scan: Any
              f"peak {max_hu:.0f} HU", f"{len(comp.parts)} part(s) on {len(comp.slices)} slice(s), {counted} counted",
              f"LPS {', '.join(f'{v:.1f}' for v in pos['patient_lps_mm'])} mm",
              f"file voxel (i, j, k) {', '.join(f'{v:.0f}' for v in pos['voxel_ijk'])}"]
+    if comp.p_coronary is not None:
+        votes = (votes + ", " if votes else "") + f"second stage P(coronary) {comp.p_coronary:.2f}"
     if votes:
         facts.insert(4, votes)
     if src:
@@ -450,6 +452,7 @@ def render_report(result: "ScanResult", table: Optional[ComponentTable] = None) 
                            "proposed": name if comp.kind == "candidate" else None,
                            "agatston": comp.agatston, "volume_mm3": comp.volume_mm3, "mass_mg": comp.mass_mg,
                            "votes": comp.votes, "review": comp.review, "source": comp.source,
+                           "p_coronary": comp.p_coronary,
                            "parts": [{"id": p.id, "z": p.slice_index, "agatston": p.agatston,
                                       "volume_mm3": p.volume_mm3, "mass_mg": p.mass_mg} for p in comp.parts]})
     page = {"format": REVIEW_FORMAT, "version": REVIEW_VERSION, "id": cid, "scan_sha256": source.get("sha256"),

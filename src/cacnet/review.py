@@ -129,6 +129,9 @@ class Part:
         Models that voted for it (from the result), None when not recorded.
     review : bool
         Flagged for review in the result (not every model voted for it).
+    p_coronary : float or None
+        The second stage's P(coronary) of it (from the result), None when
+        the result has none (majority vote, or not recorded).
     reviewed : str or None
         What a reader decided about it in an earlier review ("accepted",
         "relabelled", "added", "rejected"), None when never reviewed.
@@ -150,6 +153,7 @@ class Part:
     centroid_yx: tuple[float, float]
     votes: Optional[int] = None
     review: bool = False
+    p_coronary: Optional[float] = None
     reviewed: Optional[str] = None
     voxels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
 
@@ -190,6 +194,14 @@ class Component:
     review: bool
     source: str
     parts: tuple[Part, ...]
+
+    @property
+    def p_coronary(self) -> Optional[float]:
+        """The second stage's P(coronary): a lesion's lowest over its parts, a candidate's highest; None without."""
+        ps = [p.p_coronary for p in self.parts if p.p_coronary is not None]
+        if not ps:
+            return None
+        return min(ps) if self.kind == "lesion" else max(ps)
 
     @property
     def agatston(self) -> float:
@@ -558,6 +570,7 @@ def find_components(hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray
                 counted=les is not None, agatston=les.agatston if les else 0.0,
                 volume_mm3=les.volume_mm3 if les else 0.0, mass_mg=les.mass_mg if les else None,
                 centroid_yx=cyx, votes=votes, review=bool(rec.get("review", False)) if rec else False,
+                p_coronary=rec.get("p_coronary") if rec else None,
                 reviewed=(rec.get("reviewed") or None) if rec else None, voxels=u))
         parts.sort(key=lambda p: int(p.voxels[0]))
         built.append((g, parts))

@@ -171,3 +171,38 @@ def test_cac_train_backgrounds_cli(fake_real_ct, tmp_path):
     assert res.exit_code == 2 and "need --backgrounds" in res.output
     res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--val-background-cases", "1"])
     assert res.exit_code == 2 and "need --backgrounds" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--second-stage-cases", "2"])
+    assert res.exit_code == 2 and "need --backgrounds" in res.output
+
+
+def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(fake_real_ct, tmp_path, toy_weights, monkeypatch):
+    pytest.importorskip("sklearn", reason="the second stage is fitted with scikit-learn (train extra)")
+    from cacnet.candidates import FEATURE_NAMES
+    from cacnet.ensemble import Ensemble
+    from cacnet.train import _second_stage, train_second_stage
+
+    root, tracings = fake_real_ct
+    bgs, _ = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
+    w = tmp_path / "w"
+    shutil.copytree(toy_weights, w)
+    events = []
+    entry = train_second_stage(w, bgs[:1], 3, phantoms=0, cache=tmp_path / "cache", held_out=["other"],
+                               emit=lambda kind, info: events.append((kind, info)))
+    m = json.loads((w / "manifest.json").read_text())
+    assert m["second_stage"] == entry and entry["file"] == "second_stage.npz"
+    assert entry["data"]["backgrounds"] == ["site/bg.nii.gz"] and entry["data"]["held_out_backgrounds"] == ["other"]
+    assert 0 < entry["data"]["coronary_rows"] < entry["data"]["rows"]  # categories A, B, C: coronary and not
+    assert entry["features"] == list(FEATURE_NAMES) and entry["numpy_vs_sklearn_max_prob_diff"] < 1e-9
+    assert [k for k, _ in events].count("second_stage_case") == 3
+    ens = Ensemble(w, backend="onnxruntime")
+    assert ens.stage is not None and ens.stage.threshold == entry["threshold"]
+    # one category-A case has no coronary candidate: a clear error
+    with pytest.raises(ValueError, match="no coronary candidate"):
+        train_second_stage(w, bgs[:1], 1, phantoms=0, cache=tmp_path / "cache2")
+    # a rerun reads the cached rows: no case is made again, and the same classifier comes out
+    monkeypatch.setattr(_second_stage, "iter_inserted_scans", lambda *a, **k: pytest.fail("case made again"))
+    again = train_second_stage(w, bgs[:1], 3, phantoms=0, cache=tmp_path / "cache", held_out=["other"])
+    assert again["data"] == entry["data"]
+    rerun = Ensemble(w, backend="onnxruntime").stage.model
+    for name in ("feature", "threshold", "left", "right", "value", "roots"):
+        np.testing.assert_array_equal(getattr(rerun, name), getattr(ens.stage.model, name))

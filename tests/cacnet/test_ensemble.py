@@ -91,7 +91,7 @@ def test_backend_selection(toy_weights, monkeypatch):
         resolve_backend("tensorrt", "cpu")
     explicit = Ensemble(toy_weights, device="cpu", backend="onnxruntime")
     assert explicit.describe() == {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "device": "cpu",
-                                   "precision": "fp32", "threads": None}
+                                   "precision": "fp32", "threads": None, "decision": "majority vote"}
     # without OpenVINO, auto falls back to onnxruntime and an explicit openvino is refused
     monkeypatch.setattr(ensemble_mod, "openvino_available", lambda: False)
     assert Ensemble(toy_weights, device="cpu").backend == "onnxruntime"
@@ -108,7 +108,7 @@ needs_openvino = pytest.mark.skipif(not openvino_available(), reason="OpenVINO i
 def test_openvino_is_fp32_and_reports_what_ran(toy_weights):
     ens = Ensemble(toy_weights, device="cpu", threads=1)
     assert ens.describe() == {"backend": "openvino", "provider": "OpenVINO:CPU", "device": "cpu",
-                              "precision": "fp32", "threads": 1}
+                              "precision": "fp32", "threads": 1, "decision": "majority vote"}
     assert str(ens.sessions[0].get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
     assert Ensemble(toy_weights, device="cpu").threads >= 1  # set explicitly even when not given
 

@@ -17,6 +17,8 @@ from ._insert import (InsertedCase, augment_scan, insert_calcium, inserted_cases
 from ._joint import TrainData, load_start_state, train_models
 from ._loop import CANDIDATE_X, TrainConfig, bf16_supported, dice_ce_loss, evaluate, learning_rate, pooled
 from ._model import ARCHITECTURE, UNet3D
+from ._second_stage import (CLASSIFIER, SECOND_STAGE_FILE, SECOND_STAGE_SEED, candidate_rows, fit_second_stage,
+                            train_second_stage)
 
 __all__ = [
     "ARCHITECTURE", "CANDIDATE_X", "BatchSampler", "Case", "PatchSampler", "PhantomStream", "TrainConfig", "TrainData",
@@ -27,4 +29,5 @@ __all__ = [
     "InsertedCase", "augment_scan", "insert_calcium", "inserted_cases", "iter_inserted_cases", "iter_inserted_scans",
     "load_tracing", "resample_for_cac", "ANATOMY_DIR", "BACKGROUND_SEED", "Background", "find_backgrounds",
     "make_background_cases", "VAL_BACKGROUND_SEED", "validation_backgrounds",
+    "CLASSIFIER", "SECOND_STAGE_FILE", "SECOND_STAGE_SEED", "candidate_rows", "fit_second_stage", "train_second_stage",
 ]

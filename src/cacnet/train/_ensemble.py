@@ -17,6 +17,7 @@ from ._data import Case, PhantomStream, dataset_cases, load_case, negative_case,
 from ._export import export_onnx, write_manifest
 from ._joint import TrainData, train_models
 from ._loop import TrainConfig
+from ._second_stage import train_second_stage
 
 __all__ = ["TRAIN_SET_SEED", "VAL_SET_SEED", "default_mix", "negative_cases", "train_ensemble"]
 
@@ -88,6 +89,7 @@ def train_ensemble(
     tracings_dir: Optional[Path] = None,
     on_event: Optional[Callable[[str, dict], None]] = None,
     phantom_variant: str = "default",
+    second_stage_cases: int = 0,
 ) -> Path:
     """Train ``models`` U-Nets together (:func:`train_models`) and export them to ``outdir/weights``.
 
@@ -119,6 +121,11 @@ def train_ensemble(
     than the default caches its phantoms in ``cache/train-<variant>`` and
     ``cache/val-<variant>``.
 
+    ``second_stage_cases`` > 0 then fits the second stage on the exported
+    ensemble (:func:`train_second_stage`: that many inserted-calcium cases per
+    background reconstruction, other seeds, and that many phantoms of each
+    generator variant; needs ``backgrounds``) and adds it to the manifest.
+
     Everything is cached and checkpointed under ``outdir``: run it again to
     resume. Returns the manifest's path.
     """
@@ -127,6 +134,8 @@ def train_ensemble(
     emit = on_event or (lambda kind, info: None)
     data_dirs = [] if data is None else [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     t0 = time.perf_counter()
+    if second_stage_cases and backgrounds is None:
+        raise ValueError("--second-stage-cases needs --backgrounds (the real scans its cases are made from).")
     bgs, bg_record = (find_backgrounds(backgrounds, tracings_dir=tracings_dir, hold_out=hold_out_backgrounds)
                       if backgrounds is not None else ([], {}))
     emit("data_start", {"phantoms": phantoms, "val": val_phantoms, "data": [str(d) for d in data_dirs],
@@ -235,6 +244,9 @@ def train_ensemble(
                     + f", {len(summaries)} models in one process"),
     }
     path = write_manifest(weights, entries, training, metrics={})
+    if second_stage_cases:
+        train_second_stage(weights, bgs, second_stage_cases, cache=outdir / "cache" / "second_stage",
+                           held_out=hold_out_backgrounds, emit=emit)
     (outdir / "training.json").write_text(json.dumps({"summaries": summaries, "training": training}, indent=2))
     emit("done", {"manifest": str(path)})
     return path

@@ -1,0 +1,311 @@
+"""The second stage: one decision per calcium candidate from the ensemble's soft output and local anatomy.
+
+The paper's rule accepts a 2D candidate component (>= 130 HU) when a
+majority of the five U-Nets label the coarse voxel of its densest voxel as
+coronary. On real patients the U-Nets trained on our phantoms give most real
+plaques no vote at all, while their soft output still carries a signal, and
+the anatomy around a candidate (fat, soft tissue, lung, bone at 3-27 mm)
+says much of what separates a plaque in the epicardial fat from a rib, the
+sternum or an aortic wall. The second stage is a small gradient-boosted tree
+model over per-candidate features (:data:`FEATURE_NAMES`):
+
+* the candidate itself: peak and mean HU, log area (mm^2);
+* the ensemble: mean coronary probability at the peak's coarse voxel and its
+  maximum over 3, 7 and 13 coarse voxels around it, the number of models
+  voting coronary there, the mean probability of each artery;
+* context: the share of fine voxels in six HU bands (air/lung, lung edge,
+  fat, soft tissue, dense soft tissue, >= 130 HU) in cubes of 3, 5 and 9
+  coarse voxels (9, 15, 27 mm at 3 mm) around the peak.
+
+Nothing in it depends on slice thickness, field of view or position in the
+volume. It is trained by ``cac train --second-stage-cases`` (real
+backgrounds with inserted calcium, and phantoms) and shipped in the weights
+folder (``second_stage.npz``, named in the manifest); :func:`decide_candidates`
+applies it. The tree model is evaluated here in numpy (:class:`TreeModel`),
+equal to scikit-learn's ``HistGradientBoostingClassifier`` that trained it.
+
+Examples
+--------
+>>> import numpy as np
+>>> m = TreeModel(feature=np.array([0, -1, -1]), threshold=np.array([0.5, 0, 0]),
+...               left=np.array([1, 0, 0]), right=np.array([2, 0, 0]), value=np.array([0.0, -2.0, 2.0]),
+...               roots=np.array([0]), baseline=0.0)
+>>> m.predict_proba(np.array([[0.2], [0.9]])).round(3).tolist()
+[0.119, 0.881]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .preprocess import CoarseGrid
+
+__all__ = ["FEATURE_NAMES", "HU_BANDS", "Candidates", "TreeModel", "SecondStage", "find_candidates",
+           "candidate_features", "decide_candidates", "mean_probabilities"]
+
+#: HU bands of the context features: [low, high).
+HU_BANDS = ((-np.inf, -500.0), (-500.0, -200.0), (-200.0, -30.0), (-30.0, 100.0), (100.0, 130.0), (130.0, np.inf))
+_BAND_NAMES = ("air", "lung_edge", "fat", "soft", "dense_soft", "calcium_bone")
+#: Cube sizes (coarse voxels) of the context shares, and of the neighbourhood maxima of the coronary probability.
+CONTEXT_SIZES = (3, 5, 9)
+NEIGHBOURHOOD_SIZES = (3, 7, 13)
+#: Per-candidate features, in the order of the feature matrix.
+FEATURE_NAMES = (
+    ["peak_hu", "mean_hu", "log_area_mm2", "p_coronary"]
+    + [f"p_coronary_max{s}" for s in NEIGHBOURHOOD_SIZES]
+    + ["votes", "p_LM", "p_LAD", "p_LCX", "p_RCA"]
+    + [f"share_{b}_{s}" for b in _BAND_NAMES for s in CONTEXT_SIZES]
+)
+#: 2D components: 8-connected within a slice, never across slices (the Agatston convention).
+_STRUCT = np.zeros((3, 3, 3), bool)
+_STRUCT[1] = True
+
+
+def mean_probabilities(logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean softmax over the models: float32 (classes, z, y, x) from each model's logits (classes, z, y, x)."""
+    acc: Optional[np.ndarray] = None
+    for lg in logits:
+        e = np.exp(lg - lg.max(axis=0, keepdims=True))
+        p = e / e.sum(axis=0, keepdims=True)
+        acc = p if acc is None else acc + p
+    if acc is None:
+        raise ValueError("mean_probabilities: no model output given")
+    return (acc / len(logits)).astype(np.float32)
+
+
+@dataclass
+class Candidates:
+    """The 2D candidate components of a volume (>= threshold HU, 8-connected within each slice).
+
+    ``comps`` labels them 1..n on the fine grid; per component (index
+    ``i`` = label ``i + 1``): the fine index of its densest voxel (the first
+    in C order among equals), voxel count, HU sum and centroid (y, x) in
+    file indices of the canonical grid.
+    """
+
+    comps: np.ndarray
+    n: int
+    peak: tuple[np.ndarray, np.ndarray, np.ndarray]
+    peak_hu: np.ndarray
+    count: np.ndarray
+    hu_sum: np.ndarray
+    centroid_yx: np.ndarray
+
+
+def find_candidates(hu: np.ndarray, threshold_hu: float = 130.0) -> Candidates:
+    """Label the 2D candidate components of ``hu`` (see :class:`Candidates`)."""
+    comps, n = ndimage.label(hu >= threshold_hu, structure=_STRUCT)
+    where = np.nonzero(comps)
+    ids = comps[where]
+    vals = np.asarray(hu[where], dtype=np.float64)
+    peak_hu = np.full(n + 1, -np.inf)
+    np.maximum.at(peak_hu, ids, vals)
+    at_peak = np.flatnonzero(vals == peak_hu[ids])
+    first = np.full(n + 1, ids.size, dtype=np.intp)
+    np.minimum.at(first, ids[at_peak], at_peak)
+    first = first[1:]
+    peak = tuple(w[first] for w in where) if n else tuple(np.zeros(0, np.intp) for _ in range(3))
+    count = np.bincount(ids, minlength=n + 1)[1:].astype(np.float64)
+    hu_sum = np.bincount(ids, weights=vals, minlength=n + 1)[1:]
+    cy = np.bincount(ids, weights=where[1], minlength=n + 1)[1:] / np.maximum(count, 1)
+    cx = np.bincount(ids, weights=where[2], minlength=n + 1)[1:] / np.maximum(count, 1)
+    return Candidates(comps, int(n), peak, peak_hu[1:], count, hu_sum,  # type: ignore[arg-type]
+                      np.stack([cy, cx], axis=1) if n else np.zeros((0, 2)))
+
+
+def _band_shares(hu: np.ndarray, grid: CoarseGrid) -> list[np.ndarray]:
+    """Per coarse voxel, the share of its fine voxels in each HU band."""
+    counts = np.ones(1, dtype=np.float32)
+    for axis in range(3):
+        c = np.diff(np.r_[grid.starts[axis], grid.fine_shape[axis]]).astype(np.float32)
+        counts = counts[..., None] * c if axis else c
+    # band index per fine voxel, then one block sum per band
+    band = np.digitize(hu, [b[1] for b in HU_BANDS[:-1]]).astype(np.uint8)
+    shares = []
+    for k in range(len(HU_BANDS)):
+        m = (band == k).astype(np.float32)
+        for axis in (2, 1, 0):
+            m = np.add.reduceat(m, grid.starts[axis], axis=axis)
+        shares.append(m / counts)
+    return shares
+
+
+def candidate_features(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
+                       votes: np.ndarray, cands: Candidates) -> np.ndarray:
+    """The feature matrix (n, len(FEATURE_NAMES)) float64 of the candidates (see the module docstring).
+
+    ``probs``: the ensemble's mean class probabilities (5, z, y, x) on the
+    coarse grid (:func:`mean_probabilities`); ``votes``: models voting coronary
+    per coarse voxel.
+    """
+    n = cands.n
+    if n == 0:
+        return np.zeros((0, len(FEATURE_NAMES)))
+    ci = tuple(grid.index[a][cands.peak[a]] for a in range(3))
+    pc = 1.0 - probs[0]
+    cols: list[np.ndarray] = [cands.peak_hu, cands.hu_sum / cands.count,
+                              np.log1p(cands.count * float(spacing[1]) * float(spacing[2])), pc[ci]]
+    cols += [ndimage.maximum_filter(pc, size=s, mode="constant")[ci] for s in NEIGHBOURHOOD_SIZES]
+    cols += [votes[ci]] + [probs[k][ci] for k in range(1, 5)]
+    for share in _band_shares(hu, grid):
+        cols += [ndimage.uniform_filter(share, size=s, mode="constant")[ci] for s in CONTEXT_SIZES]
+    return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+
+
+@dataclass
+class TreeModel:
+    """Gradient-boosted binary trees in flat arrays; ``P = sigmoid(baseline + sum of the trees' leaf values)``.
+
+    Node ``j``: leaf when ``feature[j] < 0`` (value ``value[j]``), else go to
+    ``left[j]`` when ``x[feature[j]] <= threshold[j]`` and to ``right[j]``
+    otherwise (scikit-learn's rule for numeric features without missing
+    values). ``roots``: each tree's first node. Children are global node
+    indices.
+    """
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    baseline: float
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """The sum of ``baseline`` and every tree's leaf value, per row of ``X`` (n, features)."""
+        X = np.asarray(X, dtype=np.float64)
+        out = np.full(X.shape[0], float(self.baseline))
+        if X.shape[0] == 0:
+            return out
+        rows = np.arange(X.shape[0])
+        leaf = self.feature < 0
+        for root in self.roots:
+            node = np.full(X.shape[0], root, dtype=np.int64)
+            while True:
+                inner = ~leaf[node]
+                if not inner.any():
+                    break
+                ni, ri = node[inner], rows[inner]
+                go_left = X[ri, self.feature[ni]] <= self.threshold[ni]
+                node[inner] = np.where(go_left, self.left[ni], self.right[ni])
+            out += self.value[node]
+        return out
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """P(coronary) per row of ``X``."""
+        return 1.0 / (1.0 + np.exp(-self.raw(X)))
+
+    @classmethod
+    def from_sklearn(cls, clf: Any) -> "TreeModel":
+        """From a fitted binary ``sklearn.ensemble.HistGradientBoostingClassifier`` (numeric features)."""
+        feats, thr, left, right, val, roots = [], [], [], [], [], []
+        offset = 0
+        for (pred,) in clf._predictors:  # one tree per iteration (binary)
+            nodes = pred.nodes
+            if nodes["is_categorical"].any():
+                raise ValueError("TreeModel: categorical splits are not supported")
+            roots.append(offset)
+            feats.append(np.where(nodes["is_leaf"] == 1, -1, nodes["feature_idx"]).astype(np.int64))
+            thr.append(nodes["num_threshold"].astype(np.float64))
+            left.append(nodes["left"].astype(np.int64) + offset)
+            right.append(nodes["right"].astype(np.int64) + offset)
+            val.append(nodes["value"].astype(np.float64))
+            offset += len(nodes)
+        return cls(np.concatenate(feats), np.concatenate(thr), np.concatenate(left), np.concatenate(right),
+                   np.concatenate(val), np.asarray(roots, dtype=np.int64),
+                   float(np.ravel(clf._baseline_prediction)[0]))
+
+
+@dataclass
+class SecondStage:
+    """A trained second stage: the tree model, its acceptance threshold and provenance.
+
+    Saved as one ``.npz`` (arrays, and the JSON ``meta`` with
+    ``feature_names``, ``threshold`` and how it was trained); loading
+    checks that the features are the ones this version computes.
+    """
+
+    model: TreeModel
+    threshold: float = 0.5
+    meta: dict = field(default_factory=dict)
+
+    def save(self, path: Path | str) -> Path:
+        """Write atomically; returns the path."""
+        path = Path(path)
+        meta = {**self.meta, "feature_names": list(FEATURE_NAMES), "threshold": self.threshold,
+                "format": "cac-toolkit second stage v1"}
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        m = self.model
+        np.savez_compressed(tmp, feature=m.feature, threshold=m.threshold, left=m.left, right=m.right,
+                            value=m.value, roots=m.roots, baseline=np.array(m.baseline), meta=np.array(json.dumps(meta)))
+        return tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "SecondStage":
+        """Read a file written by :meth:`save`.
+
+        Raises
+        ------
+        ValueError
+            The file is not a second stage of this format, or was trained on other features.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                model = TreeModel(z["feature"], z["threshold"], z["left"], z["right"], z["value"], z["roots"],
+                                  float(z["baseline"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable second-stage file ({exc}); restore it from the release "
+                             f"or score without it (cac score --no-second-stage).") from exc
+        if meta.get("feature_names") != list(FEATURE_NAMES):
+            raise ValueError(f"{path}: trained on other features than this cacnet version computes; "
+                             f"use the weights released with this version or retrain (cac train --second-stage-cases).")
+        return cls(model, float(meta["threshold"]), meta)
+
+    @staticmethod
+    def sha256(path: Path | str) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+#: Candidates with at least this P(coronary) that are not accepted are recorded (``rejected_candidates``).
+RECORD_PROBABILITY = 0.1
+
+
+def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
+                      votes: np.ndarray, stage: SecondStage, threshold_hu: float = 130.0):
+    """Label the 2D candidate components of ``hu`` with the second stage.
+
+    A component is coronary when its P(coronary) reaches ``stage.threshold``;
+    its artery is the most probable one (mean probabilities of LM, LAD, LCX,
+    RCA) at the coarse voxel of its densest voxel.
+
+    Returns the fine label volume (uint8) and one record per component that
+    is accepted, has a model's vote, or has P >= :data:`RECORD_PROBABILITY`:
+    ``(slice, centroid_y, centroid_x, votes, label, accepted, p)``.
+    """
+    cands = find_candidates(hu, threshold_hu)
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    if cands.n == 0:
+        return labels, []
+    X = candidate_features(hu, spacing, grid, probs, votes, cands)
+    p = stage.model.predict_proba(X)
+    ci = tuple(grid.index[a][cands.peak[a]] for a in range(3))
+    artery = (np.argmax(probs[1:], axis=0) + 1).astype(np.uint8)[ci]
+    accepted = p >= stage.threshold
+    lut = np.zeros(cands.n + 1, dtype=np.uint8)
+    lut[1:][accepted] = artery[accepted]
+    nz = np.nonzero(cands.comps)
+    labels[nz] = lut[cands.comps[nz]]
+    v = votes[ci]
+    keep = np.flatnonzero(accepted | (v > 0) | (p >= RECORD_PROBABILITY))
+    records = [(int(cands.peak[0][i]), float(cands.centroid_yx[i, 0]), float(cands.centroid_yx[i, 1]), int(v[i]),
+                int(artery[i]), bool(accepted[i]), float(p[i])) for i in keep]
+    return labels, records
