@@ -121,20 +121,23 @@ def find_candidates(hu: np.ndarray, threshold_hu: float = 130.0) -> Candidates:
 
 
 def _band_shares(hu: np.ndarray, grid: CoarseGrid) -> list[np.ndarray]:
-    """Per coarse voxel, the share of its fine voxels in each HU band."""
-    counts = np.ones(1, dtype=np.float32)
-    for axis in range(3):
-        c = np.diff(np.r_[grid.starts[axis], grid.fine_shape[axis]]).astype(np.float32)
-        counts = counts[..., None] * c if axis else c
-    # band index per fine voxel, then one block sum per band
-    band = np.digitize(hu, [b[1] for b in HU_BANDS[:-1]]).astype(np.uint8)
-    shares = []
-    for k in range(len(HU_BANDS)):
-        m = (band == k).astype(np.float32)
-        for axis in (2, 1, 0):
-            m = np.add.reduceat(m, grid.starts[axis], axis=axis)
-        shares.append(m / counts)
-    return shares
+    """Per coarse voxel, the share (float32) of its fine voxels in each HU band.
+
+    One pass: the band of every fine voxel is added to its coarse voxel's
+    counts (a bincount over coarse index x 6 + band); shares are exact
+    integer counts divided in float32.
+    """
+    band = np.zeros(hu.shape, dtype=np.uint8)
+    for lo, _ in HU_BANDS[1:]:
+        band += hu >= lo
+    nz, ny, nx = grid.coarse_shape
+    nb = len(HU_BANDS)
+    dtype = np.int32 if nz * ny * nx * nb < 2**31 else np.int64  # int32 halves the fine-sized temporary
+    iz, iy, ix = (a.astype(dtype) for a in grid.index)
+    flat = iz[:, None, None] * (ny * nx * nb) + iy[None, :, None] * (nx * nb) + ix[None, None, :] * nb + band
+    counts = np.bincount(flat.ravel(), minlength=nz * ny * nx * nb).reshape(nz, ny, nx, nb).astype(np.float32)
+    total = counts.sum(axis=-1)
+    return [counts[..., k] / total for k in range(nb)]
 
 
 def candidate_features(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,

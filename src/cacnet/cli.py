@@ -196,8 +196,8 @@ def train(
         0, "--second-stage-cases", min=0,
         help="After export, fit the second stage (a per-candidate classifier over the ensemble's soft output and "
              "local anatomy, see cacnet.candidates) on this many inserted-calcium cases per traced reconstruction "
-             "(other seeds) and as many phantoms of each generator; needs --backgrounds and scikit-learn (train "
-             "extra). Default 0: none (the majority vote decides)."),
+             "(other seeds), as many phantoms of each generator and every candidate of the --negatives; needs "
+             "--backgrounds and scikit-learn (train extra). Default 0: none (the majority vote decides)."),
 ) -> None:
     """Train the U-Net ensemble, all models together in one process (CPU or GPU), and export it to OUTDIR/weights.
 

@@ -186,14 +186,18 @@ def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(fake_real_ct, t
     w = tmp_path / "w"
     shutil.copytree(toy_weights, w)
     events = []
-    entry = train_second_stage(w, bgs[:1], 3, phantoms=0, cache=tmp_path / "cache", held_out=["other"],
-                               emit=lambda kind, info: events.append((kind, info)))
+    negative = root / "other" / "bg.nii.gz"  # a category-A scan: every candidate non-coronary
+    entry = train_second_stage(w, bgs[:1], 3, negatives=[negative], phantoms=0, cache=tmp_path / "cache",
+                               held_out=["other"], emit=lambda kind, info: events.append((kind, info)))
     m = json.loads((w / "manifest.json").read_text())
     assert m["second_stage"] == entry and entry["file"] == "second_stage.npz"
     assert entry["data"]["backgrounds"] == ["site/bg.nii.gz"] and entry["data"]["held_out_backgrounds"] == ["other"]
     assert 0 < entry["data"]["coronary_rows"] < entry["data"]["rows"]  # categories A, B, C: coronary and not
     assert entry["features"] == list(FEATURE_NAMES) and entry["numpy_vs_sklearn_max_prob_diff"] < 1e-9
-    assert [k for k, _ in events].count("second_stage_case") == 3
+    assert [k for k, _ in events].count("second_stage_case") == 3 + 1
+    assert entry["data"]["negatives"] == [str(negative)]
+    n_neg, coronary_neg = entry["data"]["rows_by_source"]["negatives"]
+    assert n_neg > 0 and coronary_neg == 0
     ens = Ensemble(w, backend="onnxruntime")
     assert ens.stage is not None and ens.stage.threshold == entry["threshold"]
     # one category-A case has no coronary candidate: a clear error
@@ -201,7 +205,8 @@ def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(fake_real_ct, t
         train_second_stage(w, bgs[:1], 1, phantoms=0, cache=tmp_path / "cache2")
     # a rerun reads the cached rows: no case is made again, and the same classifier comes out
     monkeypatch.setattr(_second_stage, "iter_inserted_scans", lambda *a, **k: pytest.fail("case made again"))
-    again = train_second_stage(w, bgs[:1], 3, phantoms=0, cache=tmp_path / "cache", held_out=["other"])
+    again = train_second_stage(w, bgs[:1], 3, negatives=[negative], phantoms=0, cache=tmp_path / "cache",
+                               held_out=["other"])
     assert again["data"] == entry["data"]
     rerun = Ensemble(w, backend="onnxruntime").stage.model
     for name in ("feature", "threshold", "left", "right", "value", "roots"):

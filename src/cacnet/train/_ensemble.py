@@ -123,8 +123,9 @@ def train_ensemble(
 
     ``second_stage_cases`` > 0 then fits the second stage on the exported
     ensemble (:func:`train_second_stage`: that many inserted-calcium cases per
-    background reconstruction, other seeds, and that many phantoms of each
-    generator variant; needs ``backgrounds``) and adds it to the manifest.
+    background reconstruction, other seeds, that many phantoms of each
+    generator variant, and the ``negatives``; needs ``backgrounds``) and adds
+    it to the manifest.
 
     Everything is cached and checkpointed under ``outdir``: run it again to
     resume. Returns the manifest's path.
@@ -245,8 +246,8 @@ def train_ensemble(
     }
     path = write_manifest(weights, entries, training, metrics={})
     if second_stage_cases:
-        train_second_stage(weights, bgs, second_stage_cases, cache=outdir / "cache" / "second_stage",
-                           held_out=hold_out_backgrounds, emit=emit)
+        train_second_stage(weights, bgs, second_stage_cases, negatives=negatives,
+                           cache=outdir / "cache" / "second_stage", held_out=hold_out_backgrounds, emit=emit)
     (outdir / "training.json").write_text(json.dumps({"summaries": summaries, "training": training}, indent=2))
     emit("done", {"manifest": str(path)})
     return path

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..candidates import FEATURE_NAMES, SecondStage, TreeModel, candidate_features, find_candidates
 from ..ensemble import Ensemble, load_manifest
+from ..io import read_scan
 from ..preprocess import preprocess
 from ._backgrounds import Background
 from ._insert import iter_inserted_scans
@@ -83,19 +84,23 @@ def fit_second_stage(X: np.ndarray, y: np.ndarray, meta: Optional[dict] = None) 
 
 
 def _weights_key(weights_dir: Path) -> str:
+    """A key of the ensemble (its models' sha256): cached rows belong to the ensemble that made them."""
     shas = [m["sha256"] for m in load_manifest(weights_dir)["models"]]
     return hashlib.sha256("".join(shas).encode()).hexdigest()[:12]
 
 
 def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cases: int, *,
-                       phantoms: Optional[int] = None, variants: Sequence[str] = ("default", "varied"),
+                       negatives: Sequence[Path] = (), phantoms: Optional[int] = None, variants: Sequence[str] = ("default", "varied"),
                        cache: Optional[Path] = None, held_out: Sequence[str] = (),
                        emit: Callable[[str, dict], None] = lambda kind, info: None) -> dict:
     """Fit the second stage of the ensemble in ``weights_dir`` and add it to its manifest.
 
     ``cases`` inserted-calcium cases per background reconstruction
     (categories A-E in turn) and ``phantoms`` (default: ``cases``) phantoms
-    of each generator variant. Each case's rows are cached in ``cache``
+    of each generator variant, and every candidate-row of the real scans
+    without coronary calcium in ``negatives`` (files or DICOM folders, as
+    ``cac train --negatives``: every candidate is non-coronary; sampled as
+    the cases' negatives). Each case's rows are cached in ``cache``
     (per ensemble: the rows depend on its output), so a rerun resumes.
     Returns the manifest entry.
     """
@@ -135,6 +140,13 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                 got[i] = rows(ids[i], ins.hu, ins.spacing, ins.labels)
         parts += [(b.slug, *got[i]) for i in range(cases)]
         sources.append(b.scan)
+    for neg in map(Path, negatives):
+        case_id = "negative_" + hashlib.sha256(str(neg.resolve()).encode()).hexdigest()[:12]
+        got_neg = cached(case_id)
+        if got_neg is None:
+            scan = read_scan(neg)
+            got_neg = rows(case_id, scan.hu, scan.spacing, np.zeros(scan.hu.shape, np.uint8))
+        parts.append(("negatives", *got_neg))
     for variant in variants:
         for i in range(phantoms):
             case_id = f"phantom-{variant}_{i:03d}"
@@ -147,6 +159,7 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
     y = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int8)
     data = {
         "backgrounds": sources, "cases_per_background": cases, "phantoms_per_variant": phantoms,
+        "negatives": [str(n) for n in negatives],
         "variants": list(variants), "held_out_backgrounds": list(held_out), "seed": SECOND_STAGE_SEED,
         "rows": int(len(y)), "coronary_rows": int(y.sum()),
         "rows_by_source": {s: [int(sum(len(p[2]) for p in parts if p[0] == s)),
