@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 import agatston
-from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, verify_weights
+from cacnet.candidates import FEATURE_NAMES
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, load_second_stage, verify_weights
 from cacnet.pipeline import score_scan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,15 +25,21 @@ def test_manifest_matches_the_files():
     assert manifest["preprocessing"]["clip_hu"] == [-300.0, 800.0]
     assert all(m["onnx_vs_torch_max_prob_diff"] < 1e-4 for m in manifest["models"])
     card = (DEFAULT_WEIGHTS / "README.md").read_text()
-    # the card says plainly what real data the models saw: hard negatives only, no real calcium
+    # the card says plainly what real data the models saw: no real calcium, real backgrounds and hard negatives
     assert "no real scan with\ncoronary calcium" in card and "hard negatives" in card
-    assert "held out of all training" in manifest["training"]["real_scans"]
+    assert "backgrounds with inserted calcium" in manifest["training"]["real_scans"]
+    # the second stage is named, hashed, loadable, and held the same patient out as the U-Nets
+    stage = manifest["second_stage"]
+    assert load_second_stage(DEFAULT_WEIGHTS) is not None and stage["features"] == list(FEATURE_NAMES)
+    assert stage["data"]["held_out_backgrounds"] == ["lung_pet_ct_dx_a0002"]
+    assert "lung_pet_ct_dx_a0002" in manifest["training"]["backgrounds"]["held_out"]
 
 
 def test_shipped_ensemble_scores_the_bundled_example():
     truth = json.loads((ROOT / "examples" / "data" / "phantom_example_truth.json").read_text())
     res = score_scan(EXAMPLE, Ensemble(device="cpu"))
     d = res.data
+    assert d["models"]["decision"] == "second stage" and all("p_coronary" in les for les in d["lesions"])
     assert d["models"]["n_models"] == 5 and d["models"]["models_run"] == 5
     assert d["category"] == truth["category"]
     # every voxel the ensemble keeps is >= 130 HU, and the mask overlaps the truth
