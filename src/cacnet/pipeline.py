@@ -35,8 +35,8 @@ from .io import Scan, canonical_to_source_index, read_scan
 from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
 from .triage import triage
 
-__all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "segment", "decide_components", "lesion_position",
-           "versions"]
+__all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "segment", "decide_components",
+           "lesion_position", "versions"]
 
 
 @dataclass
@@ -381,6 +381,8 @@ def score_scan(
         ["preprocess", "inference", "postprocess"], ["inference", "postprocess", "score"])}}
     warnings = list(scan.warnings) + [f"forced: {w}" for w in checked.refusals] + checked.warnings
     warnings += list(ensemble.warnings)
+    if early_stop and ensemble.stage is not None:
+        warnings.append("early stop: not used, the second stage needs every model's output (all models run).")
     if early_stop and vote.models_run < vote.n_models:
         warnings.append(f"early stop: {vote.models_run} of {vote.n_models} models run (vote counts cover those).")
     data = {

@@ -198,8 +198,9 @@ def test_score_scan_with_a_second_stage(toy_weights, tmp_path, phantom_scans):
     w = _weights_with_stage(toy_weights, tmp_path / "w", _peak_stage(400.0))
     folder, _ = phantom_scans
     path = folder / "case22.nii.gz"  # category D, stored flipped
-    staged = score_scan(path, Ensemble(w, backend="onnxruntime"), force=True)
-    assert staged.data["models"]["decision"] == "second stage"
+    staged = score_scan(path, Ensemble(w, backend="onnxruntime"), force=True, early_stop=True)
+    assert staged.data["models"]["decision"] == "second stage" and staged.data["models"]["models_run"] == 5
+    assert any("early stop: not used" in w for w in staged.data["warnings"])
     # every candidate component with a peak above 400 HU, and nothing else, is calcium
     c = find_candidates(staged.scan.hu)
     want = np.zeros(c.n + 1, bool)
