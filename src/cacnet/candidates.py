@@ -48,7 +48,7 @@ from scipy import ndimage
 from .preprocess import CoarseGrid
 
 __all__ = ["FEATURE_NAMES", "HU_BANDS", "Candidates", "TreeModel", "SecondStage", "find_candidates",
-           "candidate_features", "decide_candidates", "mean_probabilities"]
+           "candidate_features", "decide_candidates", "densest", "mean_probabilities"]
 
 #: HU bands of the context features: [low, high).
 HU_BANDS = ((-np.inf, -500.0), (-500.0, -200.0), (-200.0, -30.0), (-30.0, 100.0), (100.0, 130.0), (130.0, np.inf))
@@ -99,24 +99,34 @@ class Candidates:
     centroid_yx: np.ndarray
 
 
+def densest(ids: np.ndarray, vals: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per component 1..n: the position in ``ids``/``vals`` of its densest voxel and that value.
+
+    ``ids`` (labels 1..n, each present) and ``vals`` list the voxels in C order;
+    among equal maxima the first in C order is taken.
+    """
+    peak = np.zeros(n + 1, dtype=vals.dtype)
+    peak[ids] = vals  # some value of each component, then its maximum
+    np.maximum.at(peak, ids, vals)
+    at_peak = np.flatnonzero(vals == peak[ids])
+    first = np.full(n + 1, ids.size, dtype=np.intp)
+    np.minimum.at(first, ids[at_peak], at_peak)
+    return first[1:], peak[1:]
+
+
 def find_candidates(hu: np.ndarray, threshold_hu: float = 130.0) -> Candidates:
     """Label the 2D candidate components of ``hu`` (see :class:`Candidates`)."""
     comps, n = ndimage.label(hu >= threshold_hu, structure=_STRUCT)
     where = np.nonzero(comps)
     ids = comps[where]
     vals = np.asarray(hu[where], dtype=np.float64)
-    peak_hu = np.full(n + 1, -np.inf)
-    np.maximum.at(peak_hu, ids, vals)
-    at_peak = np.flatnonzero(vals == peak_hu[ids])
-    first = np.full(n + 1, ids.size, dtype=np.intp)
-    np.minimum.at(first, ids[at_peak], at_peak)
-    first = first[1:]
+    first, peak_hu = densest(ids, vals, n)
     peak = tuple(w[first] for w in where) if n else tuple(np.zeros(0, np.intp) for _ in range(3))
     count = np.bincount(ids, minlength=n + 1)[1:].astype(np.float64)
     hu_sum = np.bincount(ids, weights=vals, minlength=n + 1)[1:]
     cy = np.bincount(ids, weights=where[1], minlength=n + 1)[1:] / np.maximum(count, 1)
     cx = np.bincount(ids, weights=where[2], minlength=n + 1)[1:] / np.maximum(count, 1)
-    return Candidates(comps, int(n), peak, peak_hu[1:], count, hu_sum,  # type: ignore[arg-type]
+    return Candidates(comps, int(n), peak, peak_hu, count, hu_sum,  # type: ignore[arg-type]
                       np.stack([cy, cx], axis=1) if n else np.zeros((0, 2)))
 
 

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 import agatston
 
-from .candidates import decide_candidates, mean_probabilities
+from .candidates import decide_candidates, densest, mean_probabilities
 from .ensemble import Ensemble, Vote, combine_votes
 from .errors import UnsuitableScanError
 from .io import Scan, canonical_to_source_index, read_scan
@@ -107,14 +107,7 @@ def decide_components(hu: np.ndarray, vote: Vote, grid: CoarseGrid, threshold_hu
         where = np.nonzero(cand)
         ids = comps[where]
         # each component's densest voxel, the first in C order among equals (components 1..n, in order)
-        vals = hu[box][where]
-        peak_hu = np.zeros(n + 1, dtype=vals.dtype)
-        peak_hu[ids] = vals  # some value of each component, then its maximum
-        np.maximum.at(peak_hu, ids, vals)
-        at_peak = np.flatnonzero(vals == peak_hu[ids])
-        first = np.full(n + 1, ids.size, dtype=np.intp)
-        np.minimum.at(first, ids[at_peak], at_peak)
-        first = first[1:]
+        first, _ = densest(ids, hu[box][where], n)
         peak = [where[a][first] + lo[a] for a in range(3)]
         cidx = tuple(grid.index[a][peak[a]] for a in range(3))
         v = vote.votes[cidx]
