@@ -36,7 +36,6 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,10 +281,6 @@ class SecondStage:
             raise ValueError(f"{path}: trained on other features than this cacnet version computes; "
                              f"use the weights released with this version or retrain (cac train --second-stage-cases).")
         return cls(model, float(meta["threshold"]), meta)
-
-    @staticmethod
-    def sha256(path: Path | str) -> str:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 #: Candidates with at least this P(coronary) that are not accepted are recorded (``rejected_candidates``).

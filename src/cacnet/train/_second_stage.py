@@ -26,12 +26,14 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .._files import sha256_file
 from ..candidates import FEATURE_NAMES, SecondStage, TreeModel, candidate_features, find_candidates
 from ..ensemble import Ensemble, load_manifest
 from ..io import read_scan
 from ..preprocess import preprocess
 from ._backgrounds import Background
 from ._insert import iter_inserted_scans
+from ._joint import _write_atomic
 
 __all__ = ["CLASSIFIER", "NEGATIVES_PER_CASE", "SECOND_STAGE_SEED", "SECOND_STAGE_FILE", "candidate_rows",
            "fit_second_stage", "train_second_stage"]
@@ -73,7 +75,7 @@ def fit_second_stage(X: np.ndarray, y: np.ndarray, meta: Optional[dict] = None) 
     except ImportError:  # pragma: no cover - the train extra installs it
         raise ImportError("the second stage needs scikit-learn: pip install 'cacnet[train]'") from None
     y = np.asarray(y).astype(int)
-    if y.min(initial=1) == y.max(initial=0) or len(np.unique(y)) < 2:
+    if len(np.unique(y)) < 2:
         raise ValueError("second stage: the cases gave no coronary candidate, or only coronary ones; "
                          "give more cases (--second-stage-cases).")
     clf = HistGradientBoostingClassifier(**CLASSIFIER).fit(X, y)
@@ -91,7 +93,8 @@ def _weights_key(weights_dir: Path) -> str:
 
 
 def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cases: int, *,
-                       negatives: Sequence[Path] = (), phantoms: Optional[int] = None, variants: Sequence[str] = ("default", "varied"),
+                       negatives: Sequence[Path] = (), phantoms: Optional[int] = None,
+                       variants: Sequence[str] = ("default", "varied"),
                        cache: Optional[Path] = None, held_out: Sequence[str] = (),
                        emit: Callable[[str, dict], None] = lambda kind, info: None) -> dict:
     """Fit the second stage of the ensemble in ``weights_dir`` and add it to its manifest.
@@ -164,23 +167,21 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
         "variants": list(variants), "held_out_backgrounds": list(held_out), "seed": SECOND_STAGE_SEED,
         "rows": int(len(y)), "coronary_rows": int(y.sum()),
         "rows_by_source": {s: [int(sum(len(p[2]) for p in parts if p[0] == s)),
-                               int(sum(p[2].sum() for p in parts if p[0] == s))] for s in dict.fromkeys(p[0] for p in parts)},
+                               int(sum(p[2].sum() for p in parts if p[0] == s))]
+                           for s in dict.fromkeys(p[0] for p in parts)},
     }
     stage = fit_second_stage(X, y, {"classifier": "sklearn HistGradientBoostingClassifier",
                                     "settings": {k: (v if k != "class_weight" else {str(a): b for a, b in v.items()})
                                                  for k, v in CLASSIFIER.items()},
                                     "data": data, "ensemble": _weights_key(weights_dir)})
     path = stage.save(weights_dir / SECOND_STAGE_FILE)
-    entry = {"file": SECOND_STAGE_FILE, "sha256": SecondStage.sha256(path), "threshold": stage.threshold,
+    entry = {"file": SECOND_STAGE_FILE, "sha256": sha256_file(path), "threshold": stage.threshold,
              "features": list(FEATURE_NAMES), "classifier": stage.meta["classifier"],
              "settings": stage.meta["settings"], "data": data,
              "numpy_vs_sklearn_max_prob_diff": stage.meta["numpy_vs_sklearn_max_prob_diff"],
              "seconds": round(time.perf_counter() - t0, 1)}
-    manifest_path = weights_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_manifest(weights_dir)
     manifest["second_stage"] = entry
-    tmp = manifest_path.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(manifest_path)
+    _write_atomic(weights_dir / "manifest.json", json.dumps(manifest, indent=1))
     emit("second_stage", {"file": str(path), "rows": data["rows"], "coronary": data["coronary_rows"]})
     return entry
