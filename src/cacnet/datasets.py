@@ -20,13 +20,21 @@ patient mm), ``Area`` (cm^2) and ``Max`` (HU). Rules:
 * Slice: found by the ROI's z in patient mm (the median z of ``Point_mm``,
   else the z of ``Center``), matched against the z of the slices' positions
   (ImagePositionPatient) within half a slice increment, whatever order the
-  files are in. ``ImageIndex`` counts in the series' instance order (OsiriX:
-  "order in the series, start by zero"), which for a feet-first series runs
-  opposite to position; it is cross-checked and a disagreement is reported
-  (the z is used). Without any z the slice comes from ``ImageIndex``; the
-  report's ``slice_from`` says which was used. A z that matches no slice is
-  an error row: the ROI is left out, the case is converted without it and
-  its ``labels_note`` in truth.csv says so.
+  files are in. ``ImageIndex`` is the 0-based index of the image in the
+  OsiriX 2D viewer the ROIs were exported from (the ExportROIs plugin writes
+  ``ImageIndex = i`` while walking ``[viewerController pixList]``; its comment:
+  "order in the series, start by zero"). That order is the viewer's: by
+  instance number by default, by slice location where OsiriX's preference
+  says so, reversed after "Flip series"; COCA's exports count in position
+  order (increasing z). So the order an export follows is found from its ROIs
+  that have a z (the order most of them agree with, among position, instance
+  and their reverses; position order when none has a z or on a tie), and
+  each ROI's ``ImageIndex`` is checked against that order: only an index that
+  names another slice than the z is a mismatch (the z is used). Without any
+  z the slice comes from ``ImageIndex`` in that order; the report's
+  ``slice_from`` says which was used, and the case row which order. A z that
+  matches no slice is an error row: the ROI is left out, the case is
+  converted without it and its ``labels_note`` in truth.csv says so.
 * Pixels: OsiriX pixel coordinates put the centre of pixel ``c`` at
   ``c + 0.5`` (``DCMPix convertPixX:pixY:toDICOMCoords:`` subtracts 0.5
   before adding ``c * spacing`` to the position of the first pixel's centre),
@@ -38,13 +46,21 @@ patient mm), ``Area`` (cm^2) and ``Max`` (HU). Rules:
   its pixel; two points: the segment's pixels) intersected with >= 130 HU,
   labelled by vessel. A pixel already labelled by an earlier ROI keeps its
   label (reported where two vessels claim it).
-* Checks (report.csv): the polygon's area against ``Area`` (ok within
-  :data:`AREA_RTOL` of ``Area`` or one pixel, for either the filled pixels
-  or the geometric polygon area: OsiriX gives a polygon's geometric area, and
-  filling includes the outline's pixels, which matters for small ROIs); the
-  maximum HU against ``Max`` (ok within :data:`MAX_HU_TOLERANCE` HU, over
-  the filled pixels or the pixels whose centre is inside). A ROI without a
-  pixel >= 130 HU is reported too. Mismatching ROIs are kept in the mask.
+* Checks (report.csv): the maximum HU against ``Max`` (ok within
+  :data:`MAX_HU_TOLERANCE` HU, over the filled pixels or the pixels whose
+  centre is inside). A ROI without a pixel >= 130 HU is reported too.
+  Mismatching ROIs are kept in the mask. ``Area`` is recorded
+  (``area_cm2_annotation``) next to the filled pixels' area (``area_cm2``) and
+  the outline's geometric area (``polygon_area_cm2``), for information, and is
+  not checked: it is OsiriX's ``AreaCM2`` of the ROI (``ROI -dataString``: its
+  ``-Area`` times both pixel spacings / 100, or square pixels without a pixel
+  spacing), and ``-Area`` is the number of pixels of a brush ROI's mask
+  (``Type`` 20, ``-plainArea``) or the shoelace area of a polygon's outline,
+  spline-smoothed where OsiriX's spline option is on (``-Area:
+  splinePoints``). The exported ``Point_px`` of a brush ROI is an outline of
+  its mask, which does not give back its pixel count, so ``Area`` differs
+  from either recomputed area on correct annotations and says nothing about
+  the voxels converted.
 * Patients without ``calcium_xml/<id>.xml``: COCA ships annotations only
   for patients with coronary calcium (the xml holds the calcium ROIs; the
   community loaders read a missing xml as "no calcifications"), so by
@@ -103,7 +119,7 @@ from .errors import InvalidScanError
 
 __all__ = [
     "DatasetLayoutError", "convert_coca", "convert_orcascore", "fill_polygon", "polygon_area",
-    "TRUTH_COLUMNS", "REPORT_COLUMNS", "COCA_VESSELS", "AREA_RTOL", "MAX_HU_TOLERANCE", "PX_MM_TOLERANCE_PX",
+    "TRUTH_COLUMNS", "REPORT_COLUMNS", "COCA_VESSELS", "MAX_HU_TOLERANCE", "PX_MM_TOLERANCE_PX",
     "THRESHOLD_HU",
 ]
 
@@ -121,8 +137,6 @@ COCA_VESSELS: dict[str, int] = {
     "right coronary artery": 4, "lm": 1, "lad": 2, "lcx": 3, "rca": 4,
 }
 
-#: Relative tolerance of the area check (the absolute tolerance is one pixel).
-AREA_RTOL = 0.2
 #: Tolerance of the maximum-HU check, in HU.
 MAX_HU_TOLERANCE = 1.0
 #: Largest accepted distance between ``Point_px`` and ``Point_mm``, in pixels.
@@ -494,9 +508,58 @@ def _series_geometry(scan: Any) -> _SeriesGeometry:
                            (float(sx), float(sy)))
 
 
+def _roi_z(roi: dict[str, Any]) -> tuple[Optional[float], str, list, bool]:
+    """A ROI's z in patient mm: (z, where from ("Point_mm" or "Center", "" without), Point_mm, all readable)."""
+    raw_mm = roi.get("Point_mm") or []
+    mm = [_tuple(p, 3) for p in raw_mm] if isinstance(raw_mm, list) else []
+    mm_ok = bool(mm) and all(p is not None for p in mm)
+    if mm_ok:
+        return float(np.median([p[2] for p in mm])), "Point_mm", mm, True  # type: ignore[index]
+    center = _tuple(roi.get("Center"), 3) if roi.get("Center") is not None else None
+    if center is not None:
+        return center[2], "Center", mm, False
+    return None, "", mm, False
+
+
+def _z_slice(geo: _SeriesGeometry, z_val: float) -> Optional[int]:
+    """The file slice at ``z_val`` (within half a slice increment), None when there is none."""
+    dist = np.abs(geo.z - z_val)
+    k = int(np.argmin(dist))
+    return k if dist[k] <= geo.step / 2 * (1 + 1e-6) + 1e-4 else None
+
+
+def _image_index(value: Any) -> Optional[int]:
+    return int(value) if isinstance(value, (int, float)) and float(value).is_integer() else None
+
+
+def _index_order(geo: _SeriesGeometry, pairs: list[tuple[int, int]]) -> tuple[str, list[int], int]:
+    """The order an export counts ``ImageIndex`` in: (its name, ImageIndex i -> file slice k, ROIs that agree).
+
+    ``pairs``: (ImageIndex, file slice of the ROI's z) of the ROIs with both. The candidates are the orders
+    an OsiriX viewer shows a series in (position, instance, and both reversed); the one most ROIs agree with
+    wins, position order first on a tie (and when no ROI has a z).
+    """
+    position = list(geo.position_order)
+    orders = [("position order", position)]
+    if geo.by_index is not None:
+        orders.append(("instance order", list(geo.by_index)))
+    orders.append(("reverse position order", position[::-1]))
+    if geo.by_index is not None:
+        orders.append(("reverse instance order", list(geo.by_index)[::-1]))
+
+    def agree(order: list[int]) -> int:
+        return sum(1 for i, k in pairs if 0 <= i < len(order) and order[i] == k)
+
+    name, order = max(orders, key=lambda o: agree(o[1]))  # the first of the best: position order on a tie
+    return name, order, agree(order)
+
+
 def _coca_roi(roi: Any, image_index: Any, geo: _SeriesGeometry, src_image: Any, hu: np.ndarray,
-              labels: np.ndarray, row: dict[str, Any]) -> bool:
-    """Check one ROI, fill it into ``labels`` (file grid) and complete its report row; False when left out."""
+              labels: np.ndarray, row: dict[str, Any], order: tuple[str, list[int]]) -> bool:
+    """Check one ROI, fill it into ``labels`` (file grid) and complete its report row; False when left out.
+
+    ``order``: the order the export counts ``ImageIndex`` in (:func:`_index_order`).
+    """
     if not isinstance(roi, dict):
         row.update(status="error", message="the ROI is not a dictionary; left out")
         return False
@@ -518,47 +581,35 @@ def _coca_roi(roi: Any, image_index: Any, geo: _SeriesGeometry, src_image: Any, 
     if not pts or any(p is None for p in pts):
         row.update(status="error", message=f"Point_px is missing or unreadable ({str(raw_px)[:80]}); ROI left out")
         return False
-    raw_mm = roi.get("Point_mm") or []
-    mm = [_tuple(p, 3) for p in raw_mm] if isinstance(raw_mm, list) else []
-    mm_ok = bool(mm) and all(p is not None for p in mm)
-    center = _tuple(roi.get("Center"), 3) if roi.get("Center") is not None else None
-    z_val, z_src = None, ""
-    if mm_ok:
-        z_val, z_src = float(np.median([p[2] for p in mm])), "Point_mm"  # type: ignore[index]
-    elif center is not None:
-        z_val, z_src = center[2], "Center"
+    z_val, z_src, mm, mm_ok = _roi_z(roi)
     nk = len(geo.z)
-    idx = int(image_index) if isinstance(image_index, (int, float)) and float(image_index).is_integer() else None
-    k_index = None
-    if idx is not None and geo.by_index is not None and 0 <= idx < nk:
-        k_index = geo.by_index[idx]
+    idx = _image_index(image_index)
+    order_name, index_order = order
+    k_index = index_order[idx] if idx is not None and 0 <= idx < nk else None
     if z_val is not None:
         row["z_mm"] = round(z_val, 3)
-        dist = np.abs(geo.z - z_val)
-        k = int(np.argmin(dist))
-        if dist[k] > geo.step / 2 * (1 + 1e-6) + 1e-4:
+        z_k = _z_slice(geo, z_val)
+        if z_k is None:
             row.update(status="error", message=(
                 f"z = {z_val:.2f} mm (from {z_src}) matches no slice (slices at {geo.z.min():.2f} to "
                 f"{geo.z.max():.2f} mm every {geo.step:.2f} mm; ImageIndex {image_index}); ROI left out"))
             return False
+        k = z_k
         row["slice_from"] = f"z ({z_src})"
-        if idx is None or not 0 <= idx < nk:
+        if k_index is None:
             notes.append(f"ImageIndex {image_index!r} names no slice of the {nk}; z used")
-        elif k_index is None:
-            info.append("ImageIndex not checked (the slices' instance numbers are missing or repeat)")
         elif k_index != k:
-            notes.append(f"ImageIndex {idx} is slice {geo.canonical[k_index]} in instance order "
-                         f"(slice {geo.canonical[geo.position_order[idx]]} in position order) but the z gives "
-                         f"slice {geo.canonical[k]}; z used")
+            notes.append(f"ImageIndex {idx} is slice {geo.canonical[k_index]} in {order_name} (the order this "
+                         f"export counts ImageIndex in) but the z gives slice {geo.canonical[k]}; z used")
     else:
         if k_index is None:
             row.update(status="error", message=(
-                f"no z in Point_mm or Center and ImageIndex {image_index!r} names no slice in instance order "
-                f"({nk} slices); ROI left out"))
+                f"no z in Point_mm or Center and ImageIndex {image_index!r} names no slice ({nk} slices); "
+                "ROI left out"))
             return False
         k = k_index
         row["slice_from"] = "ImageIndex"
-        info.append("no z in Point_mm or Center: slice from ImageIndex (instance order)")
+        info.append(f"no z in Point_mm or Center: slice from ImageIndex ({order_name})")
     row.update(slice=geo.canonical[k], instance_number=geo.instance[k] if geo.instance[k] is not None else "")
     rows_n, cols_n = labels.shape[1:]
     xy = np.array(pts, dtype=np.float64) - 0.5  # OsiriX pixel coordinates -> index coordinates
@@ -585,11 +636,6 @@ def _coca_roi(roi: Any, image_index: Any, geo: _SeriesGeometry, src_image: Any, 
     centre = fill_polygon(xy, (rows_n, cols_n), outline=False)
     max_centre = float(sl[centre].max()) if centre.any() else None
     row.update(area_cm2=round(area, 6), polygon_area_cm2=round(poly, 6), max_hu=round(max_fill, 2))
-    if area_xml is not None:
-        tol = max(AREA_RTOL * abs(area_xml), px_cm2) * (1 + 1e-9)
-        if abs(area - area_xml) > tol and abs(poly - area_xml) > tol:
-            notes.append(f"area {area:.4f} cm2 (polygon {poly:.4f}) differs from Area {area_xml:.4f} by more "
-                         f"than {AREA_RTOL:.0%} or one pixel")
     if max_xml is not None:
         if abs(max_fill - max_xml) > MAX_HU_TOLERANCE and (
                 max_centre is None or abs(max_centre - max_xml) > MAX_HU_TOLERANCE):
@@ -640,9 +686,21 @@ def _convert_coca_case(store: _Store, case_id: str, pid: str, folder: Optional[P
         geo = _series_geometry(scan)
         hu_src = _hu16(sitk.GetArrayFromImage(to_source_grid(np.asarray(scan.hu), scan)))
         lab_src = np.zeros(hu_src.shape, np.uint8)
+        entries = [(e if isinstance(e, dict) else {}) for e in annotations.get("Images", [])]
+        pairs = []  # (ImageIndex, slice of the z) of the ROIs with both: which order ImageIndex counts in
+        for entry in entries:
+            idx, rois = _image_index(entry.get("ImageIndex")), entry.get("ROIs") or []
+            for roi in (rois if isinstance(rois, list) else [rois]):
+                try:
+                    z_val = _roi_z(roi)[0] if isinstance(roi, dict) else None
+                except (TypeError, ValueError, AttributeError, OverflowError):  # the ROI's own row says why
+                    z_val = None
+                z_k = _z_slice(geo, z_val) if z_val is not None and idx is not None else None
+                if z_k is not None:
+                    pairs.append((idx, z_k))
+        order_name, index_order, n_agree = _index_order(geo, pairs)
         n_roi = 0
-        for i, entry in enumerate(annotations.get("Images", [])):
-            entry = entry if isinstance(entry, dict) else {}
+        for i, entry in enumerate(entries):
             image_index = entry.get("ImageIndex")
             rois = entry.get("ROIs") or []
             for j, roi in enumerate(rois if isinstance(rois, list) else [rois]):
@@ -650,7 +708,8 @@ def _convert_coca_case(store: _Store, case_id: str, pid: str, folder: Optional[P
                 row: dict[str, Any] = {"id": case_id, "roi": f"{i}.{j}",
                                        "image_index": image_index if image_index is not None else ""}
                 try:
-                    _coca_roi(roi, image_index, geo, scan.source_image, hu_src, lab_src, row)
+                    _coca_roi(roi, image_index, geo, scan.source_image, hu_src, lab_src, row,
+                              (order_name, index_order))
                 except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:  # odd xml content
                     row.update(status="error", message=f"the ROI cannot be read ({exc!r}); ROI left out")
                 report.append(row)
@@ -664,6 +723,9 @@ def _convert_coca_case(store: _Store, case_id: str, pid: str, folder: Optional[P
         note = f"{n_err} of {n_roi} ROI(s) left out (see report.csv)" if n_err else ""
         message = (f"{n_roi} ROI(s): {n_roi - n_err - n_mis} ok, {n_mis} mismatch, {n_err} left out"
                    + ("" if n_roi else f" (calcium_xml/{xml.name if xml else ''} holds no ROI)"))
+        if n_roi:
+            message += (f"; ImageIndex counted in {order_name} ({n_agree} of {len(pairs)} ROI(s) with a z agree)"
+                        if pairs else f"; ImageIndex taken in {order_name} (no ROI has a z)")
     _write_case(store, case_id, scan, hu16, labels)
     truth = _truth_row(case_id, hu16, scan.spacing, labels, note)
     report.insert(0, _case_row(case_id, "ok", "converted; " + message))

@@ -168,7 +168,11 @@ def _patient_1(root: Path):
 
 
 def _patient_2(root: Path):
-    """Feet-first: instance numbers run opposite to position (instance 1 is the top slice)."""
+    """Instance numbers run opposite to position (instance 1 is the top slice); ImageIndex counts in position order.
+
+    As in COCA's exports: OsiriX's ImageIndex is the image's place in the viewer, which showed the series in
+    position order. One ROI's ImageIndex names another slice than its z in every order: a real mismatch.
+    """
     hu = np.full((3, 12, 12), -100.0)
     lab = np.zeros(hu.shape, np.uint8)
     hu[0, 3:6, 3:6] = 300
@@ -177,6 +181,8 @@ def _patient_2(root: Path):
     lab[2, 7:9, 7:9] = 4
     hu[1, 1:3, 8:10] = 220
     lab[1, 1:3, 8:10] = 2
+    hu[1, 8:10, 2:4] = 240
+    lab[1, 8:10, 2:4] = 3
     paths = write_series(root / "patient" / "2" / "CS_3.0", hu, spacing=SP, origin=(10.0, Y0, X0),
                          series_uid="1.2.826.0.1.3680043.8.498.77")
     for k, p in enumerate(paths):
@@ -184,11 +190,14 @@ def _patient_2(root: Path):
         ds.InstanceNumber = len(paths) - k
         ds.save_as(p)
     _write_xml(root / "calcium_xml" / "2.xml", {
-        2: [_roi("Left Circumflex Artery", [(3, 3), (5, 3), (5, 5), (3, 5)], 10.0, area=0.0225, max_hu=300),
-            # ImageIndex 2 counted in position order: the z (16 mm, top slice) is right, ImageIndex disagrees
-            _roi("Right Coronary Artery", [(7, 7), (8, 7), (8, 8), (7, 8)], 16.0, area=0.01, max_hu=260)],
+        # ImageIndex 0 is the bottom slice (z 10 mm) in position order, the top one (instance 1) in instance order
+        0: [_roi("Left Circumflex Artery", [(3, 3), (5, 3), (5, 5), (3, 5)], 10.0, area=0.0225, max_hu=300),
+            # drawn on the middle slice (z 13 mm) but listed under ImageIndex 0: wrong in any order
+            _roi("Left Circumflex Artery", [(2, 8), (3, 8), (3, 9), (2, 9)], 13.0, area=0.01, max_hu=240)],
         1: [_roi("Left Anterior Descending Artery", [(8, 1), (9, 1), (9, 2), (8, 2)], 0.0, area=0.01, max_hu=220,
                  mm=False, center=False)],
+        # an OsiriX brush ROI's Area counts its mask's pixels, not the outline's area: recorded, not checked
+        2: [_roi("Right Coronary Artery", [(7, 7), (8, 7), (8, 8), (7, 8)], 16.0, area=0.0025, max_hu=260)],
     })
     return hu, lab
 
@@ -261,21 +270,47 @@ def test_coca_report_rows(coca):
     assert (p1["2.1"]["status"], p1["2.1"]["n_points"], p1["2.1"]["n_voxels"]) == ("ok", "2", "3")
     bad = p1["3.0"]
     assert bad["status"] == "mismatch" and bad["n_voxels"] == "16"  # kept in the mask
-    for part in ("differs from Area", "differs from Max", "Point_px and Point_mm differ by 2.00 pixel"):
+    for part in ("differs from Max", "Point_px and Point_mm differ by 2.00 pixel"):
         assert part in bad["message"]
+    # Area (1.0 cm2 for 16 pixels of 0.0025) is recorded, not checked: OsiriX's Area of a brush ROI counts
+    # its mask's pixels, which the exported outline does not give back
+    assert "Area" not in bad["message"] and float(bad["area_cm2_annotation"]) == 1.0
+    assert float(bad["area_cm2"]) == pytest.approx(0.04)
+    assert "ImageIndex counted in position order (6 of 6 ROI(s) with a z agree)" in p1[""]["message"]
     assert all(r["slice_from"] == "z (Point_mm)" for k, r in p1.items() if k and r["status"] != "error")
 
 
-def test_coca_feet_first_slices_by_position(coca):
-    _, out, _, _ = coca
+def test_coca_image_index_in_position_order_is_no_mismatch(coca):
+    _, out, _, results = coca
     p2 = {r["roi"]: r for r in _read_csv(out / "report.csv") if r["id"] == "coca_2"}
-    lcx, rca, lad = p2["0.0"], p2["0.1"], p2["1.0"]
+    lcx, wrong, lad, rca = p2["0.0"], p2["0.1"], p2["1.0"], p2["2.0"]
+    # ImageIndex counted in position order while the instance order runs the other way: no mismatch
     assert (lcx["status"], lcx["slice"], lcx["instance_number"], lcx["message"]) == ("ok", "0", "3", "")
-    assert (rca["status"], rca["slice"], rca["instance_number"]) == ("mismatch", "2", "1")
-    assert "ImageIndex 2 is slice 0 in instance order (slice 2 in position order)" in rca["message"]
-    assert "z used" in rca["message"]
+    assert (rca["status"], rca["slice"], rca["instance_number"], rca["message"]) == ("ok", "2", "1", "")
+    assert float(rca["area_cm2_annotation"]) == 0.0025 and float(rca["polygon_area_cm2"]) == 0.0025
+    # an ImageIndex that names another slice than the z, in the order the export counts in, is still flagged
+    assert (wrong["status"], wrong["slice"], wrong["n_voxels"]) == ("mismatch", "1", "4")  # the z is used
+    assert wrong["message"] == ("ImageIndex 0 is slice 0 in position order (the order this export counts "
+                                "ImageIndex in) but the z gives slice 1; z used")
+    # without a z, ImageIndex gives the slice, in that order
     assert (lad["status"], lad["slice"], lad["slice_from"]) == ("ok", "1", "ImageIndex")
-    assert "slice from ImageIndex" in lad["message"]
+    assert "slice from ImageIndex (position order)" in lad["message"]
+    assert "ImageIndex counted in position order (2 of 3 ROI(s) with a z agree)" in p2[""]["message"]
+    (res,) = [r for r in results if r["id"] == "coca_2"]
+    assert (res["n_ok"], res["n_mismatch"], res["n_error"]) == (3, 1, 0)
+
+
+def test_coca_image_index_order_follows_the_export():
+    from cacnet.datasets import _index_order, _SeriesGeometry
+
+    # five slices; instance numbers run opposite to position (file slice k has instance 5 - k)
+    geo = _SeriesGeometry(z=np.arange(5) * 3.0, step=3.0, canonical=list(range(5)), instance=[5, 4, 3, 2, 1],
+                          by_index=[4, 3, 2, 1, 0], position_order=[0, 1, 2, 3, 4], spacing_xy=(0.5, 0.5))
+    assert _index_order(geo, [(0, 0), (3, 3), (4, 4)])[::2] == ("position order", 3)
+    assert _index_order(geo, [(0, 4), (3, 1), (2, 2)])[::2] == ("instance order", 3)  # a viewer in instance order
+    assert _index_order(geo, [(0, 0), (3, 3), (1, 2)])[::2] == ("position order", 2)  # one wrong index
+    assert _index_order(geo, [])[::2] == ("position order", 0)  # no z: position order, as in COCA
+    assert _index_order(geo, [(2, 2)])[::2] == ("position order", 1)  # a tie: position order
 
 
 def test_coca_rerun_skips_finished_cases(coca, tmp_path):
