@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .review import ComponentTable
 
 __all__ = ["ARTERY_COLORS", "choose_slices", "render_montage", "write_preview", "render_result_preview",
-           "write_result_preview", "TILE_PX"]
+           "write_result_preview", "preview_caption", "TILE_PX", "UNCOUNTED_RGB"]
 
 #: Outline colours (RGB) by label: LM yellow, LAD red, LCX green, RCA blue.
 ARTERY_COLORS = {1: (255, 220, 0), 2: (255, 40, 40), 3: (40, 220, 40), 4: (40, 140, 255)}
@@ -84,6 +84,63 @@ def write_preview(hu: np.ndarray, labels: np.ndarray, path: Path, slices: Option
 
 #: Side of a tile of :func:`render_result_preview` in pixels.
 TILE_PX = 320
+#: Outline colour of mask parts too small to count (grey, unnumbered: not lesions).
+UNCOUNTED_RGB = (150, 150, 150)
+_HEAD_LINE_PX = 22  # height of a header line (scale-2 text)
+
+
+def _numbers(prefix: str, n: int) -> str:
+    return "" if n == 0 else f" ({prefix}1)" if n == 1 else f" ({prefix}1-{prefix}{n})"
+
+
+def preview_caption(data: dict[str, Any], table: "ComponentTable",
+                    max_chars: Optional[int] = None) -> list[tuple[str, tuple[int, int, int]]]:
+    """The header text of :func:`render_result_preview`: (line, colour) pairs, top to bottom.
+
+    The counts are :meth:`cacnet.review.ComponentTable.counts`, as in the HTML report: lesions are the
+    result's ``n_lesions`` (numbered 1, 2, ...); mask parts too small to count are "not counted"
+    (grey, unnumbered); the rejected candidates are the result's ``rejected_candidates`` (2D parts, drawn
+    as C1, C2, ... where parts touching in 3D are one), those no model voted for are apart (H1, H2, ...).
+    Lines longer than ``max_chars`` characters are broken between their items.
+    """
+    n = table.counts(data)
+    arts = data.get("arteries") or {}
+    drs = (data.get("cac_drs") or {}).get("label", "")
+    min_area = float(table.settings.get("min_area_mm2", 1.0))
+    min_vox = int(table.settings.get("min_voxels", 1))
+    rule = f"BELOW {min_area:g} MM2" + (f" OR {min_vox} VOXELS" if min_vox > 1 else "")
+    lesions = [f"{n['lesions']} LESION{'' if n['lesions'] == 1 else 'S'}", f"{n['flagged']} FLAGGED"]
+    if n["uncounted"]:
+        lesions.append(f"{n['uncounted']} NOT COUNTED ({rule}, GREY)")
+    groups = n["rejected_groups"]
+    shown = (f" IN {groups} GROUP{'' if groups == 1 else 'S'}" if groups != n["rejected_candidates"] else "")
+    cands = [f"{n['rejected_candidates']} REJECTED CANDIDATE{'' if n['rejected_candidates'] == 1 else 'S'}"
+             + shown + _numbers("C", groups)]
+    if n["unvoted"]:
+        cands.append(f"{n['unvoted']} UNVOTED IN HEART{_numbers('H', n['unvoted'])}")
+    tri = data.get("triage") or {}
+    white, light, orange = (255, 255, 255), (220, 220, 220), (255, 200, 120)
+    lines = [
+        ([f"{data.get('id', '')}", f"AGATSTON {float(data.get('agatston') or 0.0):.1f}",
+          f"CAT {data.get('category', '?')}", f"{drs}"], white),
+        ([f"{a} {float((arts.get(a) or {}).get('agatston') or 0.0):.1f}" for a in ("LM", "LAD", "LCX", "RCA")],
+         light),
+        (lesions, light),
+        (cands, light),
+        ([f"TRIAGE {tri.get('verdict', '?')}" + (" (FORCED)" if tri.get("forced") else ""),
+          f"{len(data.get('warnings') or [])} WARNINGS"], orange),
+    ]
+    out: list[tuple[str, tuple[int, int, int]]] = []
+    for items, color in lines:
+        cur = ""
+        for item in (i for i in items if i):
+            if cur and max_chars is not None and len(cur) + 2 + len(item) > max_chars:
+                out.append((cur, color))
+                cur = item
+            else:
+                cur = f"{cur}  {item}" if cur else item
+        out.append((cur, color))
+    return out
 
 
 def _tile_slices(table: "ComponentTable", hu_shape: Sequence[int], bbox: Optional[Any], n: int = 6) -> list[int]:
@@ -119,14 +176,17 @@ def _tile_slices(table: "ComponentTable", hu_shape: Sequence[int], bbox: Optiona
 def render_result_preview(result: "ScanResult", table: Optional["ComponentTable"] = None) -> np.ndarray:
     """The quick look of a scored scan as an RGB uint8 image.
 
-    A header (id, total Agatston, category, CAC-DRS, per-artery scores,
-    counts, triage verdict, legend) over up to six tiles: the slices with the
-    largest lesion contributions and the largest rejected candidates (or, when
-    there is nothing, three slices spread over the heart region), each cropped
-    to the heart region (the same square on every tile), calcium window
-    -200..800 HU, lesions outlined by artery and numbered as in the HTML
-    report, candidates dashed magenta and numbered C1, C2, ..., with slice number, z (mm), DICOM
-    instance number when known, the slice's Agatston sum, and R/L/A/P markers.
+    A header (:func:`preview_caption`: id, total Agatston, category, CAC-DRS,
+    per-artery scores, counts, triage verdict; then a legend) over up to six
+    tiles: the slices with the largest lesion contributions and the largest
+    rejected candidates (or, when there is nothing, three slices spread over
+    the heart region), each cropped to the heart region (the same square on
+    every tile), calcium window -200..800 HU, lesions outlined by artery and
+    numbered as in the HTML report, mask parts too small to count outlined
+    grey without a number, candidates dashed magenta and numbered C1, C2, ...
+    (the result's rejected candidates) and H1, H2, ... (no model voted), with
+    slice number, z (mm), DICOM instance number when known, the slice's
+    Agatston sum, and R/L/A/P markers.
     """
     import agatston as _ag
 
@@ -179,6 +239,9 @@ def render_result_preview(result: "ScanResult", table: Optional["ComponentTable"
                 yy, xx = np.indices(edge.shape)
                 edge &= ((yy + xx) // 3) % 2 == 0
                 color = CANDIDATE_RGB
+            elif not comp.counted:  # too small to count: not a lesion, no number
+                rgb[edge & ~ndimage.binary_dilation(msk, np.ones((3, 3), bool))] = UNCOUNTED_RGB
+                continue
             else:
                 color = _RGB.get(comp.label, (255, 255, 255))
             rgb[edge] = color
@@ -210,27 +273,19 @@ def render_result_preview(result: "ScanResult", table: Optional["ComponentTable"
     for r in rows[1:]:
         body = np.concatenate([body, np.full((gap, width, 3), 40, np.uint8), r], axis=0)
     # header and footer
-    head = np.full((96, width, 3), 24, np.uint8)
-    arts = data.get("arteries") or {}
-    drs = (data.get("cac_drs") or {}).get("label", "")
-    draw_text(head, 8, 6, f"{data.get('id', result.id)}  AGATSTON {data.get('agatston', 0.0):.1f}  "
-              f"CAT {data.get('category', '?')}  {drs}", (255, 255, 255), 2)
-    draw_text(head, 8, 28, "  ".join(f"{a} {(arts.get(a) or {}).get('agatston', 0.0):.1f}"
-                                     for a in ("LM", "LAD", "LCX", "RCA"))
-              + f"   {len(table.lesions)} LESIONS  {len(table.candidates)} CANDIDATES  "
-              f"{len(data.get('review') or [])} FLAGGED", (220, 220, 220), 2)
-    tri = data.get("triage") or {}
-    draw_text(head, 8, 50, f"TRIAGE {tri.get('verdict', '?')}" + (" (FORCED)" if tri.get("forced") else "")
-              + f"   {len(data.get('warnings') or [])} WARNINGS", (255, 200, 120), 2)
-    x = 8
+    caption = preview_caption({"id": result.id, **data}, table, max_chars=(width - 16) // text_width(" ", 2))
+    head = np.full((len(caption) * _HEAD_LINE_PX + 30, width, 3), 24, np.uint8)
+    for i, (line, color) in enumerate(caption):
+        draw_text(head, 8, 6 + i * _HEAD_LINE_PX, line, color, 2)
+    x, y = 8, 8 + len(caption) * _HEAD_LINE_PX
     for code, name in _ag.ARTERY_NAMES.items():
-        head[74:88, x:x + 14] = _RGB[code]
-        draw_text(head, x + 18, 74, name, (230, 230, 230), 2)
+        head[y:y + 14, x:x + 14] = _RGB[code]
+        draw_text(head, x + 18, y, name, (230, 230, 230), 2)
         x += 18 + len(name) * 12 + 14
-    head[80:82, x:x + 20] = CANDIDATE_RGB
-    head[80:82, x + 5:x + 8] = 24
-    head[80:82, x + 13:x + 16] = 24
-    draw_text(head, x + 26, 74, "CANDIDATE (DASHED)", (230, 230, 230), 2)
+    head[y + 6:y + 8, x:x + 20] = CANDIDATE_RGB
+    head[y + 6:y + 8, x + 5:x + 8] = 24
+    head[y + 6:y + 8, x + 13:x + 16] = 24
+    draw_text(head, x + 26, y, "CANDIDATE (DASHED)", (230, 230, 230), 2)
     foot = np.full((22, width, 3), 24, np.uint8)
     draw_text(foot, 8, 4, "MODELS NOT VALIDATED ON PATIENTS: CHECK EVERY LESION (--REPORT)", (255, 120, 120), 2)
     return np.concatenate([head, body, foot], axis=0)

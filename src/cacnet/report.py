@@ -10,7 +10,8 @@ and prints on A4. What it shows:
   that the shipped models are not validated on patients;
 * an overview: a maximum-intensity projection (calcium window) of the heart
   region with every lesion and candidate marked and numbered;
-* one card per lesion (a 3D lesion of the mask, :mod:`cacnet.review`):
+* one card per lesion (a 3D lesion of the mask holding a counted part,
+  :mod:`cacnet.review`; as many as the result's ``n_lesions``):
   crops of about 40 mm (more for a longer lesion) of every slice it spans, in
   the calcium window (-200..800 HU), outlined in the artery's colour (LM
   yellow, LAD red, LCX green, RCA blue; other lesions in the crop thinner),
@@ -18,9 +19,14 @@ and prints on A4. What it shows:
   and orientation markers (R/L/A/P: radiological view, the patient's right on
   the left); its Agatston, volume and mass, the models' votes and the review
   flag;
-* the same for the rejected candidates (parts the models voted for without
-  a majority, and dense parts in the heart region no model voted for; dashed
-  outlines), so that a miss is visible.
+* a short list of the mask's parts too small to count (below the minimum
+  area or voxels of ``agatston.score``): not lesions, they add nothing;
+* the same cards for the result's rejected candidates (its
+  ``rejected_candidates``: parts a minority of models voted for, or that a
+  reader rejected; C1, C2, ...) and, apart, for dense parts in the heart
+  region no model voted for (H1, H2, ...; dashed outlines), so that a miss is
+  visible. The counts are :meth:`cacnet.review.ComponentTable.counts`, as in
+  the preview.
 
 In the page a reader accepts, rejects or relabels each lesion and adds
 candidates; the totals follow live from the per-component contributions
@@ -187,7 +193,7 @@ def _overview(hu: np.ndarray, table: ComponentTable, data: dict[str, Any]) -> di
     mip = hu[lo[0]:hi[0] + 1].max(axis=0)
     img = window(_take(mip, lo[1], hi[1] + 1, lo[2], hi[2] + 1, -1024.0), CALCIUM_WINDOW)
     marks = [{"id": c.id, "number": c.number, "kind": c.kind, "y": cents[c.id][1] - lo[1],
-              "x": cents[c.id][2] - lo[2]} for c in table.components]
+              "x": cents[c.id][2] - lo[2]} for c in table.components if c.kind == "candidate" or c.counted]
     return {"png": png_data_uri(img), "h": int(img.shape[0]), "w": int(img.shape[1]), "marks": marks,
             "z": [lo[0], hi[0]], "mm": side * spacing[2], "px_mm": spacing[2]}
 
@@ -372,10 +378,13 @@ def _card(comp: Component, crops: list[dict[str, Any]], n_models: int, scan: Any
         votes = "" if comp.votes is None else f"{comp.votes}/{n_models} models"
         flag = (f'<span class="flag">⚑ review: {comp.votes}/{n_models} models voted</span>' if comp.review else "")
     else:
-        votes = (f"{comp.votes}/{n_models} models (no majority)" if comp.votes else
-                 "no model voted: dense, in the heart region")
+        reasons = sorted({p.reason for p in comp.parts if p.reason})
+        votes = (f"{comp.votes}/{n_models} models" + ("" if reasons else " (no majority)") if comp.votes else
+                 "no model voted: dense, in the heart region" if comp.source == "heart region" else "no model voted")
         if proposed:
             votes += f", proposed {proposed}"
+        if reasons:
+            votes += f"; rejected: {'; '.join(_e(r) for r in reasons)}"
         flag = ""
     src = {"reader": ("added by a reader" if comp.kind == "lesion" else "rejected by a reader"),
            "heart region": "", "models": ""}[comp.source]
@@ -441,12 +450,14 @@ def render_report(result: "ScanResult", table: Optional[ComponentTable] = None) 
     source = data.get("source") or {}
     cid = str(data.get("id", result.id))
 
-    comps_json, cards = [], {"lesion": [], "candidate": []}
+    comps_json, cards = [], {"lesion": [], "rejected": [], "unvoted": []}
     for comp in table.components:
         name = agatston.ARTERY_NAMES.get(comp.label) if comp.label else None
-        crops = _component_crops(comp, hu, labels, geo)
-        cards[comp.kind].append(_card(comp, crops, n_models, scan, hu.shape, calibrated,
-                                      table.settings["min_area_mm2"], table.settings["min_voxels"]))
+        if comp.kind == "candidate" or comp.counted:  # a mask part too small to count gets a row, not a card
+            crops = _component_crops(comp, hu, labels, geo)
+            kind = "lesion" if comp.kind == "lesion" else "unvoted" if comp.source == "heart region" else "rejected"
+            cards[kind].append(_card(comp, crops, n_models, scan, hu.shape, calibrated,
+                                     table.settings["min_area_mm2"], table.settings["min_voxels"]))
         comps_json.append({"id": comp.id, "kind": comp.kind, "number": comp.number,
                            "artery": name if comp.kind == "lesion" else None,
                            "proposed": name if comp.kind == "candidate" else None,
@@ -554,7 +565,33 @@ def render_report(result: "ScanResult", table: Optional[ComponentTable] = None) 
         unmatched += (f'<p class="flag">{table.left_out} more candidate(s) that a minority of models voted for are '
                       "not listed (only the first by votes and size are).</p>")
     page_json = json.dumps(page, separators=(",", ":")).replace("</", "<\\/")
-    n_les, n_cand = len(table.lesions), len(table.candidates)
+    n = table.counts(data)
+    rule = f"&lt; {table.settings['min_area_mm2']:g} mm²" + (
+        f" or &lt; {table.settings['min_voxels']} voxels" if table.settings["min_voxels"] > 1 else "")
+    summary = [f"{n['lesions']} lesion(s)", f"{n['flagged']} flagged for review"]
+    if n["uncounted"]:
+        summary.append(f"{n['uncounted']} not counted ({rule})")
+    summary.append(f"{n['rejected_candidates']} rejected candidate(s)")
+    if n["unvoted"]:
+        summary.append(f"{n['unvoted']} unvoted dense spot(s)")
+    uncounted = ""
+    if n["uncounted"]:
+        urows = "".join(
+            f'<tr data-id="{_e(c.id)}"><td class="l">{_e(c.number)}</td>'
+            f'<td class="l">{_e(agatston.ARTERY_NAMES.get(c.label, c.label))}</td>'
+            f'<td>{", ".join(str(z) for z in c.slices)}</td><td>{c.n_voxels}</td>'
+            f'<td>{max(p.area_mm2 for p in c.parts):.2f}</td><td>{max(p.max_hu for p in c.parts):.0f}</td>'
+            f'<td class="l mono">{_e(c.id)}</td></tr>' for c in table.uncounted)
+        uncounted = (f'<h3>Not counted ({rule}): {n["uncounted"]}</h3>'
+                     '<p class="sub">Parts of the mask whose every slice is below the minimum area or voxels of '
+                     "the Agatston rule: they add nothing to any score and are not lesions (grey, unnumbered in "
+                     "the preview).</p>"
+                     '<table class="uncounted"><tr><th class="l">#</th><th class="l">artery</th><th>slice(s)</th>'
+                     '<th>voxels</th><th>largest area mm²</th><th>peak HU</th><th class="l">id</th></tr>'
+                     + urows + "</table>")
+    n_rej, n_groups = n["rejected_candidates"], n["rejected_groups"]
+    grouped = (f" Shown as {n_groups} candidate(s), C1–C{n_groups}: parts that touch in 3D are one."
+               if n_groups and n_groups != n_rej else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -577,7 +614,7 @@ def render_report(result: "ScanResult", table: Optional[ComponentTable] = None) 
 <div><div class="sub">Agatston (with your review)</div><div class="big" data-live="total">{_fmt(data.get("agatston"))}</div>
 <div>category <b data-live="category">{_e(data.get("category"))}</b> · <b data-live="drs">{_e(drs)}</b></div>
 <div class="sub">as scored: {_fmt(data.get("agatston"))} ({_e(data.get("category"))}, {_e(drs)})</div>
-<div class="sub">{n_les} lesion(s), {n_cand} candidate(s) · {len(data.get("review") or [])} flagged for review</div></div>
+<div class="sub">{" · ".join(summary)}</div></div>
 <div>{art_table}</div>
 </div>
 <h2>Overview</h2>
@@ -585,13 +622,19 @@ def render_report(result: "ScanResult", table: Optional[ComponentTable] = None) 
 <h2>Triage</h2>{tri_table}
 <h2>Warnings</h2>{warn_html}
 <h2>Models</h2>{model_html}{unmatched}
-<h2>Lesions ({n_les})</h2>
+<h2>Lesions ({n["lesions"]})</h2>
 {"".join(cards["lesion"]) or "<p>No lesion: the models found no coronary calcium.</p>"}
-<h2>Rejected candidates ({n_cand})</h2>
-<p class="sub">Dense components (≥ {table.settings["threshold_hu"]:g} HU) the models did not call calcium: those
-a minority of models voted for, and the largest in the heart region that no model voted for. Add one if it is
-coronary calcium.</p>
-{"".join(cards["candidate"]) or "<p>None.</p>"}
+{uncounted}
+<h2>Rejected candidates ({n_rej})</h2>
+<p class="sub">The result's rejected candidates: {n_rej} dense part(s) (≥ {table.settings["threshold_hu"]:g} HU, one
+per slice, as the result's <code>rejected_candidates</code> lists them) that models voted for without calling them
+calcium, or that a reader rejected.{grouped} Add one if it is coronary calcium.</p>
+{"".join(cards["rejected"]) or "<p>None.</p>"}
+<h2>Not voted for ({n["unvoted"]})</h2>
+<p class="sub">The largest dense components (≥ {table.settings["threshold_hu"]:g} HU) in the heart region that no
+model voted for, H1, H2, …: not in the result's <code>rejected_candidates</code>, shown so that a miss is visible.
+Add one if it is coronary calcium.</p>
+{"".join(cards["unvoted"]) or "<p>None.</p>"}
 <footer>Crops: {CROP_MM:.0f} mm (more for a longer lesion), calcium window {CALCIUM_WINDOW[0]:.0f}..{CALCIUM_WINDOW[1]:.0f} HU,
 radiological view (patient's right on the left, anterior up). Slice numbers are indices of the scan along z
 (patient LPS, feet to head); z is the slice position in mm; IN is the DICOM instance number. Component ids are the

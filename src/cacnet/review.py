@@ -20,7 +20,12 @@ identically when the report is written and when the review is applied:
   x): it names the voxels without ambiguity, since the part is the connected
   component that holds that voxel.
 * A **lesion** is a 3D lesion of the mask: the parts of one artery label that
-  are 26-connected (as ``agatston.score`` numbers its ``lesion_id``).
+  are 26-connected (as ``agatston.score`` numbers its ``lesion_id``) holding at
+  least one counted part, so that the table's lesions are the result's
+  ``n_lesions``. A 3D group of mask parts none of which is counted (below the
+  minimum area or voxels of ``agatston.score``: it adds nothing) is an
+  **uncounted** component (:attr:`ComponentTable.uncounted`), numbered
+  ``U1``, ``U2``, ...: in the mask, not a lesion.
 * A **candidate** is a group of unlabelled parts (26-connected among
   themselves) that the reader may add: the parts the models voted for without
   a majority (the result's ``rejected_candidates``, including lesions a reader
@@ -32,7 +37,11 @@ identically when the report is written and when the review is applied:
   result's heart bounding box, else the middle half of the image in-plane;
   in groups of at most
   :data:`MAX_QUIET_CANDIDATE_MM3` (larger ones are bone), the
-  :data:`MAX_QUIET_CANDIDATES` largest by Agatston contribution.
+  :data:`MAX_QUIET_CANDIDATES` largest by Agatston contribution. Candidates
+  holding a part of the result's ``rejected_candidates`` are numbered ``C1``,
+  ``C2``, ... (:attr:`ComponentTable.rejected`), the others ``H1``, ``H2``, ...
+  (:attr:`ComponentTable.unvoted`), so that what the result rejected and what
+  no model voted for are never counted together.
 * A component's id is the id of its first part (its first voxel in C order).
 
 The table's **digest** (sha256 of every component's id, kind, label and parts
@@ -135,6 +144,9 @@ class Part:
     reviewed : str or None
         What a reader decided about it in an earlier review ("accepted",
         "relabelled", "added", "rejected"), None when never reviewed.
+    reason : str or None
+        Why the result rejected it (its ``rejected_candidates`` entry's
+        ``reason``), None when the entry gives none.
     voxels : numpy.ndarray
         Its voxels as flat (C order) indices into the canonical volume.
     """
@@ -155,6 +167,7 @@ class Part:
     review: bool = False
     p_coronary: Optional[float] = None
     reviewed: Optional[str] = None
+    reason: Optional[str] = None
     voxels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
 
 
@@ -170,7 +183,9 @@ class Component:
         ``"lesion"`` (in the mask) or ``"candidate"`` (not in the mask).
     number : str
         Display number: ``"1"``, ``"2"``, ... for lesions by decreasing
-        Agatston contribution, ``"C1"``, ``"C2"``, ... for candidates.
+        Agatston contribution, ``"U1"``, ... for uncounted mask parts,
+        ``"C1"``, ``"C2"``, ... for the result's rejected candidates and
+        ``"H1"``, ... for candidates no model voted for.
     label : int
         The lesion's artery (1 LM, 2 LAD, 3 LCX, 4 RCA); for a candidate the
         artery the most-voting model proposed, 0 when none.
@@ -194,6 +209,11 @@ class Component:
     review: bool
     source: str
     parts: tuple[Part, ...]
+
+    @property
+    def counted(self) -> bool:
+        """Whether ``agatston.score`` counts any of its parts (a lesion of the mask that is not: uncounted)."""
+        return any(p.counted for p in self.parts)
 
     @property
     def p_coronary(self) -> Optional[float]:
@@ -252,7 +272,8 @@ class ComponentTable:
     Attributes
     ----------
     components : tuple of Component
-        Lesions first (by number), then candidates.
+        Lesions first (by number), then uncounted mask parts, then
+        candidates (the result's rejected ones, then those no model voted for).
     digest : str
         sha256 of the table (see the module docstring).
     shape : tuple of int
@@ -277,13 +298,46 @@ class ComponentTable:
 
     @property
     def lesions(self) -> list[Component]:
-        """The lesions, by number."""
+        """The lesions, by number: 3D lesions of the mask holding a counted part (the result's ``n_lesions``)."""
+        return [c for c in self.components if c.kind == "lesion" and c.counted]
+
+    @property
+    def uncounted(self) -> list[Component]:
+        """3D groups of mask parts none of which ``agatston.score`` counts (too small): not lesions, add nothing."""
+        return [c for c in self.components if c.kind == "lesion" and not c.counted]
+
+    @property
+    def in_mask(self) -> list[Component]:
+        """Everything in the mask: the lesions, then the uncounted parts."""
         return [c for c in self.components if c.kind == "lesion"]
 
     @property
     def candidates(self) -> list[Component]:
-        """The candidates, by number."""
+        """The candidates, by number: the result's rejected ones, then those no model voted for."""
         return [c for c in self.components if c.kind == "candidate"]
+
+    @property
+    def rejected(self) -> list[Component]:
+        """The candidates holding the result's ``rejected_candidates`` (C1, C2, ...)."""
+        return [c for c in self.components if c.kind == "candidate" and c.source != "heart region"]
+
+    @property
+    def unvoted(self) -> list[Component]:
+        """The candidates no model voted for: dense parts in the heart region (H1, H2, ...)."""
+        return [c for c in self.components if c.kind == "candidate" and c.source == "heart region"]
+
+    def counts(self, data: dict[str, Any]) -> dict[str, int]:
+        """The numbers the preview and the report show, one definition for both (``data``: the result JSON).
+
+        ``lesions`` (the result's ``n_lesions``: 3D lesions holding a counted part), ``uncounted``,
+        ``rejected_candidates`` (the entries of the result's ``rejected_candidates``: 2D parts, one per
+        slice, as the JSON lists them), ``rejected_groups`` (the candidates C1, C2, ... they form, parts
+        that touch in 3D being one), ``unvoted`` (H1, H2, ...) and ``flagged`` (lesions flagged for review).
+        """
+        return {"lesions": len(self.lesions), "uncounted": len(self.uncounted),
+                "rejected_candidates": len(data.get("rejected_candidates") or []),
+                "rejected_groups": len(self.rejected), "unvoted": len(self.unvoted),
+                "flagged": len(data.get("review") or [])}
 
     def get(self, component_id: str) -> Optional[Component]:
         """The component with this id, None when there is none."""
@@ -571,7 +625,8 @@ def find_components(hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray
                 volume_mm3=les.volume_mm3 if les else 0.0, mass_mg=les.mass_mg if les else None,
                 centroid_yx=cyx, votes=votes, review=bool(rec.get("review", False)) if rec else False,
                 p_coronary=rec.get("p_coronary") if rec else None,
-                reviewed=(rec.get("reviewed") or None) if rec else None, voxels=u))
+                reviewed=(rec.get("reviewed") or None) if rec else None,
+                reason=(str(rec["reason"]) if rec.get("reason") else None) if rec else None, voxels=u))
         parts.sort(key=lambda p: int(p.voxels[0]))
         built.append((g, parts))
 
@@ -604,11 +659,16 @@ def find_components(hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray
         return (-sum(p.agatston for p in c["parts"]), int(c["parts"][0].voxels[0]))
 
     lesions.sort(key=key)
+    counted = [c for c in lesions if any(p.counted for p in c["parts"])]
+    uncounted = [c for c in lesions if not any(p.counted for p in c["parts"])]
+    uncounted.sort(key=lambda c: (-sum(p.n_voxels for p in c["parts"]), int(c["parts"][0].voxels[0])))
     loud.sort(key=lambda c: (-(c["votes"] or 0),) + key(c))
     left_out = max(0, len(loud) - MAX_VOTED_CANDIDATES)
     loud = loud[:MAX_VOTED_CANDIDATES]
-    components = [Component(id=c["parts"][0].id, number=str(i), **c) for i, c in enumerate(lesions, start=1)]
-    components += [Component(id=c["parts"][0].id, number=f"C{i}", **c) for i, c in enumerate(loud + quiet, start=1)]
+    components = [Component(id=c["parts"][0].id, number=str(i), **c) for i, c in enumerate(counted, start=1)]
+    components += [Component(id=c["parts"][0].id, number=f"U{i}", **c) for i, c in enumerate(uncounted, start=1)]
+    components += [Component(id=c["parts"][0].id, number=f"C{i}", **c) for i, c in enumerate(loud, start=1)]
+    components += [Component(id=c["parts"][0].id, number=f"H{i}", **c) for i, c in enumerate(quiet, start=1)]
     digest_src = {"shape": list(shape), "settings": {k: st[k] for k in ("threshold_hu", "min_area_mm2", "min_voxels",
                                                                            "connectivity")},
                   "components": sorted([[c.id, c.kind, c.label, [[p.id, p.n_voxels] for p in c.parts]]
@@ -884,7 +944,7 @@ def apply_review(result_path: Path | str, review_path: Path | str, outdir: Optio
     # training data: points (one per part, at its densest voxel), truth, image
     hu_flat = scan.hu.reshape(-1)
     rows, pts, pts_labels = [], [], []
-    for comp in new_table.lesions:
+    for comp in new_table.in_mask:  # every part of the mask, counted or not: the points rebuild the whole mask
         for p in comp.parts:
             v = _densest(p, hu_flat)
             z, y, x = (int(a) for a in np.unravel_index(v, scan.hu.shape))
@@ -994,7 +1054,7 @@ def _reviewed_data(data: dict[str, Any], scan: Any, table: ComponentTable, revie
             return False
 
     rejected = [r for r in (data.get("rejected_candidates") or []) if not was_added(r)]
-    for comp in table.lesions:
+    for comp in table.in_mask:
         if (decisions.get(comp.id) or {}).get("action") != "reject":
             continue
         for p in comp.parts:

@@ -15,7 +15,7 @@ import agatston
 from cacnet._render import encode_png
 from cacnet.cli import app
 from cacnet.io import read_scan
-from cacnet.preview import TILE_PX
+from cacnet.preview import TILE_PX, preview_caption
 from cacnet.report import NOT_VALIDATED_NOTICE
 from cacnet.review import apply_review, find_components
 
@@ -52,7 +52,9 @@ def test_report_cards_and_page_data_match_the_result(scored_example):
     assert sum(c["agatston"] for c in lesions) == pytest.approx(res.data["agatston"], abs=1e-9)
     for name, v in res.data["arteries"].items():
         assert sum(c["agatston"] for c in lesions if c["artery"] == name) == pytest.approx(v["agatston"], abs=1e-9)
-    for comp in table.components:
+    for comp in table.uncounted:  # too small to count: a row of the "not counted" list, no card
+        assert f'<tr data-id="{comp.id}">' in html and f'data-id="{comp.id}" data-kind' not in html
+    for comp in table.lesions + table.candidates:
         card = re.search(rf'<section class="card {comp.kind}" data-id="{comp.id}".*?</section>', html, re.S)
         assert card, comp.id
         caps = re.findall(r"slice (\d+) · z (-?[\d.]+) mm", card.group(0))
@@ -63,11 +65,73 @@ def test_report_cards_and_page_data_match_the_result(scored_example):
 def test_preview_is_a_quick_look(scored_example):
     out, res = scored_example
     img = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "phantom_example.png")))
+    table = find_components(res.scan.hu, res.scan.spacing, res.labels, res.data)
+    head = 22 * len(preview_caption(res.data, table, max_chars=(img.shape[1] - 16) // 12)) + 30
     assert img.ndim == 3 and img.shape[2] == 3
-    assert img.shape[1] == 3 * TILE_PX + 2 * 4 and img.shape[0] == 96 + 2 * TILE_PX + 4 + 22  # header, 2 rows, footer
+    assert img.shape[1] == 3 * TILE_PX + 2 * 4 and img.shape[0] == head + 2 * TILE_PX + 4 + 22  # header, rows, footer
     # lesions are outlined in their artery's colour (LAD red in the example)
     red = (img[..., 0] == 255) & (img[..., 1] == 40) & (img[..., 2] == 40)
-    assert red[96:].sum() > 50
+    assert red[head:].sum() > 50
+
+
+def _html_counts(html: str) -> dict:
+    return {"lesions": int(re.search(r"<h2>Lesions \((\d+)\)</h2>", html).group(1)),
+            "lesion_cards": html.count('<section class="card lesion"'),
+            "uncounted": len(re.findall(r'<tr data-id="[\d-]+">', html)),
+            "rejected_candidates": int(re.search(r"<h2>Rejected candidates \((\d+)\)</h2>", html).group(1)),
+            "unvoted": int(re.search(r"<h2>Not voted for \((\d+)\)</h2>", html).group(1))}
+
+
+def test_counts_agree_in_json_preview_and_report(scored_example):
+    """One definition of "lesions" (the result's n_lesions) and of "candidates" (its rejected_candidates)."""
+    out, res = scored_example
+    data = json.loads((out / "phantom_example.json").read_text())
+    html = (out / "phantom_example.html").read_text(encoding="utf-8")
+    table = find_components(res.scan.hu, res.scan.spacing, res.labels, data)
+    n = table.counts(data)
+    assert n["lesions"] == data["n_lesions"] == len({les["lesion_id"] for les in data["lesions"]})
+    assert n["rejected_candidates"] == len(data["rejected_candidates"]) >= 1
+    # the example's mask holds specks too small to count (below 1 mm2): listed apart, not as lesions
+    assert n["uncounted"] >= 1 and len(table.in_mask) == data["n_lesions"] + n["uncounted"]
+    assert _html_counts(html) == {"lesions": data["n_lesions"], "lesion_cards": data["n_lesions"],
+                                  "uncounted": n["uncounted"],
+                                  "rejected_candidates": len(data["rejected_candidates"]), "unvoted": n["unvoted"]}
+    assert f"Not counted (&lt; 1 mm²): {n['uncounted']}" in html
+    caption = [line for line, _ in preview_caption(data, table)]
+    assert caption[2].startswith(f"{data['n_lesions']} LESIONS  {len(data['review'])} FLAGGED  "
+                                 f"{n['uncounted']} NOT COUNTED (BELOW 1 MM2, GREY)")
+    assert caption[3].startswith(f"{len(data['rejected_candidates'])} REJECTED CANDIDATE")
+
+
+def test_counts_agree_on_a_synthetic_case(tmp_path, monkeypatch):
+    """The synthetic case of test_review (3 lesions, an uncounted LM voxel, candidates) scored as a file."""
+    from cacnet import review as rv
+    from cacnet.pipeline import ScanResult
+    from cacnet.report import render_report
+
+    from .test_review import SPACING, synthetic
+
+    monkeypatch.setattr(rv, "MAX_QUIET_CANDIDATE_MM3", 500.0)  # the bone block stays out
+    hu, labels, data = synthetic()
+    img = sitk.GetImageFromArray(hu.astype(np.int16))
+    img.SetSpacing(SPACING[::-1])
+    sitk.WriteImage(img, str(tmp_path / "syn.nii.gz"))
+    scan = read_scan(tmp_path / "syn.nii.gz")
+    assert np.array_equal(scan.hu, hu)
+    ref = agatston.score(scan.hu, scan.spacing, labels)
+    arteries = {name: {"agatston": ref.by_label[k].agatston if k in ref.by_label else 0.0,
+                       "n_lesions": ref.by_label[k].n_lesions if k in ref.by_label else 0}
+                for k, name in agatston.ARTERY_NAMES.items()}
+    data.update(agatston=ref.agatston, category=ref.category, arteries=arteries, n_lesions=ref.n_lesions,
+                review=[2], warnings=[], source={"sha256": "0" * 64})
+    html = render_report(ScanResult(id="syn", labels=labels, score=ref, data=data, scan=scan))
+    table = find_components(scan.hu, scan.spacing, labels, data)
+    assert ref.n_lesions == 3
+    assert _html_counts(html) == {"lesions": 3, "lesion_cards": 3, "uncounted": 1, "rejected_candidates": 1,
+                                  "unvoted": 1}
+    assert '<tr data-id="3-50-50"><td class="l">U1</td><td class="l">LM</td>' in html
+    assert [line for line, _ in preview_caption(data, table)][2:4] == [
+        "3 LESIONS  1 FLAGGED  1 NOT COUNTED (BELOW 1 MM2, GREY)", "1 REJECTED CANDIDATE (C1)  1 UNVOTED IN HEART (H1)"]
 
 
 @pytest.mark.parametrize("channels", [None, 2, 3, 4])
@@ -191,8 +255,8 @@ def test_review_in_a_real_browser(scored_example, tmp_path):
     try:
         d.get((out / "phantom_example.html").as_uri())
         cards = d.find_elements(By.CSS_SELECTOR, "section.card")
-        assert [c.get_attribute("data-id") for c in cards] == [c.id for c in table.components]
-        for card, comp in zip(cards, table.components):
+        assert [c.get_attribute("data-id") for c in cards] == [c.id for c in table.lesions + table.candidates]
+        for card, comp in zip(cards, table.lesions + table.candidates):
             assert card.is_displayed() and card.size["height"] > 100
             imgs = card.find_elements(By.CSS_SELECTOR, "img.grey")
             assert len(imgs) == len(comp.slices)

@@ -54,9 +54,11 @@ def test_components_ids_groups_and_candidates(monkeypatch):
     hu, labels, data = synthetic()
     monkeypatch.setattr(rv, "MAX_QUIET_CANDIDATE_MM3", 500.0)  # the bone block (720 mm3) is left out
     table = find_components(hu, SPACING, labels, data)
-    les = {c.id: c for c in table.lesions}
-    assert [c.id for c in table.lesions] == ["1-10-10", "1-30-30", "1-30-33", "3-50-50"]  # by Agatston
-    assert [c.number for c in table.lesions] == ["1", "2", "3", "4"]
+    les = {c.id: c for c in table.in_mask}
+    assert [c.id for c in table.lesions] == ["1-10-10", "1-30-30", "1-30-33"]  # by Agatston
+    assert [c.number for c in table.lesions] == ["1", "2", "3"]
+    # the LM voxel is in the mask but too small to count: not a lesion
+    assert [(c.id, c.number, c.counted) for c in table.uncounted] == [("3-50-50", "U1", False)]
     a = les["1-10-10"]
     assert a.label == 2 and [p.id for p in a.parts] == ["1-10-10", "2-10-10"] and a.slices == [1, 2]
     assert a.agatston == pytest.approx(4 * 2 + 4 * 4)  # 4 mm2 x factor 2 and 4 x factor 4, dz/3 = 1
@@ -66,6 +68,9 @@ def test_components_ids_groups_and_candidates(monkeypatch):
     assert not tiny.parts[0].counted and tiny.agatston == 0.0 and tiny.votes is None
     cands = {c.id: c for c in table.candidates}
     assert list(cands) == ["2-40-10", "0-20-40"]
+    # the result's rejected candidates (C) and those no model voted for (H) are numbered apart
+    assert [(c.id, c.number) for c in table.rejected] == [("2-40-10", "C1")]
+    assert [(c.id, c.number) for c in table.unvoted] == [("0-20-40", "H1")]
     assert cands["2-40-10"].votes == 2 and cands["2-40-10"].label == 3 and cands["2-40-10"].source == "models"
     assert cands["0-20-40"].votes == 0 and cands["0-20-40"].source == "heart region"
     assert not table.unmatched
@@ -76,6 +81,33 @@ def test_components_ids_groups_and_candidates(monkeypatch):
         assert sum(c.volume_mm3 for c in table.lesions if c.label == k) == pytest.approx(s.volume_mm3, abs=1e-9)
     # voxels: the component's voxels are exactly its mask voxels
     assert set(a.voxels.tolist()) == set(np.flatnonzero(labels == 2).tolist())
+
+
+def test_counts_are_the_results(monkeypatch):
+    """Lesions are the result's n_lesions (3D lesions holding a counted part); candidates its rejected_candidates."""
+    from cacnet.preview import preview_caption
+
+    hu, labels, data = synthetic()
+    monkeypatch.setattr(rv, "MAX_QUIET_CANDIDATE_MM3", 500.0)
+    ref = agatston.score(hu, SPACING, labels)
+    data = dict(data, n_lesions=ref.n_lesions, review=[2])
+    table = find_components(hu, SPACING, labels, data)
+    assert ref.n_lesions == 3 and len(table.in_mask) == 4  # the uncounted LM voxel is a 3D group of the mask
+    assert table.counts(data) == {"lesions": 3, "uncounted": 1, "rejected_candidates": 1, "rejected_groups": 1,
+                                  "unvoted": 1, "flagged": 1}
+    assert [line for line, _ in preview_caption(data, table)][2:4] == [
+        "3 LESIONS  1 FLAGGED  1 NOT COUNTED (BELOW 1 MM2, GREY)",
+        "1 REJECTED CANDIDATE (C1)  1 UNVOTED IN HEART (H1)"]
+    # two rejected parts that touch in 3D are one candidate: the caption says both numbers
+    hu[3, 40:43, 10:13] = 300
+    two = dict(data, rejected_candidates=data["rejected_candidates"] + [
+        {"slice_index": 3, "centroid_yx": [41.0, 11.0], "votes": 1, "artery": "LCX"}])
+    table = find_components(hu, SPACING, labels, two)
+    assert [c.number for c in table.rejected] == ["C1"] and len(table.rejected[0].parts) == 2
+    assert preview_caption(two, table)[3][0] == "2 REJECTED CANDIDATES IN 1 GROUP (C1)  1 UNVOTED IN HEART (H1)"
+    # long lines are broken between their items
+    narrow = preview_caption(two, table, max_chars=40)
+    assert len(narrow) > 5 and all(len(line) <= 40 for line, _ in narrow)
 
 
 def test_quiet_candidates_are_capped(monkeypatch):
