@@ -124,12 +124,14 @@ def test_counts_agree_on_a_synthetic_case(tmp_path, monkeypatch):
                 for k, name in agatston.ARTERY_NAMES.items()}
     data.update(agatston=ref.agatston, category=ref.category, arteries=arteries, n_lesions=ref.n_lesions,
                 review=[2], warnings=[], source={"sha256": "0" * 64})
+    data["rejected_candidates"][0]["reason"] = "outside the heart"  # a rule's reason is shown with the votes
     html = render_report(ScanResult(id="syn", labels=labels, score=ref, data=data, scan=scan))
     table = find_components(scan.hu, scan.spacing, labels, data)
     assert ref.n_lesions == 3
     assert _html_counts(html) == {"lesions": 3, "lesion_cards": 3, "uncounted": 1, "rejected_candidates": 1,
                                   "unvoted": 1}
     assert '<tr data-id="3-50-50"><td class="l">U1</td><td class="l">LM</td>' in html
+    assert "<span>2/5 models, proposed LCX; rejected: outside the heart</span>" in html
     assert [line for line, _ in preview_caption(data, table)][2:4] == [
         "3 LESIONS  1 FLAGGED  1 NOT COUNTED (BELOW 1 MM2, GREY)", "1 REJECTED CANDIDATE (C1)  1 UNVOTED IN HEART (H1)"]
 
