@@ -32,8 +32,7 @@ from ._metrics import (
     weighted_kappa,
 )
 from ._score import Lesion, Scores, ScoreResult, density_factor, score
-
-__version__ = "0.1.0"
+from ._version import __version__  # the distribution's release (CHANGELOG.md)
 
 __all__ = [
     "ARTERY_NAMES",

@@ -62,13 +62,20 @@ def _version(value: bool) -> None:
     if value:
         from . import __version__
 
-        typer.echo(f"cac {__version__}")
+        try:  # the shipped weights have a version of their own
+            from .ensemble import DEFAULT_WEIGHTS, load_manifest, weights_version
+
+            shipped = weights_version(load_manifest(DEFAULT_WEIGHTS))
+        except Exception:  # noqa: BLE001 - no weights manifest: the package's version alone
+            shipped = None
+        typer.echo(f"cac {__version__}" + (f" (shipped weights {shipped})" if shipped else ""))
         raise typer.Exit()
 
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version (and the shipped weights') and exit."),
 ) -> None:
     """Automatic coronary artery calcium scoring from non-contrast cardiac CT.
 
@@ -427,7 +434,9 @@ def _send_outputs(node: Any, calling_aet: str, outdir: Optional[Path], ids: List
 
 @app.command(cls=_Command)
 def score(
-    inputs: List[Path] = typer.Argument(..., help="Scans: NIfTI/NRRD/MHA files, DICOM folders or .zip, or folders of them."),
+    inputs: List[Path] = typer.Argument(
+        ..., help="Scans: NIfTI/NRRD/MHA files, DICOM folders or .zip, or folders of them (other files there are "
+                  "skipped with a note; inputs sharing an id are refused, see README)."),
     outdir: Optional[Path] = typer.Option(None, "-o", "--outdir", help="Write <id>.json and <id>_calcium.nii.gz here."),
     as_json: bool = typer.Option(
         False, "--json",
@@ -497,7 +506,8 @@ def score(
         raise _fail(f"--calibration must be a positive number (mg HA/cm3/HU); got {calibration}.", EXIT_USAGE)
     if (preview or report or skip_existing) and outdir is None:
         raise _fail("--preview, --report and --skip-existing need -o OUTDIR.", EXIT_USAGE)
-    scans = expand_inputs(inputs)
+    scans = expand_inputs(inputs, on_note=lambda msg: err.print(f"[yellow]note:[/yellow] {escape(msg)}",
+                                                                highlight=False))  # files skipped, links
     node = _check_dicom_options(dicom, send, calling_aet, outdir, scans)
     # what each scan gets besides its score; the outputs' options go to batch.write_outputs (and to Dask workers)
     options = ScoreOptions(outdir=outdir, calibration=calibration, series=series, early_stop=early_stop, force=force,
@@ -688,10 +698,10 @@ def evaluate_cmd(
 
 @app.command(cls=_Command)
 def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: shipped).")) -> None:
-    """Versions, onnxruntime providers and the weight files with their hashes."""
+    """Versions (the package's and the weights'), onnxruntime providers and the weight files with their hashes."""
     import onnxruntime as ort
 
-    from .ensemble import DEFAULT_WEIGHTS, load_manifest, load_second_stage, verify_weights
+    from .ensemble import DEFAULT_WEIGHTS, load_manifest, load_second_stage, verify_weights, weights_version
     from .errors import CacError
     from .pipeline import versions
 
@@ -710,6 +720,7 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
         ok = {m["file"] for m in verify_weights(wdir)}
     except CacError as exc:
         raise _fail(str(exc), exc.exit_code)
+    out.print(f"{'  version':<14} {weights_version(manifest) or 'none (its manifest.json has no version)'}")
     table = Table("file", "sha256", "val Dice", "status")
     for m in manifest["models"]:
         table.add_row(m["file"], m["sha256"][:16] + "...", str(m.get("val_dice", "")),

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from ._files import write_csv_atomic
-from .batch import CSV_COLUMNS, csv_row, read_result, write_outputs
+from .batch import CSV_COLUMNS, check_unique_ids, csv_row, read_result, write_outputs
 from .ensemble import DEFAULT_WEIGHTS, Ensemble, default_threads, load_manifest, verify_weights
 from .errors import CacError, ClusterUnavailableError, UsageError
 from .io import scan_id
@@ -779,12 +779,14 @@ def run_cohort(
     Raises
     ------
     CacError
-        Bad weights (3), options that cannot go together (2), a device or a
+        Bad weights (3), options that cannot go together or scans whose ids
+        clash (2, :func:`cacnet.batch.check_unique_ids`), a device or a
         cluster that cannot be used (5). A bad scan never raises.
     """
     if workers is not None and scheduler is not None:
         raise UsageError("use either --workers N (local worker processes) or --scheduler ADDRESS (a running "
                          "Dask cluster), not both.")
+    check_unique_ids(scans)  # one id, one set of outputs, one CSV row: clashing ids are refused before anything
     note = on_note or (lambda _msg: None)
     emit = on_outcome or (lambda _o: None)
     mode = "scheduler" if scheduler is not None else ("local" if workers is not None else "serial")

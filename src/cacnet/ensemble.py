@@ -15,7 +15,8 @@ from .errors import DeviceUnavailableError, UsageError, WeightsError
 from .preprocess import pad_to_multiple
 
 __all__ = ["BACKENDS", "DEFAULT_WEIGHTS", "Ensemble", "PRECISIONS", "Vote", "combine_votes", "cpu_supports_bf16",
-           "decided", "load_manifest", "load_second_stage", "openvino_available", "resolve_backend", "verify_weights"]
+           "decided", "load_manifest", "load_second_stage", "openvino_available", "resolve_backend", "verify_weights",
+           "weights_version"]
 
 
 def _default_weights() -> Path:
@@ -43,6 +44,15 @@ def load_manifest(weights_dir: Path) -> dict:
     except (ValueError, KeyError, AssertionError):
         raise WeightsError(f"{path}: not a valid weights manifest (needs a non-empty 'models' list).") from None
     return manifest
+
+
+def weights_version(manifest: dict) -> Optional[str]:
+    """The version of a weights folder: its manifest's ``"version"`` (``"0.6"`` for the shipped ensemble), or None.
+
+    `cac train` writes no version: a trained folder is told apart by its files' sha256.
+    """
+    version = manifest.get("version")
+    return None if version in (None, "") else str(version)
 
 
 def verify_weights(weights_dir: Path) -> list[dict]:

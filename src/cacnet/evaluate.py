@@ -21,14 +21,70 @@ __all__ = ["read_truth", "read_ids", "manifest_split_ids", "dataset_scans", "pre
 SPLITS = ("val", "train", "all")
 
 
+#: First bytes of files that are often given by mistake where a CSV belongs, and what they are.
+_NOT_CSV = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"%PDF", "a PDF document"),
+            (b"PK\x03\x04", "a zip archive (an Excel .xlsx workbook is one: save it as CSV)"),
+            (b"\x1f\x8b", "a gzip file"), (b"\xd0\xcf\x11\xe0", "an old Excel/Office document (save it as CSV)"),
+            (b"\x93NUMPY", "a numpy array"))
+
+
+def _expected(what: str) -> str:
+    return (f"a {what} CSV is comma-separated UTF-8 text with a header row holding 'id' and 'agatston' and/or "
+            "'category' (cac score --csv writes one)")
+
+
 def _read_csv(path: Path, what: str) -> list[dict[str, str]]:
+    """The rows of a truth or prediction CSV; a file that is not such a CSV is an InvalidScanError naming it."""
+    import io
+
     path = Path(path)
+    if path.is_dir():
+        raise InvalidScanError(f"{path}: a folder, not a {what} CSV file.")
     if not path.is_file():
         raise InvalidScanError(f"{path}: no such {what} CSV file.")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "id" not in rows[0]:
-        raise InvalidScanError(f"{path}: the {what} CSV needs a header with an 'id' column and at least one row.")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidScanError(f"{path}: cannot read the {what} CSV ({exc.strerror or exc}).") from None
+    if not raw.strip():
+        raise InvalidScanError(f"{path}: the {what} CSV is empty; {_expected(what)}.")
+    kind = next((name for magic, name in _NOT_CSV if raw.startswith(magic)), None)
+    if kind is None and raw[128:132] == b"DICM":
+        kind = "a DICOM file"
+    if kind is None and b"\x00" in raw[:65536]:
+        kind = "binary data (or UTF-16 text)"
+    if kind is not None:
+        raise InvalidScanError(f"{path}: not a CSV file but {kind}; {_expected(what)}.")
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark (Excel's 'CSV UTF-8') is dropped
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InvalidScanError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8: "
+                               f"{_expected(what)}.") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        rows = list(reader)
+    except csv.Error as exc:
+        raise InvalidScanError(f"{path}, line {reader.line_num}: not a valid CSV ({exc}); {_expected(what)}.") from None
+    if "id" not in header:
+        hint = ""
+        if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+            hint = " (its columns look separated by something other than commas: save it comma-separated)"
+        shown = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "")
+        raise InvalidScanError(f"{path}: the {what} CSV has no 'id' column in its header ({shown}){hint}; "
+                               f"{_expected(what)}.")
+    if not rows:
+        raise InvalidScanError(f"{path}: the {what} CSV has a header but no rows; {_expected(what)}.")
+    for n, r in enumerate(rows, start=2):
+        extra = [v for v in r.pop(None, None) or [] if v and v.strip()]  # type: ignore[call-overload]
+        if extra:
+            raise InvalidScanError(f"{path}, line {n}: more values than the {len(header)} columns of the header "
+                                   f"({', '.join(repr(v) for v in extra[:3])} left over; a comma inside an "
+                                   "unquoted value?).")
+        for k, v in r.items():
+            r[k] = "" if v is None else v.strip()  # a short row's missing values are empty
     return rows
 
 
@@ -37,14 +93,23 @@ def _parse(rows: list[dict[str, str]], path: Path, what: str) -> dict[str, dict[
     has_score = "agatston" in rows[0]
     has_cat = "category" in rows[0]
     if not (has_score or has_cat):
-        raise InvalidScanError(f"{path}: the {what} CSV needs an 'agatston' or a 'category' column.")
+        raise InvalidScanError(f"{path}: the {what} CSV needs an 'agatston' or a 'category' column "
+                               f"(its header: {', '.join(repr(k) for k in rows[0])}).")
     for n, r in enumerate(rows, start=2):
         if r.get("status") == "error":
             continue
+        if not r["id"]:
+            raise InvalidScanError(f"{path}, line {n}: the id is empty.")
         entry: dict[str, Any] = {}
         try:
             if has_score and r["agatston"] != "":
-                entry["agatston"] = float(r["agatston"])
+                try:
+                    value = float(r["agatston"])
+                except ValueError:
+                    raise ValueError(f"agatston {r['agatston']!r} is not a number") from None
+                if not (math.isfinite(value) and value >= 0):
+                    raise ValueError(f"agatston {r['agatston']!r} is not a score (a finite number >= 0)")
+                entry["agatston"] = value
                 entry["category"] = agatston.category(entry["agatston"])
             if has_cat and r["category"]:
                 cat = r["category"].strip().upper()
@@ -97,7 +162,7 @@ def predictions_from_scans(inputs, ensemble, force: bool = False, ids: Optional[
     ``ids``: score only the scans with these ids (:func:`cacnet.io.scan_id` of
     the path). ``on_scan(total, id)`` is called before each scan is scored.
     """
-    from .batch import expand_inputs
+    from .batch import check_unique_ids, expand_inputs
     from .io import scan_id
     from .pipeline import score_scan
 
@@ -105,6 +170,7 @@ def predictions_from_scans(inputs, ensemble, force: bool = False, ids: Optional[
     if ids is not None:
         wanted = set(ids)
         paths = [p for p in paths if scan_id(p) in wanted]
+    check_unique_ids(paths)  # two scans with one id would give one prediction
     preds, masks = {}, {}
     for path in paths:
         if on_scan is not None:
@@ -120,8 +186,12 @@ def read_ids(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise InvalidScanError(f"{path}: no such ids file.")
-    ids = [s for s in (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-           if s and not s.startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidScanError(f"{path}: cannot read the ids file as UTF-8 text ({exc}); expected one case id "
+                               "per line.") from None
+    ids = [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
     if not ids:
         raise InvalidScanError(f"{path}: no ids in it; expected one case id per line.")
     return list(dict.fromkeys(ids))

@@ -158,12 +158,28 @@ def _tag(reader, key: str) -> str:
     return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
 
 
+def _dirs_with_files(folder: Path) -> list[Path]:
+    """``folder`` and every folder below it that holds files; links to folders are followed, each real folder once."""
+    import os
+
+    dirs, seen = {folder}, set()
+    for root, subdirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up (a loop) or a second link to the same folder
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        if any(os.path.isfile(os.path.join(root, f)) for f in files):
+            dirs.add(Path(root))
+    return sorted(dirs)
+
+
 def list_series(folder: Path) -> list[SeriesInfo]:
-    """DICOM series in ``folder`` (recursively), with modality and description."""
+    """DICOM series in ``folder`` (recursively, links to folders followed), with modality and description."""
     import SimpleITK as sitk
 
     folder = Path(folder)
-    dirs = sorted({p.parent for p in folder.rglob("*") if p.is_file()} | {folder})
+    dirs = _dirs_with_files(folder)
     out: dict[str, SeriesInfo] = {}
     # ITK prints "No Series were found" to stderr for a folder without DICOM
     # files; the caller reports that itself, so keep ITK quiet meanwhile.
@@ -193,6 +209,18 @@ def _qualifies(s: SeriesInfo) -> bool:
     return s.modality == "CT" and "LOCALIZER" not in s.image_type and len(s.files) >= 3
 
 
+def _series_folder(s: SeriesInfo, folder: Path) -> Optional[str]:
+    """The name of the sub-folder of ``folder`` that holds every file of ``s``; None when it is ``folder`` itself."""
+    import os
+
+    try:
+        common = Path(os.path.commonpath([os.path.dirname(f) for f in s.files]))
+        rel = common.relative_to(folder)
+    except ValueError:
+        return None
+    return rel.parts[0] if rel.parts else None
+
+
 def _read_dicom(folder: Path, series: Optional[str], label: str):
     import SimpleITK as sitk
 
@@ -219,6 +247,14 @@ def _read_dicom(folder: Path, series: Optional[str], label: str):
             )
             raise SeriesSelectionError(f"{label}: no CT series with at least 3 axial slices ({why}).")
         if len(ok) > 1:
+            homes = [_series_folder(s, folder) for s in ok]
+            if str(folder) == label and all(h is not None for h in homes) and len(set(homes)) == len(homes):
+                # a folder of series folders (e.g. a patient's reconstructions): each can be a scan of its own
+                raise SeriesSelectionError(
+                    f"{label}: {len(ok)} CT series found, each in its own sub-folder; to score each as a scan, give "
+                    f"the sub-folders as the inputs (e.g. cac score {folder}/*/); to score one, give its sub-folder "
+                    "or choose it with --series UID:\n  "
+                    + "\n  ".join(f"{h}/  {s}" for h, s in zip(homes, ok)))
             raise SeriesSelectionError(
                 f"{label}: {len(ok)} CT series found; choose one with --series UID:\n  "
                 + "\n  ".join(str(s) for s in ok))

@@ -29,7 +29,7 @@ from scipy import ndimage
 import agatston
 
 from .candidates import decide_candidates, densest, mean_probabilities
-from .ensemble import Ensemble, Vote, combine_votes
+from .ensemble import Ensemble, Vote, combine_votes, weights_version
 from .errors import UnsuitableScanError
 from .io import Scan, canonical_to_source_index, read_scan
 from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
@@ -55,14 +55,20 @@ class ScanResult:
         return self.data
 
 
-def versions() -> dict[str, str]:
-    """Versions of the package and of what it runs on."""
+def versions(manifest: Optional[dict] = None) -> dict[str, Optional[str]]:
+    """Versions of the package, of the weights (with their ``manifest``) and of what it runs on.
+
+    ``"weights"`` is the manifest's ``"version"`` (None when it has none, as `cac train`'s weights).
+    """
     import onnxruntime
     import SimpleITK
 
     from . import __version__
 
-    out = {"cac-toolkit": __version__, "onnxruntime": onnxruntime.__version__}
+    out: dict[str, Optional[str]] = {"cac-toolkit": __version__}
+    if manifest is not None:
+        out["weights"] = weights_version(manifest)
+    out["onnxruntime"] = onnxruntime.__version__
     try:
         import openvino
 
@@ -398,9 +404,10 @@ def score_scan(
         "triage": checked.to_dict(),
         "settings": {**result.settings, "calibration": calibration},
         "models": {"n_models": vote.n_models, "models_run": vote.models_run, **ensemble.describe(),
+                   "weights_version": weights_version(ensemble.manifest),
                    "weights": [{"file": m["file"], "sha256": m["sha256"]} for m in ensemble.models]},
         "timings_s": {k: round(v, 4) for k, v in stages.items()},
-        "versions": versions(),
+        "versions": versions(ensemble.manifest),
     }
     data["timings_s"]["total"] = round(sum(stages.values()), 4)  # the stages' time, not any wait between them
     return ScanResult(id=scan.id, labels=labels, score=result, data=data, scan=scan, triage=checked)

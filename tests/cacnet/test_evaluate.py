@@ -160,3 +160,56 @@ def test_eval_split_needs_dataset_and_dataset_needs_layout(tmp_path):
     assert r.exit_code == 2 and "--dataset DIR" in r.stderr
     r = run("eval", "--dataset", tmp_path, "--split", "all", "--pred", tmp_path / "p.csv")
     assert r.exit_code == 3 and "no images/ folder" in r.stderr
+
+
+GOOD_CSV = "id,agatston\na,0\nb,5\nc,50\n"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "not a CSV file but a PNG image"),
+        (bytes(range(256)) * 4, "not a CSV file but binary data"),
+        (b"PK\x03\x04" + bytes(60), "an Excel .xlsx workbook"),
+        ("id,agatston\n\u00e9,0\n".encode("latin-1"), "line 2: not UTF-8 text"),
+        (b"", "CSV is empty"),
+        (b"\n \n", "CSV is empty"),
+        (b"id,agatston\n", "a header but no rows"),
+        (b"case,score\na,1\n", "no 'id' column in its header ('case', 'score')"),
+        (b"id;agatston\na;1\n", "separated by something other than commas"),
+        (b"id,score\na,1\n", "needs an 'agatston' or a 'category' column"),
+        (b"id,agatston\na,12 HU\n", "line 2: agatston '12 HU' is not a number"),
+        (b"id,agatston\na,nan\n", "line 2: agatston 'nan' is not a score"),
+        (b"id,agatston\na,-3\n", "line 2: agatston '-3' is not a score"),
+        (b"id,agatston,category\na\n", "line 2: neither agatston nor category given for 'a'"),
+        (b"id,agatston\na,1,5\n", "line 2: more values than the 2 columns"),
+        (b"id,agatston\n,4\n", "line 2: the id is empty"),
+        (b"id,category\na,Z\n", "line 2: category 'Z'"),
+    ],
+    ids=["png", "binary", "xlsx", "latin-1", "empty", "blank", "header only", "no id", "semicolons", "no score",
+         "text score", "nan", "negative", "short row", "long row", "empty id", "bad category"],
+)
+@pytest.mark.parametrize("which", ["--pred", "--truth"])
+def test_eval_says_what_is_wrong_with_a_csv(tmp_path, which, content, message):
+    bad, good = tmp_path / "bad.bin", tmp_path / "good.csv"
+    bad.write_bytes(content)
+    good.write_text(GOOD_CSV)
+    args = ["--truth", bad, "--pred", good] if which == "--truth" else ["--truth", good, "--pred", bad]
+    r = run("eval", *args)
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)
+    assert str(bad) in r.stderr and message in r.stderr, r.stderr
+
+
+def test_eval_reads_excel_csv_with_a_byte_order_mark_and_spaces(tmp_path):
+    (tmp_path / "truth.csv").write_bytes("\ufeffid, agatston\r\na, 0\r\nb, 5\r\nc,50\r\n".encode("utf-8"))
+    (tmp_path / "pred.csv").write_text("id,agatston,status,warnings\na,0,ok,\nb,4,ok,\"x, y\"\nc,60,ok,\nd,,error,\n")
+    r = run("eval", "--truth", tmp_path / "truth.csv", "--pred", tmp_path / "pred.csv", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n"] == 3
+    (tmp_path / "folder.csv").mkdir()
+    r = run("eval", "--truth", tmp_path / "folder.csv", "--pred", tmp_path / "pred.csv")
+    assert r.exit_code == 3 and "a folder, not a truth CSV file" in r.stderr
+    (tmp_path / "ids.txt").write_bytes(b"\xff\xfe\x00a")
+    r = run("eval", "--truth", tmp_path / "truth.csv", "--pred", tmp_path / "pred.csv", "--ids", tmp_path / "ids.txt")
+    assert r.exit_code == 3 and "cannot read the ids file as UTF-8 text" in r.stderr and "Traceback" not in r.output
