@@ -10,7 +10,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-__all__ = ["atomic_path", "write_text_atomic", "write_csv_atomic", "write_image_atomic", "sha256_file"]
+__all__ = ["atomic_path", "write_text_atomic", "write_csv_atomic", "write_image_atomic", "sha256_file",
+           "check_output_dir", "check_output_file"]
 
 
 def _create_temp_file(folder: Path, prefix: str, suffix: str) -> Path:
@@ -84,3 +85,61 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_output_dir(folder: Path, what: str) -> Path:
+    """Create ``folder`` (and its parents) and make sure files can be written in it, before any work is done.
+
+    Writing is checked by creating and removing an empty temporary file: that also finds a read-only file
+    system, and holds for root, whom permission bits do not stop. ``what`` names the folder in the
+    message (``-o``, ``OUTDIR``).
+
+    Raises
+    ------
+    OutputError
+        (exit 7) saying which path, what is wrong and what to do.
+    """
+    from .errors import OutputError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{what} {folder} is a file, not a folder: name a folder for the outputs (it is created "
+                          "if missing).") from None
+    except NotADirectoryError:
+        raise OutputError(f"{what} {folder}: cannot create this folder, a part of its path is a file: name a "
+                          "folder for the outputs (it is created if missing).") from None
+    except OSError as exc:
+        raise OutputError(f"{what} {folder}: cannot create this folder ({exc.strerror or exc}): choose a folder "
+                          "you can write to.") from None
+    try:
+        _create_temp_file(folder, prefix=".cac-write-check.", suffix=".tmp").unlink()
+    except OSError as exc:
+        raise OutputError(f"{what} {folder}: cannot write files there ({exc.strerror or exc}): choose a folder you "
+                          "can write to.") from None
+    return folder
+
+
+def check_output_file(path: Path, what: str) -> Path:
+    """Make sure the file ``path`` can be written (its folder created and writable, an existing file writable).
+
+    Raises
+    ------
+    OutputError
+        (exit 7) when ``path`` is a folder, its folder cannot be created or written
+        (:func:`check_output_dir`), or an existing ``path`` cannot be opened for writing.
+    """
+    from .errors import OutputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder, not a file: name a file, e.g. {path / 'scores.csv'}.")
+    check_output_dir(path.parent, f"the folder of {what} {path}:")
+    if path.exists():
+        try:
+            open(path, "ab").close()  # opened for writing, not changed
+        except OSError as exc:
+            raise OutputError(f"{what} {path}: cannot write this file ({exc.strerror or exc}): make it writable or "
+                              "name another file.") from None
+    return path

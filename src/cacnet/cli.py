@@ -1,7 +1,8 @@
 """The `cac` command: a thin layer over the cacnet Python API.
 
 Exit codes: 0 ok, 2 usage error, 3 invalid input, 4 partial batch failure,
-5 device (or Dask cluster) unavailable, 6 DICOM send failed (--send; the files stay in -o).
+5 device (or Dask cluster) unavailable, 6 DICOM send failed (--send; the files stay in -o),
+7 an output cannot be written, 1 internal error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 
@@ -30,18 +32,51 @@ def _quiet_flags(params: List[Any]) -> List[Any]:
     return params
 
 
+class _HelpFormatter(typer.Context.formatter_class):  # type: ignore[misc,name-defined]  # click's, or typer's copy
+    """click's plain help, but a line never breaks at the hyphen of an option name (``--no-second-stage``).
+
+    textwrap breaks words after a hyphen; the text is wrapped with non-breaking hyphens (U+2011, one column
+    like ``-``) that are turned back into ``-`` once written.
+    """
+
+    def _unbroken(self, write: Any, *args: Any) -> None:
+        start = len(self.buffer)
+        write(*args)
+        self.buffer[start:] = [s.replace("\u2011", "-") for s in self.buffer[start:]]
+
+    def write_text(self, text: str) -> None:
+        self._unbroken(super().write_text, text.replace("-", "\u2011"))
+
+    def write_dl(self, rows: Any, col_max: int = 30, col_spacing: int = 2) -> None:
+        self._unbroken(super().write_dl, [(a, b.replace("-", "\u2011")) for a, b in rows], col_max, col_spacing)
+
+
+class _Context(typer.Context):
+    formatter_class = _HelpFormatter
+
+
 class _Command(TyperCommand):
-    """A `cac` sub-command: flags listed without a type in --help."""
+    """A `cac` sub-command: flags listed without a type, help readable at 80 columns."""
+
+    context_class = _Context
 
     def get_params(self, ctx: typer.Context) -> List[Any]:
         return _quiet_flags(super().get_params(ctx))
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return super().get_short_help_str(limit=10**6)  # the first sentence whole in the group's list, wrapped
 
 
 class _Group(TyperGroup):
-    """The `cac` command group: flags listed without a type in --help."""
+    """The `cac` command group: flags listed without a type, help readable at 80 columns."""
+
+    context_class = _Context
 
     def get_params(self, ctx: typer.Context) -> List[Any]:
         return _quiet_flags(super().get_params(ctx))
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return super().get_short_help_str(limit=10**6)  # the first sentence whole in the group's list, wrapped
 
 
 app = typer.Typer(
@@ -51,11 +86,45 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: readable at 80 columns, help text printed as it is
+    context_settings={"max_content_width": 100},  # up to 100 columns in a wider terminal
 )
-err = Console(stderr=True, soft_wrap=True)
+# No rich markup on the consoles: scan names, paths, messages and install hints ('cac-toolkit[dicom]') print as
+# they are; styled labels go through _say, tables take Text cells.
+err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def _stdout(width: Optional[int] = None) -> Console:
+    """The console of a command's results on stdout; like ``err``, without rich markup."""
+    return Console(markup=False, width=width)
+
+
+def _say(label: str, style: str, message: str) -> None:
+    """``label message`` on stderr: the label styled, the message exactly as it is (brackets included)."""
+    err.print(Text.assemble((label, style), " ", message))
+
+
+def _fail(message: str, code: int) -> "typer.Exit":
+    """Say ``error: message`` (printed as it is) and return the Exit to raise."""
+    _say("error:", "red", message)
+    return typer.Exit(code)
+
+
+def _check_output_dir(folder: Path, what: str) -> None:
+    """Create the output folder and check that it can be written, before any work; exit 7 if not."""
+    from ._files import check_output_dir
+    from .errors import CacError
+
+    try:
+        check_output_dir(folder, what)
+    except CacError as exc:
+        raise _fail(str(exc), exc.exit_code)
+
 
 EXIT_OK, EXIT_USAGE, EXIT_INVALID, EXIT_PARTIAL, EXIT_DEVICE = 0, 2, 3, 4, 5
 EXIT_SEND = 6  # --send: the DICOM node is unreachable or refused the objects (they stay in -o)
+EXIT_OUTPUT = 7  # an output (-o, --csv, OUTDIR) cannot be created or written
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 def _version(value: bool) -> None:
@@ -81,14 +150,15 @@ def _main(
 
     Exit codes: 0 ok, 2 usage error, 3 invalid input, 4 partial batch
     failure, 5 device (or Dask cluster) unavailable, 6 DICOM send failed
-    (--send; the files stay in OUTDIR).
+    (--send; the files stay in OUTDIR), 7 an output cannot be written
+    (-o, --csv, OUTDIR), 1 internal error, 130 interrupted (Ctrl-C).
     """
 
 
 def _progress() -> Progress:
     """A progress bar on stderr, silent when stderr is not a terminal."""
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, disable=not sys.stderr.isatty(), transient=False,
     )
 
@@ -115,20 +185,21 @@ def phantom(
     if category is not None:
         category = category.upper()
         if category not in ("A", "B", "C", "D", "E"):
-            err.print(f"[red]error:[/red] --category must be one of A, B, C, D, E; got {category!r}.")
-            raise typer.Exit(EXIT_USAGE)
+            raise _fail(f"--category must be one of A, B, C, D, E; got {category!r}.", EXIT_USAGE)
         if balanced:
-            err.print("[red]error:[/red] use either --category or --balanced, not both.")
-            raise typer.Exit(EXIT_USAGE)
+            raise _fail("use either --category or --balanced, not both.", EXIT_USAGE)
     variant = variant.lower()
     if variant not in ("default", "varied"):
-        err.print(f"[red]error:[/red] --variant must be default or varied; got {variant!r}.")
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail(f"--variant must be default or varied; got {variant!r}.", EXIT_USAGE)
+    _check_output_dir(outdir, "OUTDIR")
     with _progress() as progress:
         task = progress.add_task("phantoms", total=n)
-        rows = make_phantoms(outdir, n, seed, category=category, balanced=balanced, hard_fraction=hard_fraction,
-                             lookalike_rate=lookalike_rate, preview=preview,
-                             on_case=lambda _id: progress.advance(task), variant=variant)
+        try:
+            rows = make_phantoms(outdir, n, seed, category=category, balanced=balanced, hard_fraction=hard_fraction,
+                                 lookalike_rate=lookalike_rate, preview=preview,
+                                 on_case=lambda _id: progress.advance(task), variant=variant)
+        except OSError as exc:  # e.g. a full disk; the folder was checked before
+            raise _fail(f"cannot write the phantoms in {outdir} ({exc}).", EXIT_OUTPUT)
     counts = {c: sum(r["category"] == c for r in rows) for c in "ABCDE"}
     err.print(f"wrote {len(rows)} cases to {outdir} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
 
@@ -214,47 +285,38 @@ def train(
     try:
         from .train import TrainConfig, train_ensemble
     except ImportError as exc:
-        err.print(f"[red]error:[/red] training needs the train extra: pip install '.[train]' ({exc}).")
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail(f"training needs the train extra: pip install '.[train]' ({exc}).", EXIT_USAGE)
     if phantom_variant not in ("default", "varied"):
-        err.print(f"[red]error:[/red] --phantom-variant must be default or varied; got {phantom_variant!r}.")
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail(f"--phantom-variant must be default or varied; got {phantom_variant!r}.", EXIT_USAGE)
     for d in data or []:
         if not (d / "images").is_dir():
-            err.print(f"[red]error:[/red] {d} has no images/ folder; expected images/<id>.nii.gz with labels/ or points.csv.")
-            raise typer.Exit(EXIT_INVALID)
+            raise _fail(f"{d} has no images/ folder; expected images/<id>.nii.gz with labels/ or points.csv.",
+                        EXIT_INVALID)
     for n in negatives or []:
         if not n.exists():
-            err.print(f"[red]error:[/red] no such scan: {n}")
-            raise typer.Exit(EXIT_INVALID)
+            raise _fail(f"no such scan: {n}", EXIT_INVALID)
     if init is not None and not init.is_dir():
-        err.print(f"[red]error:[/red] --init {init} is not a folder")
-        raise typer.Exit(EXIT_INVALID)
+        raise _fail(f"--init {init} is not a folder", EXIT_INVALID)
     if backgrounds is not None:
-        from rich.markup import escape
-
         from .train import find_backgrounds
 
         try:
             find_backgrounds(backgrounds, tracings_dir=tracings, hold_out=hold_out_background or [])
         except FileNotFoundError as exc:
-            raise _fail(escape(str(exc)), EXIT_INVALID)
+            raise _fail(str(exc), EXIT_INVALID)
         except ValueError as exc:
-            raise _fail(escape(str(exc)), EXIT_USAGE)
+            raise _fail(str(exc), EXIT_USAGE)
     elif hold_out_background or tracings is not None or val_background_cases or second_stage_cases:
-        err.print("[red]error:[/red] --hold-out-background, --tracings, --val-background-cases and "
-                  "--second-stage-cases need --backgrounds")
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail("--hold-out-background, --tracings, --val-background-cases and --second-stage-cases need "
+                    "--backgrounds", EXIT_USAGE)
     if any(n % 8 for n in patch):
-        err.print(f"[red]error:[/red] --patch sizes must be multiples of 8, not {patch}")
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail(f"--patch sizes must be multiples of 8, not {patch}", EXIT_USAGE)
     if outdir.exists() and any(outdir.glob("model_*/checkpoint.pt")) and not (outdir / "checkpoint.pt").exists():
-        err.print(f"[red]error:[/red] {outdir} holds the per-model checkpoints of an older cac train, which trained the "
-                  f"models one after another; continue from their best weights with: cac train NEW --init {outdir}")
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail(f"{outdir} holds the per-model checkpoints of an older cac train, which trained the models one "
+                    f"after another; continue from their best weights with: cac train NEW --init {outdir}", EXIT_USAGE)
     if not resume and (outdir / "checkpoint.pt").exists():
-        err.print(f"[red]error:[/red] {outdir} holds a checkpoint; use --resume or another OUTDIR.")
-        raise typer.Exit(EXIT_USAGE)
+        raise _fail(f"{outdir} holds a checkpoint; use --resume or another OUTDIR.", EXIT_USAGE)
+    _check_output_dir(outdir, "OUTDIR")
     config = TrainConfig(
         steps=steps if steps is not None else (10**9 if max_minutes else 2000),
         val_every=val_every or (10**9 if val_seconds else 250), val_seconds=val_seconds,
@@ -294,7 +356,7 @@ def train(
             elif kind == "val":
                 err.print(f"step {info['step']}: validation Dice " + " ".join(f"{d:.3f}" for d in info["dice"]))
             elif kind == "warning":
-                err.print(f"[yellow]warning:[/yellow] model {info['model']}: {info['message']}", highlight=False)
+                _say("warning:", "yellow", f"model {info['model']}: {info['message']}")
             elif kind == "second_stage_case":
                 err.print(f"second stage: {info['case']}: {info['rows']} candidates ({info['coronary']} coronary)")
             elif kind == "second_stage":
@@ -311,14 +373,8 @@ def train(
                                       on_event=on_event, phantom_variant=phantom_variant,
                                       second_stage_cases=second_stage_cases)
         except (ValueError, FileNotFoundError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(EXIT_USAGE)
+            raise _fail(str(exc), EXIT_USAGE)
     err.print(f"weights and manifest written: {manifest}")
-
-
-def _fail(message: str, code: int) -> "typer.Exit":
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
-    return typer.Exit(code)
 
 
 _BACKEND_HELP = ("auto (OpenVINO on the CPU when installed, onnxruntime for CUDA), openvino or onnxruntime; "
@@ -358,9 +414,9 @@ def _score_table(rows: list[dict]) -> Table:
         table.add_column(col, justify="left" if col in ("scan", "status") else "right")
     for r in rows:
         if r["status"] == "error":
-            table.add_row(r["id"], "", "", "", "", "", "", "", "", "", "[red]error[/red]")
+            table.add_row(Text(r["id"]), "", "", "", "", "", "", "", "", "", Text("error", style="red"))
             continue
-        table.add_row(r["id"], f"{float(r['agatston']):.1f}", r["category"],
+        table.add_row(Text(r["id"]), f"{float(r['agatston']):.1f}", r["category"],
                       *[f"{float(r[k]):.1f}" for k in ("LM", "LAD", "LCX", "RCA")],
                       f"{float(r['volume_mm3']):.1f}", str(r["n_lesions"]), r["cac_drs"],
                       r["status"] + (f" ({r['n_review']} to review)" if r["n_review"] else ""))
@@ -370,8 +426,6 @@ def _score_table(rows: list[dict]) -> Table:
 def _check_dicom_options(dicom: bool, send: Optional[str], calling_aet: str, outdir: Optional[Path],
                          scans: List[Path]):
     """Usage errors of --dicom/--send, before any scan is scored; the node to send to (or None)."""
-    from rich.markup import escape
-
     from .errors import UsageError
     from .io import IMAGE_SUFFIXES
 
@@ -389,7 +443,7 @@ def _check_dicom_options(dicom: bool, send: Optional[str], calling_aet: str, out
     images = [p for p in scans if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
               and not p.name.lower().endswith(".zip")]
     if images:
-        names = ", ".join(escape(str(p)) for p in images[:3]) + (", ..." if len(images) > 3 else "")
+        names = ", ".join(str(p) for p in images[:3]) + (", ..." if len(images) > 3 else "")
         raise _fail(f"--dicom needs DICOM input (a folder or .zip of the CT series): {names} "
                     f"{'is' if len(images) == 1 else 'are'} not DICOM. A DICOM SEG and SR reference the source DICOM "
                     "instances; score the original series, or leave out --dicom.", EXIT_USAGE)
@@ -401,13 +455,11 @@ def _check_dicom_options(dicom: bool, send: Optional[str], calling_aet: str, out
         check_ae_title(calling_aet, "--calling-aet")
         return parse_node(send)
     except UsageError as exc:
-        raise _fail(escape(str(exc)), EXIT_USAGE)
+        raise _fail(str(exc), EXIT_USAGE)
 
 
 def _send_outputs(node: Any, calling_aet: str, outdir: Optional[Path], ids: List[str]) -> bool:
     """C-STORE the SEG and SR of the scans ``ids`` in ``outdir``; False (after saying why) when that fails."""
-    from rich.markup import escape
-
     from .dicom_out import output_paths
     from .errors import CacError
     from .send import send_files
@@ -417,19 +469,37 @@ def _send_outputs(node: Any, calling_aet: str, outdir: Optional[Path], ids: List
     for sid in ids:
         found = output_paths(outdir, sid)
         if not found:
-            err.print(f"[yellow]note:[/yellow] {escape(sid)}: no {escape(sid)}_sr.dcm in {escape(str(outdir))} "
-                      "(scored earlier without --dicom?); nothing sent for it.", highlight=False)
+            _say("note:", "yellow", f"{sid}: no {sid}_sr.dcm in {outdir} (scored earlier without --dicom?); "
+                                    "nothing sent for it.")
         paths += found
     if not paths:
         return True
     try:
         sent = send_files(paths, node, calling_aet=calling_aet)
     except CacError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))} The DICOM files stay in {escape(str(outdir))}; send them "
-                  "again by rerunning the command.", highlight=False)
+        _say("error:", "red", f"{exc} The DICOM files stay in {outdir}; send them again by rerunning the command.")
         return False
-    err.print(f"sent {len(sent)} DICOM object(s) to {escape(str(node))}", highlight=False)
+    err.print(f"sent {len(sent)} DICOM object(s) to {node}", highlight=False)
     return True
+
+
+def _interrupted_message(landed: list, total: int, csv_file: Optional[Path], outdir: Optional[Path],
+                         skip_existing: bool, as_json: bool) -> str:
+    """What a Ctrl-C of cac score left: how many scans finished, and how a rerun resumes."""
+    failed = sum(o.status == "error" for o in landed)
+    done = f"{len(landed)} of {total} scans finished" + (f" ({failed} failed)" if failed else "") + ". "
+    if csv_file is not None and not (as_json and outdir is None):
+        return done + (f"Rerun the same command to resume: --csv {csv_file} logged the finished scans in "
+                       f"{csv_file}.manifest.jsonl; the rest (and the failed ones) are scored.")
+    if csv_file is not None:
+        return done + "A rerun with --json scores every scan again unless -o OUTDIR keeps the results: add -o."
+    if outdir is not None and skip_existing:
+        return done + f"Rerun the same command to resume: --skip-existing skips the scans whose <id>.json is in {outdir}."
+    if outdir is not None:
+        return done + (f"To resume, rerun the same command with --skip-existing (it skips the scans whose <id>.json "
+                       f"is in {outdir}), or with --csv FILE, which also logs every finished scan.")
+    return done + ("Their results were not kept; to make a batch resumable, give --csv FILE (and -o OUTDIR): "
+                   "rerunning the same command then skips the scans that finished.")
 
 
 @app.command(cls=_Command)
@@ -494,8 +564,6 @@ def score(
     With --csv FILE, every finished scan is also logged in FILE.manifest.jsonl: rerunning the same
     command skips the scans that finished and retries those that failed.
     """
-    from rich.markup import escape
-
     from .batch import expand_inputs
     from .cohort import EnsembleSpec, ScanOutcome, ScoreOptions, run_cohort
     from .ensemble import DEFAULT_WEIGHTS
@@ -506,49 +574,58 @@ def score(
         raise _fail(f"--calibration must be a positive number (mg HA/cm3/HU); got {calibration}.", EXIT_USAGE)
     if (preview or report or skip_existing) and outdir is None:
         raise _fail("--preview, --report and --skip-existing need -o OUTDIR.", EXIT_USAGE)
-    scans = expand_inputs(inputs, on_note=lambda msg: err.print(f"[yellow]note:[/yellow] {escape(msg)}",
-                                                                highlight=False))  # files skipped, links
+    scans = expand_inputs(inputs, on_note=lambda msg: _say("note:", "yellow", msg))  # files skipped, links
     node = _check_dicom_options(dicom, send, calling_aet, outdir, scans)
     # what each scan gets besides its score; the outputs' options go to batch.write_outputs (and to Dask workers)
     options = ScoreOptions(outdir=outdir, calibration=calibration, series=series, early_stop=early_stop, force=force,
                            skip_existing=skip_existing, outputs={"preview": preview, "report": report, "dicom": dicom})
     spec = EnsembleSpec(weights or DEFAULT_WEIGHTS, device=device, backend=backend, precision=precision,
                         threads=threads, second_stage=second_stage)
+    landed: list = []  # the outcomes so far, for the message of a Ctrl-C
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(scans))
 
         def on_outcome(o: ScanOutcome) -> None:
+            landed.append(o)
             progress.advance(task)
             if o.status == "error" and o.internal:
-                err.print(f"[red]internal error on {escape(o.input)}:[/red] "
-                          f"{escape(o.error.removeprefix('internal error: '))} (please report it)", highlight=False)
+                _say(f"internal error on {o.input}:", "red",
+                     f"{o.error.removeprefix('internal error: ')} (please report it)")
             elif o.status == "error":
-                err.print(f"[red]error:[/red] {escape(o.error)}", highlight=False)
+                _say("error:", "red", o.error)
 
         try:
             run = run_cohort(scans, spec, options, csv_file=csv_file, workers=workers, scheduler=scheduler,
                              fail_fast=fail_fast, need_data=as_json, on_outcome=on_outcome,
-                             on_note=lambda msg: err.print(f"[yellow]note:[/yellow] {escape(msg)}", highlight=False))
+                             on_note=lambda msg: _say("note:", "yellow", msg))
         except CacError as exc:
-            raise _fail(escape(str(exc)), exc.exit_code)
+            raise _fail(str(exc), exc.exit_code)
+        except OSError as exc:  # the CSV or its run manifest, mid-run (e.g. a full disk); -o was checked before
+            raise _fail(f"cannot write the run's results ({exc}); make room or choose another --csv, then rerun "
+                        "the same command.", EXIT_OUTPUT)
+        except KeyboardInterrupt:
+            _say("interrupted:", "yellow", _interrupted_message(landed, len(scans), csv_file, outdir, skip_existing,
+                                                                as_json))
+            raise typer.Exit(EXIT_INTERRUPTED)
     rows = [o.row for o in run.outcomes]
     failed_code = next((o.exit_code for o in run.outcomes if o.status == "error"), 0)
     printed = [o.json_object() for o in run.outcomes]  # --json: one object per scan, in input order, failures included
     if as_json:
         typer.echo(json.dumps(printed[0] if len(scans) == 1 and printed else printed, indent=2))
     else:
-        Console(width=None if sys.stdout.isatty() else 160).print(_score_table(rows))
+        _stdout(width=None if sys.stdout.isatty() else 160).print(_score_table(rows))
         for o in run.outcomes:
             for w in o.warnings if o.status != "error" else []:
-                err.print(f"[yellow]warning[/yellow] {o.id}: {w}", highlight=False)
+                _say("warning", "yellow", f"{o.id}: {w}")
     # --send: the SEG and SR of every scan scored or skipped, in one association (exit 6 when that fails)
     sent_ok = node is None or _send_outputs(node, calling_aet, outdir,
                                             [o.id for o in run.outcomes if o.status != "error"])
     n_bad = sum(r["status"] == "error" for r in rows)
     if n_bad:
-        if len(scans) == 1 or fail_fast:
-            raise typer.Exit(failed_code if failed_code in (EXIT_INVALID, EXIT_DEVICE) else EXIT_PARTIAL)
-        err.print(f"{n_bad} of {len(scans)} scans failed; see the messages above" + (f" and {csv_file}" if csv_file else ""))
+        if len(scans) == 1 or fail_fast:  # the exit code of the scan that failed, as in its --json exit_code
+            raise typer.Exit(failed_code)
+        err.print(f"{n_bad} of {len(scans)} scans failed; see the messages above" + (f" and {csv_file}" if csv_file else ""),
+                  highlight=False)
         raise typer.Exit(EXIT_PARTIAL)
     if not sent_ok:
         raise typer.Exit(EXIT_SEND)
@@ -656,8 +733,8 @@ def evaluate_cmd(
             keep = set(wanted)
             absent = [i for i in wanted if i not in truth_rows]
             if absent:
-                err.print(f"[yellow]note:[/yellow] {len(absent)} ids of {ids_file} have no truth row: "
-                          f"{', '.join(absent[:8])}{', ...' if len(absent) > 8 else ''}", highlight=False)
+                _say("note:", "yellow", f"{len(absent)} ids of {ids_file} have no truth row: "
+                                        f"{', '.join(absent[:8])}{', ...' if len(absent) > 8 else ''}")
             truth_rows = {i: v for i, v in truth_rows.items() if i in keep}
             if not truth_rows:
                 raise _fail(f"no truth row for any id of {ids_file}.", EXIT_INVALID)
@@ -689,7 +766,7 @@ def evaluate_cmd(
         return
     from .evaluate import print_report
 
-    out = Console()
+    out = _stdout()
     if selection is not None:
         out.print(f"{selection['dataset']}: {selection['n_cases']} cases of split {selection['split']} "
                   f"(ids: {selection['ids_from']})", highlight=False)
@@ -705,7 +782,7 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
     from .errors import CacError
     from .pipeline import versions
 
-    out = Console()
+    out = _stdout()
     for k, v in versions().items():
         out.print(f"{k:<14} {v}")
     out.print(f"{'providers':<14} {', '.join(ort.get_available_providers())}")
@@ -724,7 +801,7 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
     table = Table("file", "sha256", "val Dice", "status")
     for m in manifest["models"]:
         table.add_row(m["file"], m["sha256"][:16] + "...", str(m.get("val_dice", "")),
-                      "ok" if m["file"] in ok else "[red]mismatch[/red]")
+                      "ok" if m["file"] in ok else Text("mismatch", style="red"))
     out.print(table)
     out.print(f"trained on: {manifest.get('training', {}).get('data', 'unknown')}")
     entry = manifest.get("second_stage")
@@ -733,13 +810,13 @@ def info(weights: Optional[Path] = typer.Option(None, "--weights", help="Weights
         return
     try:
         load_second_stage(wdir, manifest)
-        status = "ok"
+        status = Text("ok")
     except CacError as exc:
-        status = f"[red]{exc}[/red]"
+        status = Text(str(exc), style="red")
     data = entry.get("data", {})
-    out.print(f"second stage: {entry['file']} {entry['sha256'][:16]}... {status}; P(coronary) >= "
-              f"{entry.get('threshold')}; fitted on {data.get('rows', '?')} candidates "
-              f"({data.get('coronary_rows', '?')} coronary)", highlight=False)
+    out.print(Text.assemble(f"second stage: {entry['file']} {entry['sha256'][:16]}... ", status,
+                            f"; P(coronary) >= {entry.get('threshold')}; fitted on {data.get('rows', '?')} candidates "
+                            f"({data.get('coronary_rows', '?')} coronary)"))
 
 
 dataset_app = typer.Typer(
@@ -749,14 +826,13 @@ dataset_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: readable at 80 columns, help text printed as it is
 )
 app.add_typer(dataset_app, name="dataset")
 
 
 def _convert_dataset(kind: str, src: Path, out: Path, **options: Any) -> None:
     """Run one converter of :mod:`cacnet.datasets` with a progress bar; exit 0, 3 (layout) or 4 (some cases)."""
-    from rich.markup import escape
-
     from . import datasets
     from .errors import CacError
 
@@ -771,24 +847,22 @@ def _convert_dataset(kind: str, src: Path, out: Path, **options: Any) -> None:
             progress.advance(task)
             if row["status"] == "error":
                 shown.append(row)
-                err.print(f"[red]error:[/red] {escape(row['id'])}: {escape(row['message'])} (skipped)",
-                          highlight=False)
+                _say("error:", "red", f"{row['id']}: {row['message']} (skipped)")
 
         shown: list = []
 
         try:
             rows = convert(src, out, on_start=on_start, on_case=on_case, **options)
         except CacError as exc:
-            raise _fail(escape(str(exc)), exc.exit_code)
+            raise _fail(str(exc), exc.exit_code)
     count = {s: sum(r["status"] == s for r in rows) for s in ("converted", "skipped", "error", "ignored")}
     for r in rows:
         if r["status"] == "error" and not any(r is x for x in shown):
-            err.print(f"[red]error:[/red] {escape(r['id'])}: {escape(r['message'])}", highlight=False)
+            _say("error:", "red", f"{r['id']}: {r['message']}")
     ignored = [r for r in rows if r["status"] == "ignored"]
     if ignored:
         names = ", ".join(r["id"] for r in ignored[:8]) + (", ..." if len(ignored) > 8 else "")
-        err.print(f"[yellow]note:[/yellow] {len(ignored)} left out: {escape(ignored[0]['message'])} ({escape(names)})",
-                  highlight=False)
+        _say("note:", "yellow", f"{len(ignored)} left out: {ignored[0]['message']} ({names})")
     rois = {s: sum(int(r.get(f"n_{s}", 0)) for r in rows) for s in ("ok", "mismatch", "error")}
     err.print(f"{kind}: {count['converted']} converted, {count['skipped']} already done, {count['error']} failed; "
               f"annotations {rois['ok']} ok, {rois['mismatch']} mismatch, {rois['error']} left out; "
@@ -827,6 +901,7 @@ review_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: readable at 80 columns, help text printed as it is
 )
 app.add_typer(review_app, name="review")
 
@@ -848,17 +923,15 @@ def review_apply(
 
     A review of another scan, or one made on an earlier result of this scan (stale), is refused (exit 3).
     """
-    from rich.markup import escape
-
     from .errors import CacError
     from .review import apply_review
 
     try:
         done = apply_review(result, review, outdir, scan_path=scan, write_image=image, preview=preview)
     except CacError as exc:
-        raise _fail(escape(str(exc)), exc.exit_code)
+        raise _fail(str(exc), exc.exit_code)
     except OSError as exc:  # e.g. no permission to write -o
-        raise _fail(escape(f"cannot write the reviewed result: {exc}"), 1)
+        raise _fail(f"cannot write the reviewed result: {exc}", EXIT_OUTPUT)
     if as_json:
         typer.echo(json.dumps(done.data, indent=2))
         return
@@ -866,15 +939,15 @@ def review_apply(
     counts = ", ".join(f"{v} {k}" for k, v in
                        zip(("accepted", "rejected", "relabelled", "added"),
                            (ro["decisions"][a] for a in ("accept", "reject", "relabel", "add"))))
-    out = Console(width=None if sys.stdout.isatty() else 160)
-    out.print(f"{escape(d['id'])}: Agatston {done.before:.1f} ({escape(str(ro['category_before']))}) -> "
+    out = _stdout(width=None if sys.stdout.isatty() else 160)
+    out.print(f"{d['id']}: Agatston {done.before:.1f} ({ro['category_before']}) -> "
               f"{done.after:.1f} ({d['category']}), {d['cac_drs']['label']}; {counts}", highlight=False)
     out.print("  ".join(f"{a} {d['arteries'][a]['agatston']:.1f}" for a in ("LM", "LAD", "LCX", "RCA")), highlight=False)
-    out.print(f"wrote {escape(str(done.outdir))}: " + ", ".join(escape(p.relative_to(done.outdir).as_posix()) for p in done.files.values()),
+    out.print(f"wrote {done.outdir}: " + ", ".join(p.relative_to(done.outdir).as_posix() for p in done.files.values()),
               highlight=False)
     if not done.points_agree:
-        err.print("[yellow]note:[/yellow] points.csv rebuilds a different mask by the paper's rule (a lesion touches "
-                  "other dense voxels in 3D); see the warning in the JSON.", highlight=False)
+        _say("note:", "yellow", "points.csv rebuilds a different mask by the paper's rule (a lesion touches other "
+                                "dense voxels in 3D); see the warning in the JSON.")
 
 
 def main() -> None:  # pragma: no cover - console entry point

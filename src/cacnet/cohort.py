@@ -35,10 +35,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from ._files import write_csv_atomic
+from ._files import check_output_dir, check_output_file, write_csv_atomic
 from .batch import CSV_COLUMNS, check_unique_ids, csv_row, read_result, write_outputs
 from .ensemble import DEFAULT_WEIGHTS, Ensemble, default_threads, load_manifest, verify_weights
-from .errors import CacError, ClusterUnavailableError, UsageError
+from .errors import CacError, ClusterUnavailableError, OutputError, UsageError
 from .io import scan_id
 from .pipeline import PreparedScan, prepare_scan, score_scan
 
@@ -333,7 +333,11 @@ def score_path(
             res = score_scan(source, ensemble, calibration=options.calibration, series=options.series,
                              early_stop=options.early_stop, force=options.force)
             if options.outdir is not None:
-                write_outputs(res, Path(options.outdir), **dict(options.outputs))
+                try:
+                    write_outputs(res, Path(options.outdir), **dict(options.outputs))
+                except OSError as exc:  # e.g. a full disk: an error of this scan, not an internal one
+                    raise OutputError(f"{res.data['id']}: cannot write its outputs in {options.outdir} "
+                                      f"({exc}).") from None
             out = ScanOutcome(index=index, input=str(path), id=res.data["id"], status="ok",
                               row=csv_row(res.data, input_path=path, status="ok"), data=res.data)
     except CacError as exc:
@@ -781,7 +785,9 @@ def run_cohort(
     CacError
         Bad weights (3), options that cannot go together or scans whose ids
         clash (2, :func:`cacnet.batch.check_unique_ids`), a device or a
-        cluster that cannot be used (5). A bad scan never raises.
+        cluster that cannot be used (5), an ``-o`` folder or ``csv_file``
+        that cannot be written (7, checked before any scan is scored). A bad
+        scan never raises.
     """
     if workers is not None and scheduler is not None:
         raise UsageError("use either --workers N (local worker processes) or --scheduler ADDRESS (a running "
@@ -789,6 +795,11 @@ def run_cohort(
     check_unique_ids(scans)  # one id, one set of outputs, one CSV row: clashing ids are refused before anything
     note = on_note or (lambda _msg: None)
     emit = on_outcome or (lambda _o: None)
+    if options.outdir is not None:  # output problems before any scan is scored (exit 7)
+        check_output_dir(Path(options.outdir), "-o")
+    if csv_file is not None:
+        check_output_file(Path(csv_file), "--csv")
+        check_output_file(manifest_path(Path(csv_file)), "the run manifest of --csv,")
     mode = "scheduler" if scheduler is not None else ("local" if workers is not None else "serial")
     if mode != "scheduler":  # workers x threads within this machine's cores
         threads = plan_threads(workers or 1, spec.threads)

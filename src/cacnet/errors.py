@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __all__ = ["CacError", "InvalidScanError", "SeriesSelectionError", "UnsuitableScanError", "WeightsError",
            "DeviceUnavailableError", "ClusterUnavailableError", "UsageError", "ReviewError",
-           "SendError"]
+           "SendError", "OutputError"]
 
 
 class CacError(Exception):
@@ -60,6 +60,16 @@ class SendError(CacError, RuntimeError):
     """
 
     exit_code = 6
+
+
+class OutputError(CacError):
+    """An output folder or file cannot be created or written: ``-o``, ``--csv``, OUTDIR (exit 7).
+
+    `cac` checks its outputs before any scan is scored (:func:`cacnet._files.check_output_dir`); a
+    scan whose outputs fail to write later (e.g. a full disk) is an error row with this exit code.
+    """
+
+    exit_code = 7
 
 
 class ReviewError(CacError, ValueError):

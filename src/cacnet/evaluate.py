@@ -396,4 +396,6 @@ def print_report(report: dict[str, Any], console) -> None:
             lt.add_row(k, f(le[k]))
         console.print(lt)
     if report["missing_predictions"]:
-        console.print(f"[yellow]no prediction for:[/yellow] {', '.join(report['missing_predictions'])}")
+        from rich.text import Text
+
+        console.print(Text.assemble(("no prediction for:", "yellow"), " ", ", ".join(report["missing_predictions"])))

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -258,7 +259,8 @@ def test_help_shows_no_bool_type(command):
 
 def test_eval_help_documents_device_and_weights():
     r = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
-    lines = {opt: next(line for line in r.stdout.splitlines() if f"--{opt} " in line) for opt in ("device", "weights")}
+    entries = [" ".join(e.split()) for e in re.split(r"\n(?=  -)", r.stdout)]  # an option's help, wrapped lines joined
+    lines = {opt: next(e for e in entries if e.startswith(f"--{opt} ")) for opt in ("device", "weights")}
     assert "auto, cpu or cuda" in lines["device"] and "weights folder" in lines["weights"]
 
 
