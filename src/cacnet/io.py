@@ -31,6 +31,23 @@ normal from ImageOrientationPatient must run along patient z, because a
 sagittal or coronal DICOM series is a reconstruction from an axial
 acquisition, not an axial one (Agatston scoring is defined on axial slices).
 
+Physical bounds (reader errors, never overridden): geometry that no CT of a
+patient has means the header is wrong (spacing in cm or m, a typo, a
+resampled copy), and every score computed on it would be wrong by the same
+factor, so it is an :class:`~cacnet.errors.InvalidScanError` naming the value.
+The slice increment (spacing along patient z) must be 0.1-20 mm (the thinnest
+detector rows are 0.2-0.25 mm, so overlapping reconstructions reach about
+0.1 mm; the widest clinical increments, interspaced HRCT, are 10-20 mm); the
+pixel 0.05-2.0 mm (1024 pixels over the smallest, 50 mm, display field give
+0.05 mm; 512 over the widest, about 800 mm, give 1.6 mm); the scan length
+(slices x increment) at most 2000 mm (the longest table travel of any CT), and
+the in-plane field at most 1000 mm (no CT bore is wider than about 900 mm).
+Whether a plausible scan suits calcium scoring (a heart in it, its size, HU
+that look rescaled) is judged by :mod:`cacnet.triage`, whose refusals
+``--force`` overrides. A multi-component (vector, RGB) image is an error too:
+CT holds one grey level per voxel, and ITK would silently mix the components
+into one when reading as float.
+
 Gzipped DICOM slices (``*.dcm.gz``) in a folder are decompressed into a
 temporary folder and read like plain ones; a folder must not mix gzipped and
 uncompressed DICOM files.
@@ -63,9 +80,23 @@ except ImportError:  # pragma: no cover - where no isal wheel exists
     _GunzipError = zlib.error
 
 __all__ = ["Scan", "SeriesInfo", "acquisition_flags", "read_scan", "list_series", "to_source_grid", "canonical_to_source_index",
-           "scan_id", "IMAGE_SUFFIXES", "is_scan_path"]
+           "scan_id", "IMAGE_SUFFIXES", "is_scan_path", "hu_levels", "unrescaled_hu", "SLICE_INCREMENT_RANGE_MM",
+           "PIXEL_RANGE_MM", "MAX_LENGTH_MM", "MAX_FOV_MM", "UNRESCALED_AIR_HU"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
+
+#: Slice increment (mm) of any CT of a patient: overlapping reconstructions of 0.2-0.25 mm rows reach ~0.1 mm;
+#: interspaced HRCT, the widest clinical increment, uses 10-20 mm. Outside: the header is wrong (reader error).
+SLICE_INCREMENT_RANGE_MM = (0.1, 20.0)
+#: Pixel size (mm): 1024 pixels over the smallest (50 mm) display field to 512 over the widest (~800 mm, 1.6 mm).
+PIXEL_RANGE_MM = (0.05, 2.0)
+#: Longest scan (slices x increment, mm): the longest table travel of any CT is about 2000 mm.
+MAX_LENGTH_MM = 2000.0
+#: Widest in-plane field (mm): no CT bore is wider than about 900 mm.
+MAX_FOV_MM = 1000.0
+#: A CT in HU has air (-1000) or lung (-900 to -500) below this; when even the 1st percentile is above it, the
+#: values look un-rescaled (stored values without RescaleIntercept, e.g. uint16 HU + 1024).
+UNRESCALED_AIR_HU = -200.0
 
 # DICOM tags read for each file of a series
 _TAGS = {
@@ -278,6 +309,11 @@ def _read_series(s: SeriesInfo, label: str):
         r.LoadPrivateTagsOff()
         r.ReadImageInformation()
         readers.append(r)
+    components = readers[0].GetNumberOfComponents()
+    if components != 1:
+        raise InvalidScanError(f"{label}: series {s.uid} has {components} components per voxel (SamplesPerPixel: "
+                               "a colour or vector image, e.g. a screen capture); a CT holds one grey level (HU) "
+                               "per voxel. Score the CT series itself.")
     frames = _tag(readers[0], "number_of_frames")
     if frames and int(float(frames)) > 1:
         raise InvalidScanError(f"{label}: multi-frame DICOM ({frames} frames per file) is not supported; "
@@ -613,6 +649,7 @@ def _read_file(path: Path, label: str):
         nifti, copy = _check_nifti(path, label, Path(tmp) / "scan.nii" if tmp else None)
         want = _nifti_spacing(nifti, label) if nifti is not None else {}
         _check_header_spacing(path, label)
+        _check_components(copy or path, label)
         image = None
         if copy is not None:
             try:
@@ -639,6 +676,23 @@ def _read_file(path: Path, label: str):
                 spacing[a] = v
         image.SetSpacing(spacing)
     return image, {"format": path.name.split(".", 1)[-1].upper()}
+
+
+def _check_components(path: Path, label: str) -> None:
+    """The header must give one component per voxel: ITK reads a vector or RGB image as float by mixing them."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable: reading the image says why
+    n = reader.GetNumberOfComponents()
+    if n != 1:
+        raise InvalidScanError(f"{label}: has {n} components per voxel (a vector, RGB or multi-channel image); a CT "
+                               "holds one grey level (HU) per voxel, and reading it would mix the components into "
+                               "one. Export the CT volume itself (one component) before scoring.")
 
 
 def _drop_unit_axes(image, label: str):
@@ -676,6 +730,63 @@ def _check_geometry(image, label: str) -> None:
                                "resample to an axis-aligned grid first.")
 
 
+def _check_extent(image, label: str) -> None:
+    """The physical bounds of a CT of a patient (see the module docstring); ``image`` has an axis-aligned grid."""
+    sp, size = image.GetSpacing(), image.GetSize()
+    d = np.abs(np.array(image.GetDirection()).reshape(3, 3))
+    along = [int(np.argmax(d[:, p])) for p in range(3)]  # patient axis (0 x, 1 y, 2 z) of each file axis
+    z = along.index(2)
+    inplane = [p for p in range(3) if p != z]
+    fix = " The header's voxel spacing cannot be right (not in mm?); fix it before scoring."
+    lo, hi = SLICE_INCREMENT_RANGE_MM
+    inc = float(sp[z])
+    if not lo <= inc <= hi:
+        why = ("finer than any CT reconstructs (the thinnest detector rows are 0.2-0.25 mm)" if inc < lo else
+               "wider than any CT reconstruction (interspaced HRCT, the widest, uses 10-20 mm)")
+        raise InvalidScanError(f"{label}: slice increment is {inc:g} mm (the spacing along patient z), outside "
+                               f"{lo:g}-{hi:g} mm: {why}." + fix)
+    lo, hi = PIXEL_RANGE_MM
+    for p in inplane:
+        if not lo <= sp[p] <= hi:
+            why = ("finer than any CT reconstructs (1024 pixels over the smallest, 50 mm, field)" if sp[p] < lo else
+                   "coarser than any CT reconstructs (512 pixels over the widest, about 800 mm, field give 1.6 mm; "
+                   "a downsampled copy cannot resolve calcium)")
+            raise InvalidScanError(f"{label}: pixel size is {sp[p]:g} mm (file axis {p}), outside {lo:g}-{hi:g} mm: "
+                                   f"{why}." + fix)
+    length = size[z] * inc
+    if length > MAX_LENGTH_MM:
+        raise InvalidScanError(f"{label}: the scan is {length:g} mm long ({size[z]} slices x {inc:g} mm), more than "
+                               f"{MAX_LENGTH_MM:g} mm, the longest table travel of any CT." + fix)
+    for p in inplane:
+        if size[p] * sp[p] > MAX_FOV_MM:
+            raise InvalidScanError(f"{label}: the field of view is {size[p] * sp[p]:g} mm wide ({size[p]} pixels x "
+                                   f"{sp[p]:g} mm), more than {MAX_FOV_MM:g} mm: no CT bore is that wide." + fix)
+
+
+def hu_levels(hu: np.ndarray) -> tuple[float, float]:
+    """(minimum, 1st percentile) of ``hu``; the percentile on every 4th row and column (air, where there is air)."""
+    return float(np.min(hu)), float(np.percentile(hu[:, ::4, ::4], 1))
+
+
+def unrescaled_hu(hu: np.ndarray, levels: Optional[tuple[float, float]] = None) -> Optional[str]:
+    """Why the values of ``hu`` look un-rescaled, or None when they look like HU.
+
+    A CT in HU has air (about -1000) or lung (-900 to -500): its 1st
+    percentile is below :data:`UNRESCALED_AIR_HU`. Stored values without the
+    RescaleIntercept (e.g. uint16 HU + 1024: air near 0, water near 1024,
+    nothing below 0) are not. The reader warns with this message and
+    :func:`cacnet.triage.triage` refuses with it. ``levels``: :func:`hu_levels`
+    of ``hu`` when already measured.
+    """
+    minimum, air = hu_levels(hu) if levels is None else levels
+    if air <= UNRESCALED_AIR_HU:
+        return None
+    return (f"HU look un-rescaled: minimum {round(minimum):d}, air at ~{round(air):d} (1st percentile), nothing below "
+            f"{UNRESCALED_AIR_HU:g} HU where a CT in HU has air at about -1000 and lung at -900 to -500 (rescale "
+            "intercept missing?). Apply the RescaleIntercept (-1024 for most scanners) and RescaleSlope, and score "
+            "again.")
+
+
 def acquisition_flags(spacing, meta: dict) -> dict[str, bool]:
     """What the reader warns about in the acquisition (the triage reports the same as verdicts).
 
@@ -702,9 +813,9 @@ def _warnings(hu: np.ndarray, spacing, meta: dict) -> list[str]:
     if flags["increment"]:
         out.append(f"slice increment is {spacing[0]:g} mm (outside 2.5-3 mm); scores use dz/3 and may not compare "
                    "with standard reconstructions.")
-    sample = hu[:, ::4, ::4]
-    if float(np.percentile(sample, 1)) > -200:
-        out.append("no air or lung below -200 HU: the values may not be HU (rescale intercept missing?).")
+    unrescaled = unrescaled_hu(hu)
+    if unrescaled:
+        out.append(unrescaled)
     # contrast enhancement, the heart and the kernel are judged from the image by cacnet.triage
     return out
 
@@ -750,6 +861,7 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
         image, meta = _read_file(path, label)
     image = _drop_unit_axes(image, label)
     _check_geometry(image, label)
+    _check_extent(image, label)
     if image.GetPixelID() != sitk.sitkFloat32:
         image = sitk.Cast(image, sitk.sitkFloat32)
     canonical = sitk.DICOMOrient(image, "LPS")

@@ -378,7 +378,9 @@ def score_scan(
     drs = agatston.cac_drs({k: v["agatston"] for k, v in arteries.items()})
     stages = {**prepared.timings_s, **{k: t[k] - t[p] for p, k in zip(
         ["preprocess", "inference", "postprocess"], ["inference", "postprocess", "score"])}}
-    warnings = list(scan.warnings) + [f"forced: {w}" for w in checked.refusals] + checked.warnings
+    # a reader warning that a triage check refused with (un-rescaled HU) is given once, as "forced: ..."
+    warnings = [w for w in scan.warnings if w not in checked.refusals]
+    warnings += [f"forced: {w}" for w in checked.refusals] + checked.warnings
     warnings += list(ensemble.warnings)
     if early_stop and ensemble.stage is not None:
         warnings.append("early stop: not used, the second stage needs every model's output (all models run).")

@@ -23,7 +23,7 @@ def run(*args):
 
 def test_single_scan_json(phantom_scans, toy_weights):
     folder, _ = phantom_scans
-    r = run("score", folder / "case21.nii.gz", "--json", "--weights", toy_weights)
+    r = run("score", folder / "case21.nii.gz", "--json", "--weights", toy_weights, "--force")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["id"] == "case21" and {"agatston", "category", "volume_mm3", "arteries", "lesions", "warnings"} <= set(d)
@@ -31,14 +31,14 @@ def test_single_scan_json(phantom_scans, toy_weights):
 
 def test_table_output(phantom_scans, toy_weights):
     folder, _ = phantom_scans
-    r = run("score", folder / "case23.nii.gz", "--weights", toy_weights)
+    r = run("score", folder / "case23.nii.gz", "--weights", toy_weights, "--force")
     assert r.exit_code == 0 and "case23" in r.stdout and "Agatston" in r.stdout
 
 
 def test_outputs_on_the_input_grid(phantom_scans, toy_weights, tmp_path):
     folder, cases = phantom_scans
     r = run("score", folder / "case22.nii.gz", "-o", tmp_path / "out", "--preview", "--csv", tmp_path / "s.csv",
-            "--weights", toy_weights)
+            "--weights", toy_weights, "--force")
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"case22.json", "case22_calcium.nii.gz", "case22.png"}
@@ -63,7 +63,7 @@ def test_batch_goes_on_past_a_bad_scan(phantom_scans, toy_weights, tmp_path):
     for name in ("case21.nii.gz", "case23.nii.gz"):
         shutil.copy(folder / name, batch / name)
     (batch / "broken.nii.gz").write_bytes((folder / "case22.nii.gz").read_bytes()[:5000])
-    r = run("score", batch, "--csv", tmp_path / "b.csv", "-o", tmp_path / "o", "--weights", toy_weights)
+    r = run("score", batch, "--csv", tmp_path / "b.csv", "-o", tmp_path / "o", "--weights", toy_weights, "--force")
     assert r.exit_code == 4
     assert "broken.nii.gz" in r.stderr and "Traceback" not in r.output
     with open(tmp_path / "b.csv") as fh:
@@ -72,7 +72,7 @@ def test_batch_goes_on_past_a_bad_scan(phantom_scans, toy_weights, tmp_path):
     assert rows["case21"]["status"] == "ok" and rows["case23"]["status"] == "ok"
     assert not list((tmp_path / "o").glob(".*"))  # nothing half-written
     again = run("score", batch, "-o", tmp_path / "o", "--skip-existing", "--csv", tmp_path / "c.csv",
-                "--weights", toy_weights)
+                "--weights", toy_weights, "--force")
     with open(tmp_path / "c.csv") as fh:
         statuses = {row["id"]: row["status"] for row in csv.DictReader(fh)}
     assert statuses == {"case21": "skipped", "case23": "skipped", "broken": "error"} and again.exit_code == 4
@@ -136,7 +136,7 @@ def test_eval_scans_with_masks(phantom_scans, toy_weights, tmp_path):
         rows.append(f"{cid},{case.truth.agatston}")
     (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
     r = run("eval", folder, "--truth", tmp_path / "truth.csv", "--truth-masks", masks, "--json",
-            "--weights", toy_weights)
+            "--weights", toy_weights, "--force")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["n"] == 3 and d["lesions"]["n_cases"] == 3
@@ -152,7 +152,7 @@ def test_info(toy_weights):
 def test_real_subprocess(phantom_scans, toy_weights):
     folder, _ = phantom_scans
     out = subprocess.run([sys.executable, "-m", "cacnet", "score", str(folder / "case23.nii.gz"), "--json",
-                          "--weights", str(toy_weights)], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
+                          "--weights", str(toy_weights), "--force"], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["id"] == "case23"
     bad = subprocess.run([sys.executable, "-m", "cacnet", "score", str(folder / "nope.nii.gz"),
@@ -174,7 +174,7 @@ def test_score_outputs_get_the_umask_permissions(phantom_scans, toy_weights, tmp
     old = os.umask(mask)
     try:
         r = run("score", folder / "case23.nii.gz", "-o", tmp_path / "out", "--preview", "--csv",
-                tmp_path / "out" / "scores.csv", "--weights", toy_weights)
+                tmp_path / "out" / "scores.csv", "--weights", toy_weights, "--force")
     finally:
         os.umask(old)
     assert r.exit_code == 0, r.output
@@ -189,7 +189,7 @@ def test_json_reports_every_input_in_order(phantom_scans, toy_weights, tmp_path)
     batch.mkdir()
     shutil.copy(folder / "case21.nii.gz", batch / "case21.nii.gz")
     (batch / "broken.nii.gz").write_bytes((folder / "case22.nii.gz").read_bytes()[:5000])
-    r = run("score", batch, "--json", "-o", tmp_path / "o", "--weights", toy_weights)
+    r = run("score", batch, "--json", "-o", tmp_path / "o", "--weights", toy_weights, "--force")
     assert r.exit_code == 4
     broken, ok = json.loads(r.stdout)
     assert broken["id"] == "broken" and broken["status"] == "error" and broken["exit_code"] == 3
@@ -220,7 +220,7 @@ def test_result_json_fields(phantom_scans, toy_weights):
     import onnxruntime as ort
 
     folder, _ = phantom_scans
-    r = run("score", folder / "case22.nii.gz", "--json", "--weights", toy_weights)
+    r = run("score", folder / "case22.nii.gz", "--json", "--weights", toy_weights, "--force")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["status"] == "ok"
@@ -242,7 +242,8 @@ def test_result_json_fields(phantom_scans, toy_weights):
 
 def test_cac_drs_label_is_the_same_in_json_csv_and_table(phantom_scans, toy_weights, tmp_path):
     folder, _ = phantom_scans
-    r = run("score", folder / "case21.nii.gz", "-o", tmp_path, "--csv", tmp_path / "s.csv", "--weights", toy_weights)
+    r = run("score", folder / "case21.nii.gz", "-o", tmp_path, "--csv", tmp_path / "s.csv", "--weights", toy_weights,
+            "--force")
     assert r.exit_code == 0, r.output
     label = json.loads((tmp_path / "case21.json").read_text())["cac_drs"]["label"]
     with open(tmp_path / "s.csv") as fh:
@@ -289,7 +290,7 @@ def test_backends_give_the_same_result(phantom_scans, toy_weights):
     folder, _ = phantom_scans
     out = {}
     for backend in ("onnxruntime", "auto"):
-        r = run("score", folder / "case21.nii.gz", "--json", "--weights", toy_weights, "--backend", backend)
+        r = run("score", folder / "case21.nii.gz", "--json", "--weights", toy_weights, "--backend", backend, "--force")
         assert r.exit_code == 0, r.output
         out[backend] = json.loads(r.stdout)
     assert out["onnxruntime"]["models"]["backend"] == "onnxruntime"

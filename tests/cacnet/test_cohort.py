@@ -67,7 +67,7 @@ def batch(tmp_path_factory) -> Path:
 def serial(batch, toy_weights, tmp_path_factory) -> dict:
     """The plain serial run of the batch: its CSV text and --json objects."""
     out = tmp_path_factory.mktemp("serial")
-    r = run("score", batch, "--csv", out / "s.csv", "-o", out / "o", "--json", "--weights", toy_weights)
+    r = run("score", batch, "--csv", out / "s.csv", "-o", out / "o", "--json", "--weights", toy_weights, "--force")
     assert r.exit_code == 4, r.output
     return {"csv": (out / "s.csv").read_text(), "json": json.loads(r.stdout)}
 
@@ -76,8 +76,8 @@ def test_prefetch_gives_the_plain_loop_results(batch, toy_weights, tmp_path):
     spec = EnsembleSpec(toy_weights)
     ensemble = spec.load()
     scans = expand_inputs([batch])
-    plain = list(iter_serial(scans, ensemble, ScoreOptions(outdir=tmp_path / "a"), prefetch=False))
-    ahead = list(iter_serial(scans, ensemble, ScoreOptions(outdir=tmp_path / "b"), prefetch=True))
+    plain = list(iter_serial(scans, ensemble, ScoreOptions(outdir=tmp_path / "a", force=True), prefetch=False))
+    ahead = list(iter_serial(scans, ensemble, ScoreOptions(outdir=tmp_path / "b", force=True), prefetch=True))
     assert [o.row for o in ahead] == [o.row for o in plain]
     assert [o.status for o in plain] == ["error", "ok", "ok", "ok", "ok"]
     for a, b in zip(plain, ahead):
@@ -146,7 +146,7 @@ def test_serial_run_resumes_from_its_manifest(batch, toy_weights, serial, tmp_pa
     folder = tmp_path / "batch"
     shutil.copytree(batch, folder)
     csv_file = tmp_path / "r.csv"
-    args = ["score", folder, "--csv", csv_file, "-o", tmp_path / "o", "--weights", toy_weights]
+    args = ["score", folder, "--csv", csv_file, "-o", tmp_path / "o", "--weights", toy_weights, "--force"]
     assert run(*args).exit_code == 4
     first = scan_entries(csv_file)
     assert [e["status"] for e in first] == ["error", "ok", "ok", "ok", "ok"]
@@ -193,7 +193,7 @@ def test_serial_run_resumes_from_its_manifest(batch, toy_weights, serial, tmp_pa
 def test_local_workers_give_the_serial_csv(batch, toy_weights, serial, tmp_path):
     csv_file = tmp_path / "d.csv"
     r = run("score", batch, "--csv", csv_file, "-o", tmp_path / "o", "--json", "--weights", toy_weights,
-            "--workers", "2")
+            "--workers", "2", "--force")
     assert r.exit_code == 4, r.output
     assert "Traceback" not in r.output and "broken.nii.gz" in r.stderr
     assert csv_file.read_text() == serial["csv"]
@@ -222,7 +222,8 @@ def test_existing_cluster_survives_a_killed_worker(batch, toy_weights, serial, t
                 killed.append(victim)
 
         csv_file = tmp_path / "k.csv"
-        result = run_cohort(expand_inputs([batch]), EnsembleSpec(toy_weights), ScoreOptions(outdir=tmp_path / "o"),
+        result = run_cohort(expand_inputs([batch]), EnsembleSpec(toy_weights),
+                            ScoreOptions(outdir=tmp_path / "o", force=True),
                             csv_file=csv_file, scheduler=cluster.scheduler_address, on_outcome=kill_a_worker)
     assert killed and result.mode == "scheduler" and len(result.workers) == 2
     assert [o.status for o in result.outcomes] == ["error", "ok", "ok", "ok", "ok"]
@@ -241,7 +242,7 @@ def test_killed_run_resumes_without_scoring_twice(batch, toy_weights, tmp_path):
     n = 13
     csv_file, out = tmp_path / "run.csv", tmp_path / "o"
     args = ["score", str(folder), "--csv", str(csv_file), "-o", str(out), "--weights", str(toy_weights),
-            "--workers", "2"]
+            "--workers", "2", "--force"]
     proc = subprocess.Popen([sys.executable, "-m", "cacnet", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -272,5 +273,5 @@ def test_killed_run_resumes_without_scoring_twice(batch, toy_weights, tmp_path):
         if e["status"] == "ok":
             assert (out / f"{e['id']}.json").stat().st_mtime_ns == written[f"{e['id']}.json"]
     # the final CSV is the serial run's
-    assert run("score", folder, "--csv", tmp_path / "serial.csv", "--weights", toy_weights).exit_code == 4
+    assert run("score", folder, "--csv", tmp_path / "serial.csv", "--weights", toy_weights, "--force").exit_code == 4
     assert csv_file.read_text() == (tmp_path / "serial.csv").read_text()

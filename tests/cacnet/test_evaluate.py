@@ -54,21 +54,21 @@ def entry(path, train_ids, val_ids, name=None):
 
 def test_eval_dataset_val_and_train_split_from_the_weights_manifest(converted, toy_weights, tmp_path):
     w = trained_weights(toy_weights, tmp_path / "w", [entry(converted, ["case21", "case23"], ["case22"])])  # D
-    r = run("eval", "--dataset", converted, "--weights", w, "--json")
+    r = run("eval", "--dataset", converted, "--weights", w, "--json", "--force")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["n"] == 1 and d["selection"]["split"] == "val" and d["selection"]["n_cases"] == 1
     assert "training.data_sets[].val_ids" in d["selection"]["ids_from"]
     assert d["lesions"]["n_cases"] == 1 and d["lesions"]["sensitivity_count"] == 1.0
     assert d["missing_predictions"] == [] and d["extra_predictions"] == []
-    human = run("eval", "--dataset", converted, "--weights", w, "--split", "train")
+    human = run("eval", "--dataset", converted, "--weights", w, "--split", "train", "--force")
     assert human.exit_code == 0, human.output
     assert "2 cases of split train" in human.stdout and "C-index" in human.stdout
     assert "lesions (2 scans with masks)" in human.stdout
 
 
 def test_eval_dataset_all_and_ids_filter(converted, toy_weights, tmp_path):
-    r = run("eval", "--dataset", converted, "--split", "all", "--weights", toy_weights, "--json")
+    r = run("eval", "--dataset", converted, "--split", "all", "--weights", toy_weights, "--json", "--force")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["n"] == 3 and d["lesions"]["n_cases"] == 3 and d["selection"]["ids_from"] == "every case"
@@ -116,7 +116,7 @@ def test_eval_ids_filters_scans_before_scoring(phantom_scans, toy_weights, tmp_p
     (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "ids.txt").write_text("case22\n")
     r = run("eval", folder, "--truth", tmp_path / "truth.csv", "--ids", tmp_path / "ids.txt", "--weights", toy_weights,
-            "--json")
+            "--json", "--force")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["n"] == 1 and d["extra_predictions"] == []

@@ -207,6 +207,56 @@ def test_missing_rescale_warning(tmp_path):
     assert read_scan(_nifti(tmp_path / "ok.nii.gz", ct_like().astype(np.int16))).warnings == []
 
 
+def test_unrescaled_warning_names_the_levels(tmp_path):
+    raw = (ct_like() + 1024).astype(np.uint16)  # stored values, HU + 1024: air at 24, nothing below 0
+    warnings = read_scan(_nifti(tmp_path / "raw.nii.gz", raw)).warnings
+    assert warnings == ["HU look un-rescaled: minimum 24, air at ~24 (1st percentile), nothing below -200 HU where a "
+                        "CT in HU has air at about -1000 and lung at -900 to -500 (rescale intercept missing?). Apply "
+                        "the RescaleIntercept (-1024 for most scanners) and RescaleSlope, and score again."]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_vector_image_is_refused(tmp_path, suffix):
+    """ITK reads a vector image as float by mixing its components: a 3-component file used to be scored."""
+    hu = ct_like().astype(np.int16)
+    img = sitk.GetImageFromArray(np.stack([hu, hu, hu], axis=-1), isVector=True)
+    img.SetSpacing((0.5, 0.5, 3.0))
+    path = tmp_path / f"vector{suffix}"
+    sitk.WriteImage(img, str(path))
+    with pytest.raises(InvalidScanError) as err:
+        read_scan(path)
+    assert str(err.value).startswith(f"{path}: has 3 components per voxel") and "one grey level" in str(err.value)
+
+
+@pytest.mark.parametrize("shape, spacing_xyz, message", [
+    ((6, 32, 40), (0.5, 0.5, 300.0), "slice increment is 300 mm (the spacing along patient z), outside 0.1-20 mm"),
+    ((6, 32, 40), (0.5, 0.5, 0.003), "slice increment is 0.003 mm (the spacing along patient z), outside 0.1-20 mm"),
+    ((6, 32, 40), (0.003, 0.003, 3.0), "pixel size is 0.003 mm (file axis 0), outside 0.05-2 mm"),
+    ((6, 32, 40), (3.0, 3.0, 3.0), "pixel size is 3 mm (file axis 0), outside 0.05-2 mm"),
+    ((101, 8, 8), (0.5, 0.5, 20.0), "the scan is 2020 mm long (101 slices x 20 mm), more than 2000 mm"),
+    ((3, 8, 520), (2.0, 0.5, 3.0), "the field of view is 1040 mm wide (520 pixels x 2 mm), more than 1000 mm"),
+])
+def test_impossible_geometry_is_refused(tmp_path, shape, spacing_xyz, message):
+    """Geometry no CT of a patient has: the header is wrong, and the reader refuses it (no --force)."""
+    path = _nifti(tmp_path / "odd.nii.gz", np.full(shape, -1000, np.int16), spacing=spacing_xyz)
+    with pytest.raises(InvalidScanError) as err:
+        read_scan(path)
+    assert type(err.value) is InvalidScanError and str(err.value).startswith(f"{path}: {message}")
+
+
+def test_slice_increment_is_taken_along_patient_z(tmp_path):
+    """The increment bound applies to the file axis that runs along patient z, whichever it is."""
+    img = sitk.GetImageFromArray(np.full((40, 32, 6), -1000, np.int16))  # file axes: 6 (x), 32, 40
+    img.SetSpacing((300.0, 0.5, 0.5))  # file axis 0 runs along patient z (below): 300 mm slices
+    img.SetDirection((0, 0, 1, 0, 1, 0, 1, 0, 0))
+    sitk.WriteImage(img, str(tmp_path / "zfirst.nii.gz"))
+    with pytest.raises(InvalidScanError, match="slice increment is 300 mm"):
+        read_scan(tmp_path / "zfirst.nii.gz")
+    img.SetSpacing((3.0, 0.5, 0.5))
+    sitk.WriteImage(img, str(tmp_path / "zfirst_ok.nii.gz"))
+    assert read_scan(tmp_path / "zfirst_ok.nii.gz").spacing == (3.0, 0.5, 0.5)
+
+
 def test_size_one_axes_are_dropped(tmp_path):
     arr = ct_like().astype(np.int16)[None]  # a 4D file holding one volume
     img = sitk.GetImageFromArray(arr, isVector=False)

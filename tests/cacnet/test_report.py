@@ -187,7 +187,7 @@ def test_cli_report_and_preview(phantom_scans, toy_weights, tmp_path):
     r = runner.invoke(app, ["score", str(folder / "case21.nii.gz"), "--report"])
     assert r.exit_code == 2 and "need -o OUTDIR" in r.stderr
     r = runner.invoke(app, ["score", str(folder / "case21.nii.gz"), "-o", str(tmp_path), "--report", "--preview",
-                            "--weights", str(toy_weights)])
+                            "--weights", str(toy_weights), "--force"])
     assert r.exit_code == 0, r.output
     html = (tmp_path / "case21.html").read_text(encoding="utf-8")
     data = json.loads((tmp_path / "case21.json").read_text())
@@ -204,7 +204,7 @@ def test_report_of_a_scan_without_findings(phantom_scans, tmp_path):
 
     folder, _ = phantom_scans
     weights = make_weights(tmp_path / "w", thresholds=(5000,) * 5)  # no model votes for anything
-    res = score_scan(folder / "case23.nii.gz", Ensemble(weights))
+    res = score_scan(folder / "case23.nii.gz", Ensemble(weights), force=True)  # a crop too small for a heart
     write_outputs(res, tmp_path / "o", preview=True, report=True)
     html = (tmp_path / "o" / "case23.html").read_text(encoding="utf-8")
     assert "No lesion: the models found no coronary calcium." in html

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from cacnet.errors import InvalidScanError, UnsuitableScanError
 from cacnet.io import Scan
 from cacnet.phantom import generate_phantom
-from cacnet.triage import CONTRAST_THRESHOLD_HU, NOISE_THRESHOLD_HU, kernel_is_sharp, triage
+from cacnet.triage import CONTRAST_THRESHOLD_HU, MAX_HEART_ML, NOISE_THRESHOLD_HU, kernel_is_sharp, triage
 
 runner = CliRunner()
 
@@ -109,10 +109,36 @@ def test_no_heart_is_refused():
     assert any("heart not found" in r for r in t.refusals)
 
 
-def test_small_images_are_not_checked_for_a_heart():
+def test_images_too_small_to_hold_a_heart_are_refused(case):
+    """A score of 0 (A) on an image that cannot show a heart would claim "no calcium": refused, not warned."""
     t = triage(as_scan(np.full((4, 20, 20), -50.0), (3.0, 0.5, 0.5)))
-    assert t.verdict == "warn" and not t.refusals and t.checks["heart"]["verdict"] == "warn"
-    assert "too small to look for the heart" in t.warnings[0]
+    assert t.verdict == "refuse" and t.checks["heart"]["verdict"] == "refuse" and len(t.refusals) == 1
+    assert t.refusals[0].startswith("too small to hold a heart: the image is 10 x 10 mm in-plane and 12 mm long")
+    # no air in so small a field says nothing about the HU scale
+    assert t.checks["hu_scale"]["verdict"] == "unknown"
+    two = triage(as_scan(case.hu[20:22], case.spacing))  # 2 slices of a chest
+    assert two.checks["heart"]["verdict"] == "refuse" and "too small to hold a heart" in two.refusals[0]
+    assert "6 mm long (2 slice(s) of 3 mm)" in two.refusals[0]
+
+
+def test_unrescaled_hu_is_refused_before_the_heart_search(case):
+    raw = np.clip(case.hu, -1024, None).astype(np.float32) + 1024  # uint16 stored values: air near 0, water 1024
+    t = triage(as_scan(raw, case.spacing))
+    assert t.checks["hu_scale"]["verdict"] == "refuse" and t.checks["hu_scale"]["minimum_hu"] == 0
+    assert t.checks["heart"]["verdict"] == "unknown" and t.checks["contrast"]["verdict"] == "unknown"
+    assert len(t.refusals) == 1 and t.refusals[0].startswith("HU look un-rescaled: minimum 0, air at ~")
+    assert "RescaleIntercept (-1024" in t.refusals[0] and not any("heart not found" in r for r in t.refusals)
+    assert triage(as_scan(case.hu, case.spacing)).checks["hu_scale"]["verdict"] == "ok"
+
+
+def test_heart_region_larger_than_any_heart_is_refused(case):
+    """The phantom with every spacing doubled (a header off by 2): a plausible grid, an 8 x too large heart."""
+    t = triage(as_scan(case.hu, tuple(2 * s for s in case.spacing)))
+    heart = t.checks["heart"]
+    assert heart["verdict"] == "refuse" and heart["volume_ml"] > MAX_HEART_ML == heart["max_volume_ml"]
+    assert t.checks["contrast"]["verdict"] == "unknown"
+    assert any(r.startswith(f"the heart region measures {heart['volume_ml']:.0f} mL, more than any heart")
+               and "voxel spacing (6 x 0.6376 x 0.6376 mm) is likely wrong" in r for r in t.refusals)
 
 
 def test_field_of_view_slices_and_kvp_warn():
@@ -166,6 +192,64 @@ def test_score_scan_refuses_and_force_scores(files, ensemble):
     assert plain["triage"]["verdict"] in ("ok", "warn") and plain["triage"]["forced"] is False
     assert not any("forced" in w or "contrast" in w for w in plain["warnings"])
     json.dumps(d)
+
+
+@pytest.fixture(scope="module")
+def odd_files(case, tmp_path_factory):
+    """Scans that used to be scored with exit 0: un-rescaled HU, 2 slices, 3 components, 300 mm slices."""
+    out = tmp_path_factory.mktemp("odd")
+    plain = half_resolution(case.hu.astype(np.float32), case)
+    arr = sitk.GetArrayFromImage(plain)
+    raw = sitk.GetImageFromArray((np.clip(arr, -1024, None) + 1024).astype(np.uint16))
+    raw.CopyInformation(plain)
+    sitk.WriteImage(raw, str(out / "raw.nii.gz"))
+    sitk.WriteImage(plain[:, :, 20:22], str(out / "two.nii.gz"))
+    vector = sitk.GetImageFromArray(np.stack([arr] * 3, axis=-1), isVector=True)
+    vector.CopyInformation(plain)
+    sitk.WriteImage(vector, str(out / "vector.nii.gz"))
+    thick = sitk.Image(plain)
+    thick.SetSpacing(plain.GetSpacing()[:2] + (300.0,))
+    sitk.WriteImage(thick, str(out / "thick.nii.gz"))
+    return out
+
+
+def test_prepare_scan_refuses_odd_scans(odd_files):
+    from cacnet.pipeline import prepare_scan
+
+    for name, error, message in [
+        ("raw", UnsuitableScanError, "HU look un-rescaled: minimum 0, air at ~"),
+        ("two", UnsuitableScanError, "too small to hold a heart: the image is 163.2 x 163.2 mm in-plane and 6 mm long"),
+        ("vector", InvalidScanError, "has 3 components per voxel"),
+        ("thick", InvalidScanError, "slice increment is 300 mm"),
+    ]:
+        path = odd_files / f"{name}.nii.gz"
+        with pytest.raises(InvalidScanError) as err:
+            prepare_scan(path)
+        assert type(err.value) is error and err.value.exit_code == 3, name
+        assert str(err.value).startswith(f"{path}: ") and message in str(err.value), (name, str(err.value))
+    # triage refusals can be forced; the reader's (the geometry or the pixel type is wrong) cannot
+    assert prepare_scan(odd_files / "two.nii.gz", force=True).checked.forced
+    assert prepare_scan(odd_files / "raw.nii.gz", force=True).checked.checks["hu_scale"]["verdict"] == "refuse"
+    with pytest.raises(InvalidScanError, match="slice increment is 300 mm"):
+        prepare_scan(odd_files / "thick.nii.gz", force=True)
+
+
+def test_cli_refuses_odd_scans(odd_files, toy_weights):
+    from cacnet.cli import app
+
+    for name, message in [("raw", "HU look un-rescaled: minimum 0, air at ~"),
+                          ("two", "too small to hold a heart: the image is 163.2 x 163.2 mm in-plane and 6 mm long"),
+                          ("vector", "has 3 components per voxel"), ("thick", "slice increment is 300 mm")]:
+        path = odd_files / f"{name}.nii.gz"
+        r = runner.invoke(app, ["score", str(path), "--weights", str(toy_weights)])
+        assert r.exit_code == 3 and f"{path}: " in r.stderr and message in r.stderr, (name, r.stderr)
+    r = runner.invoke(app, ["score", str(odd_files / "raw.nii.gz"), "--weights", str(toy_weights), "--force", "--json"])
+    assert r.exit_code == 0
+    warnings = json.loads(r.stdout)["warnings"]  # the reader's warning is given once, as the forced refusal
+    assert [w for w in warnings if "un-rescaled" in w] == [w for w in warnings if w.startswith("forced: HU look")]
+    assert len([w for w in warnings if "un-rescaled" in w]) == 1
+    r = runner.invoke(app, ["score", str(odd_files / "thick.nii.gz"), "--weights", str(toy_weights), "--force"])
+    assert r.exit_code == 3 and "slice increment is 300 mm" in r.stderr
 
 
 def test_cli_exit_3_and_force(files, toy_weights):
