@@ -43,15 +43,18 @@ import json
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 import agatston
+from cacnet.anatomy import anatomical_map
 from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes
 from cacnet.phantom import case_seed, generate_phantom
 from cacnet.pipeline import decide_components, segment
 from cacnet.preprocess import coarse_grid, downsample, normalize
 from cacnet.preview import render_montage
+from cacnet.triage import triage
 
 HELD_OUT_SEED = 9999
 ARTERIES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
@@ -126,7 +129,8 @@ def model_scores(ens: Ensemble, hu, spacing, grid, x):
     """Ensemble labels (as ``cac score`` decides: second stage when the weights have one), ensemble Agatston and
     each single model's Agatston (its own coarse labels, the majority rule of one) of one case."""
     logits = list(ens.logits(x))
-    labels, _, _ = segment(hu, spacing, grid, x, downsample(hu, grid), ens, logits=logits)
+    anatomy = anatomical_map(triage(SimpleNamespace(hu=hu, spacing=tuple(float(s) for s in spacing), meta={})))
+    labels, _, _ = segment(hu, spacing, grid, x, downsample(hu, grid), ens, logits=logits, anatomy=anatomy)
     singles = []
     for lg in logits:
         lab, _ = decide_components(hu, combine_votes([lg.argmax(axis=0).astype(np.uint8)], 1), grid)

@@ -10,6 +10,13 @@ annotations (see that folder's README). What they can tell:
 * the two **contrast-enhanced** scans (LIDC-IDRI-0001, RIDER CTPA) must be
   recognised by the triage and refused.
 
+Two more scans, outside that folder: the real **QRM phantom** scan
+(``shared/data/qrm-canon-large-rep1``: a calibration rod and hydroxyapatite
+inserts in a water cylinder, no coronary artery: forced, it must score 0.0)
+and the **bundled example** (a synthetic phantom with a known truth, 119.2).
+The table ends with the specificity: the share of the zero-calcium scans
+(the five negatives and the QRM scan, forced) scored exactly 0.0.
+
 Each scan is scored twice, whole processes: as a user would (``cac score
 --json``: the triage may refuse it, exit 3), and with ``--force`` (scored
 whatever the triage says, so the models' output on real anatomy is always
@@ -45,7 +52,12 @@ SCANS = [
     ("lidc-idri-0001/ct.nii.gz", "LIDC-IDRI-0001; GE, IV contrast (blood ~366 HU), 2.5 mm, 0.70 mm", "contrast"),
     ("rider-pilot-ctpa", "RIDER Pilot CT pulmonary angiogram; GE STANDARD, 1.25 mm / 0.8 mm, 0.65 mm; "
      "lower half of the heart", "contrast"),
+    ("QRM:", "QRM thorax phantom with the cardiac calcification insert (real scan, Canon, FC12, 3 mm); a 20 mm "
+     "calibration rod and HA inserts, no coronary artery", "negative"),
+    ("EXAMPLE:", "the bundled example (synthetic phantom, truth 119.2 Agatston, LAD)", "example"),
 ]
+EXPECTED = {"negative": "no coronary calcium", "contrast": "contrast: must be refused",
+            "example": "119.2 (D): its truth"}
 
 
 def run_cac(path: Path, weights: Path | None, force: bool) -> tuple[int, dict | None, str, float]:
@@ -75,13 +87,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real-ct")
     parser.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped ones)")
+    parser.add_argument("--qrm", type=Path, default=ROOT.parent / "shared" / "data" / "qrm-canon-large-rep1")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real_scans")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: no such folder; pass --data PATH/TO/real-ct")
+    special = {"QRM:": args.qrm, "EXAMPLE:": ROOT / "examples" / "data" / "phantom_example.nii.gz"}
     rows = []
     for rel, what, kind in SCANS:
-        path = args.data / rel
+        path = special.get(rel, args.data / rel)
+        rel = {"QRM:": "qrm-canon-large-rep1", "EXAMPLE:": "examples/data/phantom_example.nii.gz"}.get(rel, rel)
         code, plain, err, _ = run_cac(path, args.weights, force=False)
         fcode, forced, ferr, seconds = run_cac(path, args.weights, force=True)
         result = forced or {}
@@ -94,6 +109,9 @@ def main() -> None:
             "triage": triage, "agatston": result.get("agatston"), "category": result.get("category"),
             "n_lesions": result.get("n_lesions"), "lesions": result.get("lesions", []),
             "warnings": result.get("warnings", []), "seconds": round(seconds, 1),
+            "scan_kind": (result.get("triage") or {}).get("kind", {}).get("kind"),
+            "rejected_outside_sac": sum(1 for c in result.get("rejected_candidates", [])
+                                        if str(c.get("reason", "")).startswith("outside")),
             "models": {k: result.get("models", {}).get(k) for k in ("provider", "n_models")},
         })
         print(f"{rel}: exit {code}, forced {fcode}, Agatston {result.get('agatston')}", file=sys.stderr, flush=True)
@@ -103,9 +121,9 @@ def main() -> None:
         f"Weights: `{weights.relative_to(ROOT) if weights.is_relative_to(ROOT) else weights}` "
         f"({manifest.get('training', {}).get('data', 'unknown data')}).",
         "",
-        "| scan | what it is | expected | `cac score` | triage | Agatston with `--force` (category) | lesions found "
-        "(file voxel ijk, artery, votes, Agatston) | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scan | what it is | expected | kind | `cac score` | triage | Agatston with `--force` (category) | lesions "
+        "found (file voxel ijk, artery, votes, Agatston) | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         verdict = r["triage"].get("verdict", "-")
@@ -118,8 +136,12 @@ def main() -> None:
         found = "; ".join(lesion_text(les) for les in r["lesions"][:6]) or "none"
         if len(r["lesions"]) > 6:
             found += f"; ... ({len(r['lesions'])} 2D records in all)"
-        lines.append(f"| `{r['scan']}` | {r['what']} | {'no coronary calcium seen' if r['expected'] == 'negative' else 'contrast: must be refused'} "
+        lines.append(f"| `{r['scan']}` | {r['what']} | {EXPECTED[r['expected']]} | {r['scan_kind'] or '-'} "
                      f"| {outcome} | {verdict}{' (' + reasons + ')' if reasons else ''} | {score} | {found} | {r['seconds']} |")
+    zero = [r for r in rows if r["expected"] == "negative"]
+    exact = sum(r["agatston"] == 0.0 for r in zero)
+    lines += ["", f"Specificity (zero-calcium scans scored exactly 0.0, forced): {exact} of {len(zero)} "
+                  f"({100.0 * exact / max(len(zero), 1):.0f} %)."]
     table = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))

@@ -44,6 +44,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .anatomy import ANATOMY_FEATURES, AnatomyMap
 from .preprocess import CoarseGrid
 
 __all__ = ["FEATURE_NAMES", "HU_BANDS", "Candidates", "TreeModel", "SecondStage", "find_candidates",
@@ -61,6 +62,7 @@ FEATURE_NAMES = (
     + [f"p_coronary_max{s}" for s in NEIGHBOURHOOD_SIZES]
     + ["votes", "p_LM", "p_LAD", "p_LCX", "p_RCA"]
     + [f"share_{b}_{s}" for b in _BAND_NAMES for s in CONTEXT_SIZES]
+    + list(ANATOMY_FEATURES)
 )
 #: 2D components: 8-connected within a slice, never across slices (the Agatston convention).
 _STRUCT = np.zeros((3, 3, 3), bool)
@@ -150,12 +152,14 @@ def _band_shares(hu: np.ndarray, grid: CoarseGrid) -> list[np.ndarray]:
 
 
 def candidate_features(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
-                       votes: np.ndarray, cands: Candidates) -> np.ndarray:
+                       votes: np.ndarray, cands: Candidates, anatomy: AnatomyMap) -> np.ndarray:
     """The feature matrix (n, len(FEATURE_NAMES)) float64 of the candidates (see the module docstring).
 
     ``probs``: the ensemble's mean class probabilities (5, z, y, x) on the
     coarse grid (:func:`mean_probabilities`); ``votes``: models voting coronary
-    per coarse voxel.
+    per coarse voxel; ``anatomy``: the scan's :class:`cacnet.anatomy.AnatomyMap`
+    (the last :data:`cacnet.anatomy.ANATOMY_FEATURES` columns, read at each
+    candidate's densest voxel).
     """
     n = cands.n
     if n == 0:
@@ -168,7 +172,8 @@ def candidate_features(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGri
     cols += [votes[ci]] + [probs[k][ci] for k in range(1, 5)]
     for share in _band_shares(hu, grid):
         cols += [ndimage.uniform_filter(share, size=s, mode="constant")[ci] for s in CONTEXT_SIZES]
-    return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+    base = np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+    return np.concatenate([base, anatomy.at(*cands.peak)], axis=1)
 
 
 @dataclass
@@ -241,18 +246,29 @@ class SecondStage:
 
     Saved as one ``.npz`` (arrays, and the JSON ``meta`` with
     ``feature_names``, ``threshold`` and how it was trained); loading
-    checks that the features are the ones this version computes.
+    checks that this version computes every feature the model uses (a
+    model trained on fewer features, e.g. v0.6's without the anatomy,
+    still loads: :meth:`predict` picks its columns by name).
     """
 
     model: TreeModel
     threshold: float = 0.5
     meta: dict = field(default_factory=dict)
+    #: P(coronary) needed by a candidate that no U-Net voted for (stronger evidence); None: ``threshold``.
+    threshold_no_vote: Optional[float] = None
+    #: The model's input columns, by name (a subset of :data:`FEATURE_NAMES`, in the model's order).
+    feature_names: list = field(default_factory=lambda: list(FEATURE_NAMES))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """P(coronary) per row of a :func:`candidate_features` matrix (every column of :data:`FEATURE_NAMES`)."""
+        cols = [FEATURE_NAMES.index(n) for n in self.feature_names]
+        return self.model.predict_proba(np.asarray(X)[:, cols])
 
     def save(self, path: Path | str) -> Path:
         """Write atomically; returns the path."""
         path = Path(path)
-        meta = {**self.meta, "feature_names": list(FEATURE_NAMES), "threshold": self.threshold,
-                "format": "cac-toolkit second stage v1"}
+        meta = {**self.meta, "feature_names": list(self.feature_names), "threshold": self.threshold,
+                "threshold_no_vote": self.threshold_no_vote, "format": "cac-toolkit second stage v1"}
         tmp = path.with_name(f".{path.name}.tmp.npz")
         m = self.model
         np.savez_compressed(tmp, feature=m.feature, threshold=m.threshold, left=m.left, right=m.right,
@@ -266,7 +282,7 @@ class SecondStage:
         Raises
         ------
         ValueError
-            The file is not a second stage of this format, or was trained on other features.
+            The file is not a second stage of this format, or uses features this version does not compute.
         """
         path = Path(path)
         try:
@@ -277,10 +293,14 @@ class SecondStage:
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable second-stage file ({exc}); restore it from the release "
                              f"or score without it (cac score --no-second-stage).") from exc
-        if meta.get("feature_names") != list(FEATURE_NAMES):
-            raise ValueError(f"{path}: trained on other features than this cacnet version computes; "
-                             f"use the weights released with this version or retrain (cac train --second-stage-cases).")
-        return cls(model, float(meta["threshold"]), meta)
+        names = meta.get("feature_names")
+        unknown = [n for n in names or [] if n not in FEATURE_NAMES]
+        if not names or unknown:
+            raise ValueError(f"{path}: trained on other features than this cacnet version computes "
+                             f"({', '.join(unknown) or 'none named'}); use the weights released with this version "
+                             f"or retrain (cac train --second-stage-cases).")
+        no_vote = meta.get("threshold_no_vote")
+        return cls(model, float(meta["threshold"]), meta, None if no_vote is None else float(no_vote), list(names))
 
 
 #: Candidates with at least this P(coronary) that are not accepted are recorded (``rejected_candidates``).
@@ -288,32 +308,51 @@ RECORD_PROBABILITY = 0.1
 
 
 def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
-                      votes: np.ndarray, stage: SecondStage, threshold_hu: float = 130.0):
-    """Label the 2D candidate components of ``hu`` with the second stage.
+                      votes: np.ndarray, stage: SecondStage, anatomy: AnatomyMap, threshold_hu: float = 130.0):
+    """Label the 2D candidate components of ``hu`` with the anatomy and the second stage.
 
-    A component is coronary when its P(coronary) reaches ``stage.threshold``;
-    its artery is the most probable one (mean probabilities of LM, LAD, LCX,
-    RCA) at the coarse voxel of its densest voxel.
+    A component is coronary when its densest voxel lies inside the
+    pericardial sac (:meth:`cacnet.anatomy.AnatomyMap.outside_reason`) and
+    its P(coronary) reaches ``stage.threshold`` when a U-Net voted for it,
+    ``stage.threshold_no_vote`` when none did; its artery is the most
+    probable one (mean probabilities of LM, LAD, LCX, RCA) at the coarse
+    voxel of its densest voxel.
 
     Returns the fine label volume (uint8) and one record per component that
-    is accepted, has a model's vote, or has P >= :data:`RECORD_PROBABILITY`:
-    ``(slice, centroid_y, centroid_x, votes, label, accepted, p)``.
+    is accepted, has a model's vote, has P >= :data:`RECORD_PROBABILITY`, or
+    was rejected by the anatomy with P >= :data:`RECORD_PROBABILITY` or a vote:
+    ``(slice, centroid_y, centroid_x, votes, label, accepted, p, reason)``
+    (``reason``: None when accepted; why not otherwise).
     """
     cands = find_candidates(hu, threshold_hu)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     if cands.n == 0:
         return labels, []
-    X = candidate_features(hu, spacing, grid, probs, votes, cands)
-    p = stage.model.predict_proba(X)
+    X = candidate_features(hu, spacing, grid, probs, votes, cands, anatomy)
+    p = stage.predict(X)
     ci = tuple(grid.index[a][cands.peak[a]] for a in range(3))
     artery = (np.argmax(probs[1:], axis=0) + 1).astype(np.uint8)[ci]
-    accepted = p >= stage.threshold
+    v = votes[ci]
+    outside = anatomy.outside_reason(X[:, len(FEATURE_NAMES) - len(ANATOMY_FEATURES):])
+    inside = np.array([r is None for r in outside], dtype=bool)
+    no_vote = stage.threshold if stage.threshold_no_vote is None else stage.threshold_no_vote
+    needed = np.where(v > 0, stage.threshold, no_vote)
+    accepted = inside & (p >= needed)
     lut = np.zeros(cands.n + 1, dtype=np.uint8)
     lut[1:][accepted] = artery[accepted]
     nz = np.nonzero(cands.comps)
     labels[nz] = lut[cands.comps[nz]]
-    v = votes[ci]
     keep = np.flatnonzero(accepted | (v > 0) | (p >= RECORD_PROBABILITY))
+
+    def why(i: int) -> Optional[str]:
+        if accepted[i]:
+            return None
+        if outside[i] is not None:
+            return str(outside[i])
+        return (f"P(coronary) {p[i]:.3f} below {needed[i]:g}"
+                + (" (no U-Net voted for it: stronger evidence needed)" if v[i] == 0 and needed[i] > stage.threshold
+                   else ""))
+
     records = [(int(cands.peak[0][i]), float(cands.centroid_yx[i, 0]), float(cands.centroid_yx[i, 1]), int(v[i]),
-                int(artery[i]), bool(accepted[i]), float(p[i])) for i in keep]
+                int(artery[i]), bool(accepted[i]), float(p[i]), why(i)) for i in keep]
     return labels, records

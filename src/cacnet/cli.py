@@ -276,6 +276,16 @@ def train(
              "local anatomy, see cacnet.candidates) on this many inserted-calcium cases per traced reconstruction "
              "(other seeds), as many phantoms of each generator and every candidate of the --negatives; needs "
              "--backgrounds and scikit-learn (train extra). Default 0: none (the majority vote decides)."),
+    second_stage_validation: int = typer.Option(
+        0, "--second-stage-validation", min=0,
+        help="Choose the second stage's two thresholds (a U-Net voted / none did) on validation cases it never "
+             "saw: this many inserted-calcium cases per traced reconstruction (other seeds), twice as many phantoms "
+             "of each generator (half of them category A) and the --validation-scans; the operating point is at "
+             "most 2 % of the zero-calcium ones scored. Default 0: threshold 0.5 for both."),
+    validation_scans: Optional[List[Path]] = typer.Option(
+        None, "--validation-scans",
+        help="Real scan without coronary calcium (file or DICOM folder; repeatable): a zero-calcium validation "
+             "case of --second-stage-validation."),
 ) -> None:
     """Train the U-Net ensemble, all models together in one process (CPU or GPU), and export it to OUTDIR/weights.
 
@@ -292,7 +302,7 @@ def train(
         if not (d / "images").is_dir():
             raise _fail(f"{d} has no images/ folder; expected images/<id>.nii.gz with labels/ or points.csv.",
                         EXIT_INVALID)
-    for n in negatives or []:
+    for n in [*(negatives or []), *(validation_scans or [])]:
         if not n.exists():
             raise _fail(f"no such scan: {n}", EXIT_INVALID)
     if init is not None and not init.is_dir():
@@ -359,6 +369,14 @@ def train(
                 _say("warning:", "yellow", f"model {info['model']}: {info['message']}")
             elif kind == "second_stage_case":
                 err.print(f"second stage: {info['case']}: {info['rows']} candidates ({info['coronary']} coronary)")
+            elif kind == "second_stage_validation_case":
+                err.print(f"second stage validation: {info['case']}: {info['rows']} candidates"
+                          + (" (zero calcium)" if info["zero_calcium"] else ""))
+            elif kind == "second_stage_thresholds":
+                err.print(f"second stage thresholds: {info['threshold']:g} with a U-Net's vote, "
+                          f"{info['threshold_no_vote']:g} without; {info['zero_calcium_scored']} of "
+                          f"{info['zero_calcium_cases']} zero-calcium validation cases scored, "
+                          f"{info['coronary_accepted']} of {info['coronary_candidates']} coronary candidates found")
             elif kind == "second_stage":
                 err.print(f"second stage written: {info['file']} ({info['rows']} candidates, "
                           f"{info['coronary']} coronary)")
@@ -371,7 +389,9 @@ def train(
                                       val_background_cases=val_background_cases,
                                       hold_out_backgrounds=hold_out_background or [], tracings_dir=tracings,
                                       on_event=on_event, phantom_variant=phantom_variant,
-                                      second_stage_cases=second_stage_cases)
+                                      second_stage_cases=second_stage_cases,
+                                      second_stage_validation=second_stage_validation,
+                                      second_stage_validation_scans=validation_scans or [])
         except (ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc), EXIT_USAGE)
     err.print(f"weights and manifest written: {manifest}")
@@ -948,6 +968,126 @@ def review_apply(
     if not done.points_agree:
         _say("note:", "yellow", "points.csv rebuilds a different mask by the paper's rule (a lesion touches other "
                                 "dense voxels in 3D); see the warning in the JSON.")
+
+
+orthanc_app = typer.Typer(
+    name="orthanc",
+    cls=_Group,
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: readable at 80 columns, help text printed as it is
+)
+app.add_typer(orthanc_app, name="orthanc")
+
+
+@orthanc_app.callback()
+def orthanc_node(
+    ctx: typer.Context,
+    url: Optional[str] = typer.Option(None, "--url", help="Orthanc's REST address, e.g. https://pacs:8042 (no "
+                                                         "credentials in it)."),
+    state: Path = typer.Option(Path("cac-orthanc-state"), "--state",
+                               help="Folder of the node's state (place in the feed, outcome of every series), log "
+                                    "(node.log) and results."),
+    credentials: Optional[Path] = typer.Option(
+        None, "--credentials", help="File holding one line user:password (else the environment variables "
+                                    "CAC_ORTHANC_USER and CAC_ORTHANC_PASSWORD; never on the command line)."),
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="PEM of the CA that signed Orthanc's TLS "
+                                                                   "certificate (certificates are always verified)."),
+    once: bool = typer.Option(False, "--once", help="Handle what is pending (the feed, and series that failed "
+                                                    "before), then exit: for cron and tests."),
+    poll: float = typer.Option(5.0, "--poll", min=0.05, help="Seconds between two reads of the feed when idle."),
+    give_up_after: Optional[float] = typer.Option(
+        None, "--give-up-after", min=0,
+        help="Exit 6 when Orthanc stays unreachable this long (seconds; default: retry forever, with --once 300)."),
+    max_backoff: float = typer.Option(60.0, "--max-backoff", min=0.1,
+                                      help="Longest wait between two tries while Orthanc is unreachable (s)."),
+    from_now: bool = typer.Option(False, "--from-now", help="On a new state folder, start at the feed's end (series "
+                                                            "stored before are not scored)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Attach the HTML review report to each scored "
+                                                                   "series (attachment 4210)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: the shipped ensemble)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help=_BACKEND_HELP),
+    second_stage: bool = typer.Option(True, "--second-stage/--no-second-stage", help=_SECOND_STAGE_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Model threads (default: all cores)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Log every step (debug)."),
+) -> None:
+    """Follow Orthanc's change feed: score each stable CT axial series, store the results in its study.
+
+    Skipped: not CT, localizers, non-axial series (and the node's own objects). Scored: DICOM SEG and SR
+    stored into the same study, HTML report attached. Refused by triage (contrast, sharp kernel, no heart) or
+    unreadable (missing slices, corrupt instance): a "not scored" SR with the reason. Exit codes: 0 done, 2
+    usage, 3 bad weights, 4 some series failed (--once), 6 Orthanc refused the credentials, its certificate is
+    not trusted, or it stayed unreachable (--give-up-after), 7 --state not writable, 130 interrupted.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    from .errors import CacError
+    from .node.client import OrthancAuthError, check_url, load_credentials
+    from .node.runner import Node, NodeConfig, NodeStopped, install_sigterm, setup_logging
+
+    if url is None:
+        raise _fail("cac orthanc needs --url (Orthanc's REST address), or a sub-command (status).", EXIT_USAGE)
+    _check_backend(device, backend, "fp32")
+    try:
+        url = check_url(url)
+        creds = load_credentials(credentials)
+    except CacError as exc:
+        raise _fail(str(exc), exc.exit_code)
+    _check_output_dir(state, "--state")
+    setup_logging(state, verbose)
+    config = NodeConfig(url=url, state=state, credentials=creds, ca_file=ca_file, once=once, poll_s=poll,
+                        give_up_after_s=give_up_after if give_up_after is not None else (300.0 if once else None),
+                        max_backoff_s=max_backoff, report=report, from_now=from_now)
+    install_sigterm()
+    log = logging.getLogger("cacnet.node")  # stderr and STATE/node.log
+    try:
+        code = Node(config, lambda: _load_ensemble_for_node(weights, device, backend, second_stage, threads)).run()
+    except OrthancAuthError as exc:
+        log.error("%s Not retrying: the node stops (exit %d).", exc, EXIT_SEND)
+        code = EXIT_SEND
+    except CacError as exc:  # Orthanc unreachable past --give-up-after (6), bad weights (3), --state in use (2)
+        log.error("%s (exit %d)", exc, exc.exit_code)
+        code = exc.exit_code
+    except NodeStopped:
+        log.info("stopped (SIGTERM); a rerun resumes where the node stopped")
+        code = EXIT_OK
+    except KeyboardInterrupt:
+        log.info("interrupted; a rerun resumes where the node stopped")
+        code = EXIT_INTERRUPTED
+    raise typer.Exit(code)
+
+
+def _load_ensemble_for_node(weights: Optional[Path], device: str, backend: str, second_stage: bool,
+                            threads: Optional[int]):
+    from .cohort import EnsembleSpec
+    from .ensemble import DEFAULT_WEIGHTS
+
+    return EnsembleSpec(weights or DEFAULT_WEIGHTS, device=device, backend=backend, threads=threads,
+                        second_stage=second_stage).load()
+
+
+@orthanc_app.command("status", cls=_Command)
+def orthanc_status(
+    state: Path = typer.Option(Path("cac-orthanc-state"), "--state", help="The node's --state folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON (every series' record)."),
+    limit: int = typer.Option(20, "--limit", min=1, help="Series listed per kind (text output)."),
+) -> None:
+    """Say what the node has pending, scored, refused, skipped and failed (read from its --state folder)."""
+    from .errors import CacError
+    from .node.status import format_status, node_status
+
+    try:
+        status = node_status(state)
+    except CacError as exc:
+        raise _fail(str(exc), exc.exit_code)
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+    else:
+        typer.echo(format_status(status, limit=limit))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -105,6 +105,7 @@ _TAGS = {
     "tilt": "0018|1120", "manufacturer": "0008|0070", "number_of_frames": "0028|0008",
     "pixel_spacing": "0028|0030", "imager_pixel_spacing": "0018|1164", "sop_instance_uid": "0008|0018",
     "instance_number": "0020|0013", "kernel": "0018|1210", "contrast_agent": "0018|0010",
+    "trigger_time": "0018|1060",
 }
 
 
@@ -384,6 +385,7 @@ def _read_series(s: SeriesInfo, label: str):
         "slice_thickness_mm": _num(_tag(r0, "thickness")), "slice_increment_mm": round(med, 4),
         "n_files": len(files), "kernel": _tag(r0, "kernel") or None,
         "contrast_agent": _tag(r0, "contrast_agent") or None,
+        "trigger_time_ms": _num(_tag(r0, "trigger_time")),  # ECG-gated acquisitions record it
     }
     return image, meta, slices
 

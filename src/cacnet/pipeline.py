@@ -28,6 +28,7 @@ from scipy import ndimage
 
 import agatston
 
+from .anatomy import AnatomyMap, anatomical_map
 from .candidates import decide_candidates, densest, mean_probabilities
 from .ensemble import Ensemble, Vote, combine_votes, weights_version
 from .errors import UnsuitableScanError
@@ -200,7 +201,8 @@ class PreparedScan:
     grid: CoarseGrid
     coarse_hu: np.ndarray
     x: np.ndarray  # the models' input, in [0, 1]
-    timings_s: dict[str, float]  # read, triage, preprocess (unrounded)
+    timings_s: dict[str, float]  # read, triage, anatomy, preprocess (unrounded)
+    anatomy: Optional[AnatomyMap] = None  # where coronary calcium can be (:mod:`cacnet.anatomy`)
 
 
 def prepare_scan(source: Path | str | Scan, *, series: Optional[str] = None, force: bool = False) -> PreparedScan:
@@ -235,12 +237,16 @@ def prepare_scan(source: Path | str | Scan, *, series: Optional[str] = None, for
                                   + " Use --force (score_scan(force=True)) to score it anyway.")
     checked.forced = bool(checked.refusals)
     t["triage"] = time.perf_counter()
+    anatomy = anatomical_map(checked)
+    t["anatomy"] = time.perf_counter()
     grid = coarse_grid(scan.hu.shape, scan.spacing)
     coarse_hu = downsample(scan.hu, grid)
     x = normalize(coarse_hu)
     t["preprocess"] = time.perf_counter()
-    timings = {k: t[k] - t[p] for p, k in (("start", "read"), ("read", "triage"), ("triage", "preprocess"))}
-    return PreparedScan(scan=scan, checked=checked, grid=grid, coarse_hu=coarse_hu, x=x, timings_s=timings)
+    timings = {k: t[k] - t[p] for p, k in (("start", "read"), ("read", "triage"), ("triage", "anatomy"),
+                                           ("anatomy", "preprocess"))}
+    return PreparedScan(scan=scan, checked=checked, grid=grid, coarse_hu=coarse_hu, x=x, timings_s=timings,
+                        anatomy=anatomy)
 
 
 def _source(scan: Scan) -> dict[str, Any]:
@@ -262,12 +268,15 @@ def _source(scan: Scan) -> dict[str, Any]:
 
 
 def segment(hu: np.ndarray, spacing, grid: CoarseGrid, x: np.ndarray, coarse_hu: np.ndarray, ensemble: Ensemble,
-            *, early_stop: bool = False, timings: Optional[dict] = None, logits: Optional[list] = None):
+            *, early_stop: bool = False, timings: Optional[dict] = None, logits: Optional[list] = None,
+            anatomy: Optional[AnatomyMap] = None):
     """The calcium label volume of a scan: ``(labels, records, vote)``.
 
     With a second stage (``ensemble.stage``), every model runs and each
     2D candidate is decided by :func:`cacnet.candidates.decide_candidates`
-    (records have a 7th field, P(coronary)); ``early_stop`` has no effect.
+    with the scan's ``anatomy`` (:func:`cacnet.anatomy.anatomical_map`;
+    required then); records have a 7th field, P(coronary), and an 8th, why a
+    candidate was rejected; ``early_stop`` has no effect.
     Otherwise the paper's majority vote decides (:func:`decide_components`).
     ``coarse_hu``: :func:`cacnet.preprocess.downsample` of ``hu`` on ``grid``;
     ``x`` the model input. ``timings``: a dict that gets the
@@ -284,7 +293,9 @@ def segment(hu: np.ndarray, spacing, grid: CoarseGrid, x: np.ndarray, coarse_hu:
         if logits is None:
             probs, vote = ensemble.soft_vote(x)
         timings["inference"] = time.perf_counter()
-        labels, records = decide_candidates(hu, spacing, grid, probs, vote.votes, ensemble.stage)
+        if anatomy is None:
+            raise ValueError("segment: the second stage needs the scan's anatomy (cacnet.anatomy.anatomical_map)")
+        labels, records = decide_candidates(hu, spacing, grid, probs, vote.votes, ensemble.stage, anatomy)
         timings["postprocess"] = time.perf_counter()
         return labels, records, vote
     candidates = coarse_hu >= 130.0
@@ -346,7 +357,7 @@ def score_scan(
     scan, checked, grid, coarse_hu, x = prepared.scan, prepared.checked, prepared.grid, prepared.coarse_hu, prepared.x
     t = {"preprocess": time.perf_counter()}  # the models' stage starts now (a prepared scan may have waited)
     labels, records, vote = segment(scan.hu, scan.spacing, grid, x, coarse_hu, ensemble, early_stop=early_stop,
-                                    timings=t)
+                                    timings=t, anatomy=prepared.anatomy)
     result = agatston.score(scan.hu, scan.spacing, labels, calibration=calibration)
     t["score"] = time.perf_counter()
 
@@ -366,7 +377,8 @@ def score_scan(
     rejected = [
         {"slice_index": r[0], "centroid_yx": [round(r[1], 2), round(r[2], 2)], "votes": r[3],
          "artery": agatston.ARTERY_NAMES.get(r[4], ""), "position": lesion_position(scan, r[0], r[1], r[2]),
-         **({"p_coronary": round(r[6], 4)} if len(r) > 6 else {})}
+         **({"p_coronary": round(r[6], 4)} if len(r) > 6 else {}),
+         **({"reason": r[7]} if len(r) > 7 else {})}
         for r in records if not r[5]
     ]
     arteries = {}
@@ -404,6 +416,7 @@ def score_scan(
         # the scan's file and the sha256 of its bytes: `cac review apply` re-reads it and refuses another scan
         "source": _source(scan),
         "triage": checked.to_dict(),
+        "anatomy": prepared.anatomy.summary() if prepared.anatomy is not None else None,
         "settings": {**result.settings, "calibration": calibration},
         "models": {"n_models": vote.n_models, "models_run": vote.models_run, **ensemble.describe(),
                    "weights_version": weights_version(ensemble.manifest),

@@ -95,7 +95,7 @@ from scipy import ndimage
 
 from .io import UNRESCALED_AIR_HU, acquisition_flags, hu_levels, unrescaled_hu
 
-__all__ = ["Triage", "triage", "find_heart", "kernel_is_sharp", "SHARP_KERNELS", "CONTRAST_THRESHOLD_HU",
+__all__ = ["Triage", "triage", "find_heart", "chest_parts", "ChestParts", "kernel_is_sharp", "SHARP_KERNELS", "CONTRAST_THRESHOLD_HU",
            "NOISE_THRESHOLD_HU", "MIN_HEART_ML", "MAX_HEART_ML"]
 
 #: Blood-pool HU (upper quartile of the heart region) at and above which a scan is contrast-enhanced.
@@ -169,9 +169,17 @@ class Triage:
     forced: bool = False
     heart_mask: Optional[np.ndarray] = field(default=None, repr=False)
     block: tuple[int, int, int] = (1, 1, 1)
+    #: Body, lungs and heart region on the smoothed grid (None when the image is too small to look).
+    parts: Optional[ChestParts] = field(default=None, repr=False)
+    #: The smoothed copy (block means of ``block`` voxels, float32 HU) the checks measured.
+    smoothed: Optional[np.ndarray] = field(default=None, repr=False)
+    #: The smoothed grid's cell size (mm, (z, y, x)).
+    cell_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: Which kind of CT it is (:func:`scan_kind`): gated calcium score or non-gated chest CT, and why.
+    kind: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "checks": self.checks, "forced": self.forced}
+        return {"verdict": self.verdict, "kind": self.kind, "checks": self.checks, "forced": self.forced}
 
 
 def kernel_is_sharp(kernel: Optional[str], manufacturer: Optional[str] = None) -> Optional[bool]:
@@ -224,10 +232,34 @@ def _largest(mask: np.ndarray, structure=None) -> np.ndarray:
     return lab == (np.bincount(lab.ravel())[1:].argmax() + 1)
 
 
+@dataclass
+class ChestParts:
+    """What the heart search finds on the smoothed grid (booleans of its shape; all may be empty).
+
+    ``body``: the patient; ``lung``: both lungs, ``right``/``left`` each;
+    ``heart``: the heart region (see the module docstring); ``spine_front``:
+    the row (smoothed y index) of the front of the vertebral bodies, or the
+    grid's height when no spine was found.
+    """
+
+    body: np.ndarray
+    lung: np.ndarray
+    right: np.ndarray
+    left: np.ndarray
+    heart: np.ndarray
+    spine_front: int
+
+
 def find_heart(v: np.ndarray, cell_mm) -> np.ndarray:
     """The heart region on the smoothed grid ``v`` (see the module docstring); may be empty."""
+    return chest_parts(v, cell_mm).heart
+
+
+def chest_parts(v: np.ndarray, cell_mm) -> ChestParts:
+    """Body, lungs and heart region on the smoothed grid ``v`` (:class:`ChestParts`)."""
     nz, ny, nx = v.shape
-    empty = np.zeros(v.shape, bool)
+    none = np.zeros(v.shape, bool)
+    empty = ChestParts(none, none, none, none, none, ny)
     xs, ys = np.arange(nx), np.arange(ny)
     pad = v <= -1023.5  # outside the reconstruction circle (or air clipped at -1024)
     air = (v < _AIR_HU) & ~pad
@@ -273,7 +305,7 @@ def find_heart(v: np.ndarray, cell_mm) -> np.ndarray:
             two = ids[np.argsort(count[ids])[-2:]]
             split[z] = cx[two].mean()
     if np.isnan(split).all():
-        return empty
+        return ChestParts(body, lung, none, none, none, ny)
     is_right = np.zeros(n + 1, bool)
     is_right[1:] = is_lung[1:] & (cx[1:] < np.nan_to_num(split, nan=-1.0)[np.rint(cz[1:]).astype(int)])
     right = is_right[lab]
@@ -315,14 +347,15 @@ def find_heart(v: np.ndarray, cell_mm) -> np.ndarray:
     front = ys[None, :] < yspine
     core = (r >= 0) & (l < nx) & (r_thick >= need) & (l_thick >= need) & front
     if not core.any():
-        return empty
+        return ChestParts(body, lung, right, left, none, yspine)
     core_right = np.where(core, r, nx).min(axis=1)  # right edge of the core, per slice
     rows = core.any(axis=1)[:, None] & (l < nx) & (l_thick >= need) & front
     lo = np.where(core, r, np.maximum(r, core_right[:, None]))
     between = rows[:, :, None] & (xs > lo[:, :, None]) & (xs < l[:, :, None])
     cand = between & (v > _TISSUE_HU) & body
     cand = ndimage.binary_opening(cand, structure=_S2, iterations=2)
-    return _largest(cand)
+    heart = _largest(cand) if cand.any() else none
+    return ChestParts(body, lung, right, left, heart, yspine)
 
 
 def _noise(hu: np.ndarray, mask: np.ndarray, f, slices: int = 8) -> tuple[Optional[float], int]:
@@ -382,7 +415,8 @@ def triage(scan) -> Triage:
     if unrescaled:
         checks["hu_scale"]["message"] = unrescaled
     checkable = big_enough and unrescaled is None
-    heart = find_heart(v, cell) if checkable else np.zeros(v.shape, bool)
+    parts = chest_parts(v, cell) if checkable else None
+    heart = parts.heart if parts is not None else np.zeros(v.shape, bool)
     volume = float(heart.sum() * cell[0] * cell[1] * cell[2] / 1000.0)
     hc: dict[str, Any] = {"volume_ml": round(volume, 1), "min_volume_ml": MIN_HEART_ML,
                           "max_volume_ml": MAX_HEART_ML, "bbox_zyx": None}
@@ -468,5 +502,56 @@ def triage(scan) -> Triage:
     # the messages of the checks that refuse or warn (the slice and kVp checks carry none: the reader warns)
     refusals = [c["message"] for c in checks.values() if c["verdict"] == "refuse"]
     warnings = [c["message"] for c in checks.values() if c["verdict"] == "warn" and "message" in c]
+    kind = scan_kind(spacing, hu.shape, meta)
+    if "caveat" in kind:
+        warnings.append(kind["caveat"])
     return Triage(verdict=verdict, checks=checks, warnings=warnings, refusals=refusals,
-                  heart_mask=heart, block=f)  # type: ignore[arg-type]
+                  heart_mask=heart, block=f, parts=parts, smoothed=v, cell_mm=cell,  # type: ignore[arg-type]
+                  kind=kind)
+
+
+#: A gated calcium-score scan covers the heart only (about 100-180 mm along z) with a heart-sized field of view.
+GATED_MAX_LENGTH_MM = 200.0
+GATED_MAX_FOV_MM = 360.0
+NON_GATED_CAVEAT = (
+    "non-gated chest CT (whole-chest coverage): heart motion blurs and smears calcium, and slices are often "
+    "thicker than 3 mm, so small and faint calcium is missed and density weights change; the score estimates a "
+    "gated Agatston score and is not comparable with one value for value. Read the category, not the number.")
+
+
+def scan_kind(spacing, shape, meta: Optional[dict] = None) -> dict[str, Any]:
+    """Which kind of CT a scan is: ``"gated calcium score"`` or ``"non-gated chest CT"``.
+
+    From the image geometry (rules in docs/anatomy.md): a calcium-score
+    acquisition covers the heart only (length <= :data:`GATED_MAX_LENGTH_MM`)
+    with a field of view of the heart (<= :data:`GATED_MAX_FOV_MM`
+    in-plane); a chest CT covers the lungs. An ECG trigger time in the DICOM
+    header (0018,1060) makes a scan gated whatever its length. Returns
+    ``{"kind", "basis", "length_mm", "fov_mm"}`` and, for a non-gated scan,
+    ``"caveat"``.
+
+    Examples
+    --------
+    >>> scan_kind((3.0, 0.4, 0.4), (50, 512, 512))["kind"]
+    'gated calcium score'
+    >>> scan_kind((1.25, 0.7, 0.7), (280, 512, 512))["kind"]
+    'non-gated chest CT'
+    """
+    meta = meta or {}
+    length = float(shape[0]) * float(spacing[0])
+    fov = max(float(shape[1]) * float(spacing[1]), float(shape[2]) * float(spacing[2]))
+    out: dict[str, Any] = {"length_mm": round(length, 1), "fov_mm": round(fov, 1)}
+    if meta.get("trigger_time_ms") is not None:
+        out.update(kind="gated calcium score", basis="ECG trigger time in the DICOM header (0018,1060)")
+    elif length <= GATED_MAX_LENGTH_MM and fov <= GATED_MAX_FOV_MM:
+        out.update(kind="gated calcium score",
+                   basis=f"heart coverage: {length:.0f} mm along z (<= {GATED_MAX_LENGTH_MM:g}), field of view "
+                         f"{fov:.0f} mm (<= {GATED_MAX_FOV_MM:g})")
+    else:
+        why = []
+        if length > GATED_MAX_LENGTH_MM:
+            why.append(f"{length:.0f} mm along z (a calcium score covers <= {GATED_MAX_LENGTH_MM:g})")
+        if fov > GATED_MAX_FOV_MM:
+            why.append(f"field of view {fov:.0f} mm (a calcium score's is <= {GATED_MAX_FOV_MM:g})")
+        out.update(kind="non-gated chest CT", basis="; ".join(why), caveat=NON_GATED_CAVEAT)
+    return out

@@ -8,13 +8,16 @@ import re
 import shutil
 
 import numpy as np
+import SimpleITK as sitk
 import pytest
 from scipy import ndimage
 
 from cacnet.candidates import (FEATURE_NAMES, HU_BANDS, SecondStage, TreeModel, candidate_features,
                                decide_candidates, find_candidates, mean_probabilities)
+from cacnet.anatomy import ANATOMY_FEATURES, AnatomyMap, anatomical_map
 from cacnet.ensemble import Ensemble
 from cacnet.errors import WeightsError
+from cacnet.phantom import generate_phantom, oriented_image
 from cacnet.preprocess import preprocess
 
 
@@ -62,7 +65,7 @@ def test_candidate_features_against_direct_computation():
     probs = mean_probabilities(logits)
     votes = sum((lg.argmax(0) > 0).astype(np.uint8) for lg in logits)
     c = find_candidates(hu)
-    X = candidate_features(hu, spacing, grid, probs, votes, c)
+    X = candidate_features(hu, spacing, grid, probs, votes, c, _inside_map(hu.shape))
     assert X.shape == (c.n, len(FEATURE_NAMES))
     col = {n: i for i, n in enumerate(FEATURE_NAMES)}
     for i in rng.choice(c.n, 8, replace=False):
@@ -135,7 +138,7 @@ def test_decide_candidates_labels_what_the_stage_accepts():
     probs[3] = 0.3  # LCX the most probable artery everywhere
     probs[1] = 0.2
     votes = np.zeros(x.shape, np.uint8)
-    labels, records = decide_candidates(hu, spacing, grid, probs, votes, _peak_stage(400.0))
+    labels, records = decide_candidates(hu, spacing, grid, probs, votes, _peak_stage(400.0), _inside_map(hu.shape))
     c = find_candidates(hu)
     for i in range(c.n):
         comp = c.comps == i + 1
@@ -148,6 +151,64 @@ def test_decide_candidates_labels_what_the_stage_accepts():
     assert not [r for r in records if not r[5]]  # P 0.05 and no vote: not recorded
 
 
+def _inside_map(shape, outside_x: int | None = None) -> AnatomyMap:
+    """A map on the fine grid (block 1) where everything is inside the sac, except columns x >= ``outside_x``."""
+    sac = np.ones(shape, bool)
+    if outside_x is not None:
+        sac[:, :, outside_x:] = False
+    sdist = np.where(sac, -5.0, 7.0).astype(np.float32)
+    z = np.zeros(shape, np.float32)
+    return AnatomyMap((1, 1, 1), (1.0, 1.0, 1.0), sac.copy(), sac, np.zeros(shape, bool), np.ones(shape, bool),
+                      sdist, sdist, z + 20.0, z + 50.0, np.array(shape, float) / 2, np.array(shape, float) / 4)
+
+
+def test_anatomy_features_are_read_at_each_peak():
+    hu = _volume(5, shape=(12, 48, 48))
+    spacing = (3.0, 0.75, 0.75)
+    x, grid = preprocess(hu, spacing)
+    probs = mean_probabilities([np.zeros((5,) + x.shape, np.float32)])
+    c = find_candidates(hu)
+    amap = _inside_map(hu.shape, outside_x=24)
+    X = candidate_features(hu, spacing, grid, probs, np.zeros(x.shape, np.uint8), c, amap)
+    col = FEATURE_NAMES.index("sac_sdist_mm")
+    for i in range(c.n):
+        want = -5.0 if c.peak[2][i] < 24 else 7.0
+        assert X[i, col] == pytest.approx(want)
+    assert FEATURE_NAMES[-len(ANATOMY_FEATURES):] == list(ANATOMY_FEATURES)
+
+
+def test_decision_rejects_outside_the_sac_and_asks_more_without_a_vote():
+    hu = _volume(4)
+    spacing = (3.0, 0.7, 0.7)
+    x, grid = preprocess(hu, spacing)
+    probs = np.zeros((5,) + x.shape, np.float32)
+    probs[0], probs[2] = 0.4, 0.6  # LAD everywhere
+    votes = np.zeros(x.shape, np.uint8)
+    stage = _peak_stage(400.0)  # P 0.95 above 400 HU
+    half = hu.shape[2] // 2
+    c = find_candidates(hu)
+    dense = c.peak_hu > 400
+    left = c.peak[2] < half
+    assert (dense & left).any() and (dense & ~left).any()
+    labels, records = decide_candidates(hu, spacing, grid, probs, votes, stage, _inside_map(hu.shape, half))
+    for i in range(c.n):
+        comp = c.comps == i + 1
+        assert (labels[comp] == (2 if dense[i] and left[i] else 0)).all()
+    outside = [r for r in records if not r[5] and r[7].startswith("outside")]
+    assert len(outside) >= int((dense & ~left).sum())
+    assert all(r[7].startswith("outside the pericardial sac (7.0 mm from it") for r in outside)
+    # no U-Net voted: a second threshold above P 0.95 rejects them all, with the reason
+    stage.threshold_no_vote = 0.99
+    labels, records = decide_candidates(hu, spacing, grid, probs, votes, stage, _inside_map(hu.shape, half))
+    assert not labels.any()
+    inside = [r for r in records if r[6] > 0.9 and not r[7].startswith("outside")]
+    assert len(inside) == int((dense & left).sum())
+    assert all(r[7] == "P(coronary) 0.950 below 0.99 (no U-Net voted for it: stronger evidence needed)" for r in inside)
+    # ... while a vote brings the usual threshold back
+    labels, _ = decide_candidates(hu, spacing, grid, probs, votes + 1, stage, _inside_map(hu.shape, half))
+    assert labels[:, :, :half].any() and not labels[:, :, half:].any()
+
+
 def test_second_stage_file_round_trip_and_checks(tmp_path):
     stage = _peak_stage()
     path = stage.save(tmp_path / "s.npz")
@@ -156,15 +217,23 @@ def test_second_stage_file_round_trip_and_checks(tmp_path):
     X[:, 0] = [100, 401, 900]
     np.testing.assert_array_equal(back.model.predict_proba(X), stage.model.predict_proba(X))
     assert back.threshold == 0.5 and back.meta["note"] == "test"
-    # a file trained on other features is refused
+    # a file trained on features this version does not compute is refused
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["meta"]))
-    meta["feature_names"] = meta["feature_names"][:-1]
+    meta["feature_names"] = meta["feature_names"][:-1] + ["bogus"]
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez(tmp_path / "other.npz", **arrays)
-    with pytest.raises(ValueError, match="other features"):
+    with pytest.raises(ValueError, match=r"other features .*\(bogus\)"):
         SecondStage.load(tmp_path / "other.npz")
+    # ... one trained on fewer features (v0.6's, without the anatomy) reads its columns by name
+    meta["feature_names"] = ["mean_hu", "peak_hu"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "fewer.npz", **arrays)
+    fewer = SecondStage.load(tmp_path / "fewer.npz")
+    X = np.zeros((2, len(FEATURE_NAMES)))
+    X[:, FEATURE_NAMES.index("mean_hu")] = [900, 100]  # the model's column 0 is now mean_hu
+    np.testing.assert_allclose(fewer.predict(X), [0.95, 0.05])
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a readable second-stage file"):
         SecondStage.load(tmp_path / "junk.npz")
@@ -196,16 +265,23 @@ def test_score_scan_with_a_second_stage(toy_weights, tmp_path, phantom_scans):
     from cacnet.pipeline import score_scan
 
     w = _weights_with_stage(toy_weights, tmp_path / "w", _peak_stage(400.0))
-    folder, _ = phantom_scans
-    path = folder / "case22.nii.gz"  # category D, stored flipped
+    # a phantom large enough to hold a heart (the 128-pixel fixtures are too small: there nothing is coronary)
+    case = generate_phantom(22, category="D", size=256)
+    path = tmp_path / "case22.nii.gz"
+    sitk.WriteImage(oriented_image(case.hu, case, "flip_x"), str(path))  # stored flipped
     staged = score_scan(path, Ensemble(w, backend="onnxruntime"), force=True, early_stop=True)
     assert staged.data["models"]["decision"] == "second stage" and staged.data["models"]["models_run"] == 5
     assert any("early stop: not used" in w for w in staged.data["warnings"])
-    # every candidate component with a peak above 400 HU, and nothing else, is calcium
+    # every candidate component with a peak above 400 HU inside the pericardial sac, and nothing else, is calcium
     c = find_candidates(staged.scan.hu)
+    amap = anatomical_map(staged.triage)
+    inside = np.array([r is None for r in amap.outside_reason(amap.at(*c.peak))])
     want = np.zeros(c.n + 1, bool)
-    want[1:] = c.peak_hu > 400
+    want[1:] = (c.peak_hu > 400) & inside
+    assert want.any() and ((c.peak_hu > 400) & ~inside).any()  # the phantom's spine and ribs are outside
     np.testing.assert_array_equal(staged.labels > 0, want[c.comps])
+    outside = [r for r in staged.data["rejected_candidates"] if r["reason"].startswith("outside the pericardial sac")]
+    assert outside and staged.data["anatomy"]["sac_ml"] > staged.data["anatomy"]["heart_ml"] > 0
     assert staged.data["lesions"] and all(les["p_coronary"] == pytest.approx(0.95) for les in staged.data["lesions"])
     # the review report shows the second stage's P next to the votes, for lesions and the page's JSON alike
     from cacnet.report import render_report

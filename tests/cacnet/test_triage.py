@@ -61,7 +61,8 @@ def test_phantom_is_a_calcium_scan(case):
     assert noise["verdict"] == "ok" and noise["noise_hu"] < NOISE_THRESHOLD_HU / 2
     assert t.checks["kernel"]["verdict"] == "unknown" and t.checks["kvp"]["verdict"] == "unknown"
     json.dumps(t.to_dict())
-    assert set(t.to_dict()) == {"verdict", "checks", "forced"}
+    assert set(t.to_dict()) == {"verdict", "kind", "checks", "forced"}
+    assert t.to_dict()["kind"]["kind"] == "gated calcium score"  # a phantom covers the heart only
 
 
 def test_contrast_is_refused(case, contrast_hu):

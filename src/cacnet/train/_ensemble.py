@@ -90,6 +90,8 @@ def train_ensemble(
     on_event: Optional[Callable[[str, dict], None]] = None,
     phantom_variant: str = "default",
     second_stage_cases: int = 0,
+    second_stage_validation: int = 0,
+    second_stage_validation_scans: Sequence[Path] = (),
 ) -> Path:
     """Train ``models`` U-Nets together (:func:`train_models`) and export them to ``outdir/weights``.
 
@@ -125,7 +127,9 @@ def train_ensemble(
     ensemble (:func:`train_second_stage`: that many inserted-calcium cases per
     background reconstruction, other seeds, that many phantoms of each
     generator variant, and the ``negatives``; needs ``backgrounds``) and adds
-    it to the manifest.
+    it to the manifest; ``second_stage_validation`` > 0 chooses its thresholds
+    on validation cases (:func:`train_second_stage`'s ``validation``, with the
+    real zero-calcium scans ``second_stage_validation_scans``).
 
     Everything is cached and checkpointed under ``outdir``: run it again to
     resume. Returns the manifest's path.
@@ -247,6 +251,7 @@ def train_ensemble(
     path = write_manifest(weights, entries, training, metrics={})
     if second_stage_cases:
         train_second_stage(weights, bgs, second_stage_cases, negatives=negatives,
+                           validation=second_stage_validation, validation_scans=second_stage_validation_scans,
                            cache=outdir / "cache" / "second_stage", held_out=hold_out_backgrounds, emit=emit)
     (outdir / "training.json").write_text(json.dumps({"summaries": summaries, "training": training}, indent=2))
     emit("done", {"manifest": str(path)})

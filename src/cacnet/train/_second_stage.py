@@ -27,7 +27,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .._files import sha256_file
+from types import SimpleNamespace
+
+from ..anatomy import ANATOMY_FEATURES, anatomical_map
 from ..candidates import FEATURE_NAMES, SecondStage, TreeModel, candidate_features, find_candidates
+from ..triage import triage
 from ..ensemble import Ensemble, load_manifest
 from ..io import read_scan
 from ..preprocess import preprocess
@@ -35,11 +39,14 @@ from ._backgrounds import Background
 from ._insert import iter_inserted_scans
 from ._joint import _write_atomic
 
-__all__ = ["CLASSIFIER", "NEGATIVES_PER_CASE", "SECOND_STAGE_SEED", "SECOND_STAGE_FILE", "candidate_rows",
-           "fit_second_stage", "train_second_stage"]
+__all__ = ["CLASSIFIER", "NEGATIVES_PER_CASE", "SECOND_STAGE_SEED", "VALIDATION_SEED", "SECOND_STAGE_FILE",
+           "MAX_ZERO_SCANS_SCORED", "candidate_rows", "validation_rows", "choose_thresholds", "fit_second_stage",
+           "train_second_stage"]
 
 #: Seed base of the second stage's cases (backgrounds: SEED * 1000 + k; phantoms: case_seed(SEED, i)).
 SECOND_STAGE_SEED = 7000
+#: Seed base of the validation cases that choose the thresholds (never fitted on).
+VALIDATION_SEED = 7500
 SECOND_STAGE_FILE = "second_stage.npz"
 NEGATIVES_PER_CASE = 3000
 #: The classifier's settings (fixed, not tuned on any test data). scikit-learn's early stopping is on by default
@@ -49,23 +56,145 @@ CLASSIFIER = {"max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 15, "min
 THRESHOLD = 0.5
 
 
-def candidate_rows(ensemble: Ensemble, hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray,
-                   rng: np.random.Generator, negatives: int = NEGATIVES_PER_CASE) -> tuple[np.ndarray, np.ndarray]:
-    """Features (n, len(FEATURE_NAMES)) and targets (1 coronary, 0 not) of one case's kept candidates."""
+def _case_features(ensemble: Ensemble, hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray):
+    """Every candidate of one case: features, targets (1 coronary), area (mm^2), and what re-mapping needs.
+
+    The last item holds the densest voxel of each candidate (``peaks``, (n, 3))
+    and the triage's smoothed grid (``v``, ``block``, ``cell``): enough to
+    recompute the anatomy columns (:func:`_remap`) without the models.
+    """
     hu = np.asarray(hu, dtype=np.float32)
     x, grid = preprocess(hu, spacing)
     probs, vote = ensemble.soft_vote(x)
+    checked = triage(SimpleNamespace(hu=hu, spacing=tuple(float(s) for s in spacing), meta={}))
+    anatomy = anatomical_map(checked)
     cands = find_candidates(hu)
-    X = candidate_features(hu, spacing, grid, probs, vote.votes, cands)
+    X = candidate_features(hu, spacing, grid, probs, vote.votes, cands, anatomy)
+    remap = {"peaks": np.stack(cands.peak, axis=1).astype(np.int32) if cands.n else np.zeros((0, 3), np.int32),
+             "v": checked.smoothed, "block": np.asarray(checked.block), "cell": np.asarray(checked.cell_mm)}
     if cands.n == 0:
-        return X, np.zeros(0, np.int8)
+        return X, np.zeros(0, np.int8), np.zeros(0), remap
     nz = np.nonzero(cands.comps)
     ids = cands.comps[nz]
     labelled = np.bincount(ids, weights=(labels[nz] > 0), minlength=cands.n + 1)[1:]
     y = (labelled * 2 > cands.count).astype(np.int8)
-    near = (X[:, FEATURE_NAMES.index("p_coronary_max13")] > 1e-3) | (X[:, FEATURE_NAMES.index("votes")] > 0)
-    keep = (y == 1) | near | (rng.random(cands.n) < negatives / cands.n)
+    return X, y, cands.count * float(spacing[1]) * float(spacing[2]), remap
+
+
+def _remap(X: np.ndarray, peaks: np.ndarray, v: np.ndarray, block, cell, n_anatomy: int) -> np.ndarray:
+    """``X`` with its last ``n_anatomy`` (anatomy) columns replaced by this version's map's, from a cached grid."""
+    from ..triage import chest_parts
+
+    cell = tuple(float(c) for c in cell)
+    checked = SimpleNamespace(smoothed=v, block=tuple(int(b) for b in block), cell_mm=cell,
+                              parts=chest_parts(v, cell))
+    amap = anatomical_map(checked)
+    base = np.asarray(X, dtype=np.float64)[:, :X.shape[1] - n_anatomy]
+    return np.concatenate([base, amap.at(peaks[:, 0], peaks[:, 1], peaks[:, 2])], axis=1)
+
+
+def _save_rows(path: Path, X: np.ndarray, y: np.ndarray, keep: np.ndarray, remap: dict) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, X=X[keep], y=y[keep], peaks=remap["peaks"][keep], v=remap["v"], block=remap["block"],
+                        cell=remap["cell"], anatomy=np.array(ANATOMY_FEATURES), map_version=np.array(MAP_VERSION))
+    tmp.replace(path)
+
+
+def _load_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Cached rows; their anatomy columns are recomputed when the map changed since they were cached."""
+    with np.load(path) as z:
+        X, y = z["X"], z["y"]
+        old = list(z["anatomy"]) if "anatomy" in z else None
+        if old is None or "v" not in z or X.shape[1] - len(old) != len(FEATURE_NAMES) - len(ANATOMY_FEATURES):
+            raise ValueError(f"{path}: cached rows of another feature set; delete the cache folder to redo them")
+        if str(z["map_version"]) != MAP_VERSION or old != list(ANATOMY_FEATURES):
+            X = _remap(X, z["peaks"], z["v"], z["block"], z["cell"], len(old))
+    return X, y
+
+
+#: The anatomical map's version: cached rows of another version get their anatomy columns recomputed.
+MAP_VERSION = "3"
+
+
+def candidate_rows(ensemble: Ensemble, hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray,
+                   rng: np.random.Generator, negatives: int = NEGATIVES_PER_CASE,
+                   cache: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n, len(FEATURE_NAMES)) and targets (1 coronary, 0 not) of one case's kept candidates.
+
+    ``cache``: an ``.npz`` file to write them to (with what :func:`_remap` needs).
+    """
+    X, y, _, remap = _case_features(ensemble, hu, spacing, labels)
+    keep = np.zeros(len(y), bool)
+    if len(y):
+        near = (X[:, FEATURE_NAMES.index("p_coronary_max13")] > 1e-3) | (X[:, FEATURE_NAMES.index("votes")] > 0)
+        keep = (y == 1) | near | (rng.random(len(y)) < negatives / len(y))
+    if cache is not None:
+        _save_rows(cache, X, y, keep, remap)
     return X[keep], y[keep]
+
+
+def validation_rows(ensemble: Ensemble, hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray,
+                    cache: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates of a validation case that can change its score: area >= 1 mm^2, or coronary."""
+    X, y, area, remap = _case_features(ensemble, hu, spacing, labels)
+    keep = (area >= 1.0) | (y == 1)
+    if cache is not None:
+        _save_rows(cache, X, y, keep, remap)
+    return X[keep], y[keep]
+
+
+#: The operating point: at most this share of the zero-calcium validation scans may get any score.
+MAX_ZERO_SCANS_SCORED = 0.02
+_GRID = np.round(np.concatenate([np.arange(0.05, 0.95, 0.05), [0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999]]), 3)
+
+
+def choose_thresholds(stage: SecondStage, cases: Sequence[tuple[str, bool, np.ndarray, np.ndarray]],
+                      max_zero_scored: float = MAX_ZERO_SCANS_SCORED) -> dict:
+    """Pick ``threshold`` (a U-Net voted) and ``threshold_no_vote`` (>= it) on validation cases.
+
+    ``cases``: ``(id, zero_calcium, X, y)``. Among the threshold pairs of a
+    fixed grid for which at most ``max_zero_scored`` of the zero-calcium
+    cases have an accepted candidate inside the sac, the pair that accepts
+    the most coronary candidates of the calcium cases (then the fewest
+    non-coronary ones, then the higher thresholds). Sets the thresholds on
+    ``stage`` and returns what was measured.
+    """
+    a0 = len(FEATURE_NAMES) - len(ANATOMY_FEATURES)
+    rows = []
+    for cid, zero, X, y in cases:
+        p = stage.predict(X) if len(y) else np.zeros(0)
+        inside = X[:, a0 + 1] <= 0 if len(y) else np.zeros(0, bool)
+        voted = X[:, FEATURE_NAMES.index("votes")] > 0 if len(y) else np.zeros(0, bool)
+        rows.append((cid, zero, p, inside, voted, np.asarray(y)))
+    zero_cases = [r for r in rows if r[1]]
+    calc = [r for r in rows if not r[1]]
+    n_pos = sum(int(r[5].sum()) for r in calc)
+    best = None
+    for t in _GRID:
+        for t0 in _GRID[_GRID >= t]:
+            def acc(r):
+                return r[3] & (r[2] >= np.where(r[4], t, t0))
+            scored = sum(bool(acc(r).any()) for r in zero_cases)
+            share = scored / max(len(zero_cases), 1)
+            if share > max_zero_scored:
+                continue
+            tp = sum(int((acc(r) & (r[5] == 1)).sum()) for r in calc)
+            fp = sum(int((acc(r) & (r[5] == 0)).sum()) for r in calc)
+            key = (tp, -fp, t, t0)
+            if best is None or key > best[0]:
+                best = (key, t, t0, scored, share, fp)
+    if best is None:  # nothing meets the operating point: accept nothing without a vote, the top threshold with one
+        t = t0 = float(_GRID[-1])
+        best = ((0, 0, t, t0), t, t0, None, None, None)
+    _, t, t0, scored, share, fp = best
+    stage.threshold, stage.threshold_no_vote = float(t), float(t0)
+    out = {"threshold": float(t), "threshold_no_vote": float(t0), "max_zero_scans_scored": max_zero_scored,
+           "zero_calcium_cases": len(zero_cases), "zero_calcium_scored": scored,
+           "calcium_cases": len(calc), "coronary_candidates": n_pos,
+           "coronary_accepted": int(best[0][0]), "non_coronary_accepted_in_calcium_cases": fp,
+           "zero_case_ids": [r[0] for r in zero_cases], "calcium_case_ids": [r[0] for r in calc]}
+    stage.meta["validation"] = out
+    return out
 
 
 def fit_second_stage(X: np.ndarray, y: np.ndarray, meta: Optional[dict] = None) -> SecondStage:
@@ -96,6 +225,7 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                        negatives: Sequence[Path] = (), phantoms: Optional[int] = None,
                        variants: Sequence[str] = ("default", "varied"),
                        cache: Optional[Path] = None, held_out: Sequence[str] = (),
+                       validation: int = 0, validation_scans: Sequence[Path] = (),
                        emit: Callable[[str, dict], None] = lambda kind, info: None) -> dict:
     """Fit the second stage of the ensemble in ``weights_dir`` and add it to its manifest.
 
@@ -106,7 +236,13 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
     ``cac train --negatives``: every candidate is non-coronary; sampled as
     the cases' negatives). Each case's rows are cached in ``cache``
     (per ensemble: the rows depend on its output), so a rerun resumes.
-    Returns the manifest entry.
+
+    With ``validation`` > 0 the two thresholds are then chosen
+    (:func:`choose_thresholds`) on cases the trees never saw: ``validation``
+    inserted-calcium cases per background (other seeds; category A ones hold
+    look-alikes only), ``2 * validation`` phantoms per generator (half of
+    them category A), and the real scans without coronary calcium in
+    ``validation_scans`` (zero-calcium cases). Returns the manifest entry.
     """
     from ..phantom import case_seed, generate_phantom
 
@@ -121,16 +257,13 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
         path = slot / f"{case_id}.npz" if slot is not None else None
         if path is None or not path.exists():
             return None
-        with np.load(path) as z:
-            return z["X"], z["y"]
+        return _load_rows(path)
 
     def rows(case_id: str, hu, spacing, labels):
-        X, y = candidate_rows(ensemble, hu, spacing, labels, np.random.default_rng(zlib.crc32(case_id.encode())))
         if slot is not None:
             slot.mkdir(parents=True, exist_ok=True)
-            tmp = slot / f".{case_id}.tmp.npz"
-            np.savez_compressed(tmp, X=X, y=y)
-            tmp.replace(slot / f"{case_id}.npz")
+        X, y = candidate_rows(ensemble, hu, spacing, labels, np.random.default_rng(zlib.crc32(case_id.encode())),
+                              cache=slot / f"{case_id}.npz" if slot is not None else None)
         emit("second_stage_case", {"case": case_id, "rows": len(y), "coronary": int(y.sum())})
         return X, y
 
@@ -159,6 +292,43 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                 c = generate_phantom(case_seed(SECOND_STAGE_SEED, i), category="ABCDE"[i % 5], variant=variant)
                 got_one = rows(case_id, c.hu, c.spacing, c.labels)
             parts.append((f"phantom-{variant}", *got_one))
+    vcases: list[tuple[str, bool, np.ndarray, np.ndarray]] = []
+
+    def vrows(case_id: str, zero: bool, make):
+        path = slot / f"{case_id}.npz" if slot is not None else None
+        if path is not None and path.exists():
+            vcases.append((case_id, zero, *_load_rows(path)))
+            return
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        hu, spacing, labels = make()
+        X, y = validation_rows(ensemble, hu, spacing, labels, cache=path)
+        emit("second_stage_validation_case", {"case": case_id, "zero_calcium": zero, "rows": len(y)})
+        vcases.append((case_id, zero, X, y))
+
+    if validation:
+        for k, b in enumerate(backgrounds):
+            ids = [f"val_{b.slug}_{i:03d}" for i in range(validation)]
+            todo = [i for i in range(validation) if slot is None or not (slot / f"{ids[i]}.npz").exists()]
+            made = {}
+            if todo:
+                for i, ins, _ in iter_inserted_scans(b.path, b.tracing_path, todo, VALIDATION_SEED * 1000 + k):
+                    made[i] = (ins.hu, ins.spacing, ins.labels)
+            for i in range(validation):
+                vrows(ids[i], i % 5 == 0, lambda i=i: made[i])
+        for variant in variants:
+            for i in range(2 * validation):
+                cat = "A" if i % 2 == 0 else "BCDE"[(i // 2) % 4]
+
+                def make(i=i, cat=cat, variant=variant):
+                    c = generate_phantom(case_seed(VALIDATION_SEED, i), category=cat, variant=variant)
+                    return c.hu, c.spacing, c.labels
+                vrows(f"val_phantom-{variant}_{i:03d}", cat == "A", make)
+        for scan_path in map(Path, validation_scans):
+            def make_real(scan_path=scan_path):
+                scan = read_scan(scan_path)
+                return scan.hu, scan.spacing, np.zeros(scan.hu.shape, np.uint8)
+            vrows("val_real_" + hashlib.sha256(str(scan_path.resolve()).encode()).hexdigest()[:12], True, make_real)
     X = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, len(FEATURE_NAMES)))
     y = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int8)
     data = {
@@ -174,8 +344,13 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                                     "settings": {k: (v if k != "class_weight" else {str(a): b for a, b in v.items()})
                                                  for k, v in CLASSIFIER.items()},
                                     "data": data, "ensemble": _weights_key(weights_dir)})
+    if vcases:
+        chosen = choose_thresholds(stage, vcases)
+        chosen["real_scans"] = [str(p) for p in validation_scans]
+        emit("second_stage_thresholds", {k: v for k, v in chosen.items() if not k.endswith("_ids")})
     path = stage.save(weights_dir / SECOND_STAGE_FILE)
     entry = {"file": SECOND_STAGE_FILE, "sha256": sha256_file(path), "threshold": stage.threshold,
+             "threshold_no_vote": stage.threshold_no_vote, "validation": stage.meta.get("validation"),
              "features": list(FEATURE_NAMES), "classifier": stage.meta["classifier"],
              "settings": stage.meta["settings"], "data": data,
              "numpy_vs_sklearn_max_prob_diff": stage.meta["numpy_vs_sklearn_max_prob_diff"],
