@@ -212,9 +212,11 @@ class OrthancClient:
         if code in (401, 403):
             who = (f"with {self._credentials}" if self._credentials is not None
                    else f"without credentials (set {USER_ENV} and {PASSWORD_ENV}, or --credentials FILE)")
+            hint = ("Check the user name and password (Orthanc's RegisteredUsers)." if code == 401 else
+                    "Check that this user may use the REST API, and Orthanc's RemoteAccessAllowed when the node "
+                    "runs on another machine.")
             return OrthancAuthError(f"{self.url}: Orthanc refused the request {who}: HTTP {code} "
-                                    f"{'Unauthorized' if code == 401 else 'Forbidden'}. Check the user name and "
-                                    "password (Orthanc's RegisteredUsers) and that this user may use the REST API.")
+                                    f"{'Unauthorized' if code == 401 else 'Forbidden'}. {hint}")
         if code == 404:
             return OrthancNotFound(f"{what}: not found (HTTP 404){': ' + detail if detail else ''}.", code)
         if code in (502, 503, 504):  # a proxy in front of a stopped Orthanc, or Orthanc busy

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -356,10 +357,14 @@ class Node:
             self.state.dequeue(sid)
             return
         if prev is not None and prev.status != "failed" and prev.fingerprint == fp:
-            log.info("%s: unchanged since it was %s; nothing to do", label, prev.status)
-            self.handled["unchanged"] += 1
-            self.state.dequeue(sid)
-            return
+            missing = [o for o in prev.outputs or [] if not self._exists(f"/instances/{o['id']}")]
+            if not missing:
+                log.info("%s: unchanged since it was %s; nothing to do", label, prev.status)
+                self.handled["unchanged"] += 1
+                self.state.dequeue(sid)
+                return
+            log.info("%s: unchanged, but %d of its objects are no longer in Orthanc (deleted?); handling it again",
+                     label, len(missing))
         rec = SeriesRecord(series_id=sid, status="failed", series_uid=tags.get("SeriesInstanceUID"),
                            description=tags.get("SeriesDescription"), modality=tags.get("Modality"),
                            fingerprint=fp, n_instances=len(instances),
@@ -367,8 +372,7 @@ class Node:
         start = time.monotonic()
         try:
             first = self.client.get_json(f"/instances/{instances[0]}/simplified-tags") if instances else {}
-            rec.study_uid = first.get("StudyInstanceUID")
-            rec.patient_id = first.get("PatientID")
+            rec.study_uid = first.get("StudyInstanceUID")  # no patient attributes in the state: it needs none
             skip = classify_series(tags, first)
             if skip == "ours":
                 self.state.dequeue(sid)
@@ -413,6 +417,13 @@ class Node:
             shutil.rmtree(self.state_dir / "work" / sid, ignore_errors=True)
             gc.collect()
 
+    def _exists(self, path: str) -> bool:
+        try:
+            self.client.get_json(path)
+        except OrthancNotFound:
+            return False
+        return True
+
     def _download(self, sid: str, instances: list[str]) -> Path:
         work = self.state_dir / "work" / sid
         shutil.rmtree(work, ignore_errors=True)
@@ -427,6 +438,7 @@ class Node:
         work = str(self.state_dir / "work" / sid)
         for absolute in {work, os.path.abspath(work), os.path.realpath(work)}:
             message = message.replace(absolute + "/", "instance ").replace(absolute + ": ", "").replace(absolute, "the series")
+        message = re.sub(r"instance ([0-9a-f]{8}(?:-[0-9a-f]{8}){4})\.dcm", r"instance \1", message)
         return message.replace(" Use --force (score_scan(force=True)) to score it anyway.", "").strip()
 
     def _score(self, sid: str, info: dict, instances: list[str], rec: SeriesRecord, label: str) -> None:
