@@ -37,7 +37,7 @@ class OrthancServer:
     """
 
     def __init__(self, workdir: Path, *, stable_age: int = 1, tls: Optional[Path] = None,
-                 users: Optional[dict] = None) -> None:
+                 users: Optional[dict] = None, dicomweb: bool = False) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dicom_port, self.http_port = free_port(), free_port()
@@ -55,6 +55,11 @@ class OrthancServer:
                   "DicomServerEnabled": True, "HttpThreadsCount": 8}
         if tls:
             config.update({"SslEnabled": True, "SslCertificate": str(tls)})
+        if dicomweb:  # the Debian package orthanc-dicomweb
+            plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+            assert plugin.exists(), f"{plugin} not found: install the Debian package orthanc-dicomweb (.ci/run does)"
+            config.update({"Plugins": [str(plugin)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/",
+                                                                  "EnableWado": True, "WadoRoot": "/wado"}})
         (self.workdir / "orthanc.json").write_text(json.dumps(config))
         self.log = self.workdir / "orthanc.log"
         self.proc: Optional[subprocess.Popen] = None
@@ -389,3 +394,77 @@ class CountingProxy:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# --- OHIF -----------------------------------------------------------------------------------------------------
+
+OHIF_CONFIG = """window.config = {
+  routerBasename: '/', extensions: [], modes: [], showStudyList: true, maxNumberOfWebWorkers: 2,
+  showWarningMessageForCrossOrigin: false, showCPUFallbackMessage: false, showLoadingIndicator: true,
+  investigationalUseDialog: { option: 'never' },
+  defaultDataSourceName: 'orthanc',
+  dataSources: [{
+    namespace: '@ohif/extension-default.dataSourcesModule.dicomweb', sourceName: 'orthanc',
+    configuration: { friendlyName: 'Orthanc', name: 'orthanc', wadoUriRoot: '/wado', qidoRoot: '/dicom-web',
+      wadoRoot: '/dicom-web', qidoSupportsIncludeField: false, imageRendering: 'wadors',
+      thumbnailRendering: 'wadors', enableStudyLazyLoad: true, supportsFuzzyMatching: false,
+      supportsWildcard: true, omitQuotationForMultipartRequest: true, bulkDataURI: { enabled: true } },
+  }],
+};
+"""
+
+
+class OhifServer:
+    """The built OHIF viewer (``dist``) served on a free localhost port, with ``/dicom-web`` and ``/wado``
+    proxied to Orthanc's DICOMweb plugin (the proxy adds Orthanc's credentials: the browser holds none).
+    ``app-config.js`` is :data:`OHIF_CONFIG` (one DICOMweb data source, Orthanc); unknown paths serve
+    ``index.html`` (OHIF routes in the browser)."""
+
+    def __init__(self, dist: Path, orthanc: OrthancServer) -> None:
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        assert (Path(dist) / "index.html").is_file(), (
+            f"the OHIF viewer is not in {dist}: python tests/cacnet/fetch_ohif.py fetches it (.ci/run does)")
+        auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        root = str(dist)
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *a, **k):
+                super().__init__(*a, directory=root, **k)
+
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code: int, body: bytes, ctype: Optional[str] = None) -> None:
+                self.send_response(code)
+                if ctype:
+                    self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path.startswith(("/dicom-web", "/wado")):
+                    req = urllib.request.Request(orthanc.url + self.path, headers={
+                        "Authorization": auth, "Accept": self.headers.get("Accept", "*/*")})
+                    try:
+                        with urllib.request.urlopen(req, timeout=60) as resp:
+                            self._send(resp.status, resp.read(), resp.headers.get("Content-Type"))
+                    except urllib.error.HTTPError as exc:
+                        self._send(exc.code, exc.read(), exc.headers.get("Content-Type"))
+                    return
+                if path == "/app-config.js":
+                    self._send(200, OHIF_CONFIG.encode(), "application/javascript")
+                    return
+                if not (Path(root) / path.lstrip("/")).is_file():
+                    self.path = "/index.html"
+                super().do_GET()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
