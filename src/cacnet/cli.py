@@ -562,6 +562,10 @@ def score(
         help="Stop running models (after 3 or 4 of 5) once the rest cannot change any lesion's "
              "outcome (same mask and scores; vote counts cover the models run)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder (default: the shipped ensemble)."),
+    model_cache: bool = typer.Option(
+        True, "--model-cache/--no-model-cache",
+        help="Load the models compiled by an earlier run from the user's cache folder (default; CAC_CACHE_DIR, else "
+             "~/.cache/cac-toolkit; off also with CAC_NO_MODEL_CACHE=1), or compile them in this run only."),
     force: bool = typer.Option(
         False, "--force",
         help="Score scans that triage refuses (contrast-enhanced, no heart found, sharp kernel); "
@@ -600,7 +604,7 @@ def score(
     options = ScoreOptions(outdir=outdir, calibration=calibration, series=series, early_stop=early_stop, force=force,
                            skip_existing=skip_existing, outputs={"preview": preview, "report": report, "dicom": dicom})
     spec = EnsembleSpec(weights or DEFAULT_WEIGHTS, device=device, backend=backend, precision=precision,
-                        threads=threads, second_stage=second_stage)
+                        threads=threads, second_stage=second_stage, model_cache=model_cache)
     landed: list = []  # the outcomes so far, for the message of a Ctrl-C
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(scans))

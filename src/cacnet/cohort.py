@@ -66,6 +66,8 @@ class EnsembleSpec:
         when the workers run elsewhere.
     device, backend, precision : str
         As for :class:`cacnet.ensemble.Ensemble`.
+    model_cache : bool
+        OpenVINO's model cache, as for :class:`cacnet.ensemble.Ensemble` (default on).
     second_stage : bool
         Use the weights' second stage when they have one (default), as
         :class:`cacnet.ensemble.Ensemble`.
@@ -81,11 +83,12 @@ class EnsembleSpec:
     precision: str = "fp32"
     threads: Optional[int] = None
     second_stage: bool = True
+    model_cache: bool = True
 
     def load(self) -> Ensemble:
         """Load and verify the ensemble (sha256 of every model file), compile each model once."""
         return Ensemble(Path(self.weights), device=self.device, threads=self.threads, backend=self.backend,
-                        precision=self.precision, second_stage=self.second_stage)
+                        precision=self.precision, second_stage=self.second_stage, model_cache=self.model_cache)
 
 
 @dataclass(frozen=True)

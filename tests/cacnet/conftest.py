@@ -56,6 +56,21 @@ def make_weights(folder: Path, thresholds=(130, 130, 130, 300, 300)) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache_in_a_temporary_folder(tmp_path_factory):
+    """OpenVINO's model cache (cacnet._model_cache) of the tests' processes, CLI runs included: not the user's."""
+    import os
+
+    if "CAC_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["CAC_CACHE_DIR"] = str(tmp_path_factory.mktemp("model_cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("CAC_CACHE_DIR", None)
+
+
 @pytest.fixture(scope="session")
 def toy_weights(tmp_path_factory) -> Path:
     pytest.importorskip("onnx", reason="onnx (test extra) builds the toy models")
