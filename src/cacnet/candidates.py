@@ -131,24 +131,47 @@ def find_candidates(hu: np.ndarray, threshold_hu: float = 130.0) -> Candidates:
                       np.stack([cy, cx], axis=1) if n else np.zeros((0, 2)))
 
 
+#: Fine voxels per piece of :func:`_band_shares` (2 MB of int64 keys: cache-sized, below the process's mmap threshold).
+_BAND_CHUNK = 1 << 18
+
+
 def _band_shares(hu: np.ndarray, grid: CoarseGrid) -> list[np.ndarray]:
     """Per coarse voxel, the share (float32) of its fine voxels in each HU band.
 
-    One pass: the band of every fine voxel is added to its coarse voxel's
-    counts (a bincount over coarse index x 6 + band); shares are exact
-    integer counts divided in float32.
+    One pass over the volume, a slice (or a few rows) at a time: the band of
+    every fine voxel (the number of band edges it reaches, ``hu >= low``) plus
+    its coarse (y, x) bin gives a key, and a bincount of the keys is added to
+    the counts of the slice's coarse z. Every temporary is the size of one
+    piece (:data:`_BAND_CHUNK` voxels), none the size of the volume. Shares
+    are the exact integer counts divided in float32.
     """
-    band = np.zeros(hu.shape, dtype=np.uint8)
-    for lo, _ in HU_BANDS[1:]:
-        band += hu >= lo
     nz, ny, nx = grid.coarse_shape
     nb = len(HU_BANDS)
-    dtype = np.int32 if nz * ny * nx * nb < 2**31 else np.int64  # int32 halves the fine-sized temporary
-    iz, iy, ix = (a.astype(dtype) for a in grid.index)
-    flat = iz[:, None, None] * (ny * nx * nb) + iy[None, :, None] * (nx * nb) + ix[None, None, :] * nb + band
-    counts = np.bincount(flat.ravel(), minlength=nz * ny * nx * nb).reshape(nz, ny, nx, nb).astype(np.float32)
-    total = counts.sum(axis=-1)
-    return [counts[..., k] / total for k in range(nb)]
+    lows = [lo for lo, _ in HU_BANDS[1:]]
+    nbins = ny * nx * nb
+    # per fine (y, x): the first key of its coarse (y, x) bin; a voxel's key adds its band (0-5)
+    base = (grid.index[1][:, None] * (nx * nb) + grid.index[2][None, :] * nb).astype(np.intp)
+    counts = np.zeros((nz, nbins), dtype=np.int64)
+    rows = min(hu.shape[1], max(1, _BAND_CHUNK // max(1, hu.shape[2])))
+    reached = np.empty((rows, hu.shape[2]), dtype=bool)
+    band = np.empty((rows, hu.shape[2]), dtype=np.uint8)
+    key = np.empty((rows, hu.shape[2]), dtype=np.intp)
+    for z in range(hu.shape[0]):
+        acc = counts[grid.index[0][z]]
+        for y0 in range(0, hu.shape[1], rows):
+            h = hu[z, y0:y0 + rows]
+            n = h.shape[0]
+            b, r, k = band[:n], reached[:n], key[:n]
+            np.greater_equal(h, lows[0], out=r)
+            b[...] = r
+            for lo in lows[1:]:
+                np.greater_equal(h, lo, out=r)
+                b += r
+            np.add(base[y0:y0 + n], b, out=k)
+            acc += np.bincount(k.ravel(), minlength=nbins)
+    shares = counts.reshape(nz, ny, nx, nb).astype(np.float32)
+    total = shares.sum(axis=-1)
+    return [shares[..., k] / total for k in range(nb)]
 
 
 def candidate_features(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
