@@ -316,9 +316,13 @@ def train(
             raise _fail(str(exc), EXIT_INVALID)
         except ValueError as exc:
             raise _fail(str(exc), EXIT_USAGE)
-    elif hold_out_background or tracings is not None or val_background_cases or second_stage_cases:
-        raise _fail("--hold-out-background, --tracings, --val-background-cases and --second-stage-cases need "
-                    "--backgrounds", EXIT_USAGE)
+    elif (hold_out_background or tracings is not None or val_background_cases or second_stage_cases
+          or second_stage_validation):
+        raise _fail("--hold-out-background, --tracings, --val-background-cases, --second-stage-cases and "
+                    "--second-stage-validation need --backgrounds", EXIT_USAGE)
+    if (second_stage_validation or validation_scans) and not second_stage_cases:
+        raise _fail("--second-stage-validation and --validation-scans choose the thresholds of a second stage: "
+                    "give --second-stage-cases too", EXIT_USAGE)
     if any(n % 8 for n in patch):
         raise _fail(f"--patch sizes must be multiples of 8, not {patch}", EXIT_USAGE)
     if outdir.exists() and any(outdir.glob("model_*/checkpoint.pt")) and not (outdir / "checkpoint.pt").exists():

@@ -173,6 +173,14 @@ def test_cac_train_backgrounds_cli(fake_real_ct, tmp_path):
     assert res.exit_code == 2 and "need --backgrounds" in res.output
     res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--second-stage-cases", "2"])
     assert res.exit_code == 2 and "need --backgrounds" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--second-stage-validation", "2"])
+    assert res.exit_code == 2 and "need --backgrounds" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--backgrounds", str(root),
+                                   "--tracings", str(tracings), "--validation-scans", str(tmp_path / "nothing")])
+    assert res.exit_code == 3 and "nothing" in res.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "x"), *tiny, "--backgrounds", str(root),
+                                   "--tracings", str(tracings), "--second-stage-validation", "2"])
+    assert res.exit_code == 2 and "give --second-stage-cases too" in res.output
 
 
 def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(fake_real_ct, tmp_path, toy_weights, monkeypatch):
@@ -211,3 +219,47 @@ def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(fake_real_ct, t
     rerun = Ensemble(w, backend="onnxruntime").stage.model
     for name in ("feature", "threshold", "left", "right", "value", "roots"):
         np.testing.assert_array_equal(getattr(rerun, name), getattr(ens.stage.model, name))
+
+
+def test_second_stage_thresholds_are_chosen_on_validation_cases(fake_real_ct, tmp_path, toy_weights, monkeypatch):
+    pytest.importorskip("sklearn", reason="the second stage is fitted with scikit-learn (train extra)")
+    from cacnet.ensemble import Ensemble
+    from cacnet.train import _second_stage, train_second_stage
+
+    root, tracings = fake_real_ct
+    bgs, _ = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
+    w = tmp_path / "w"
+    shutil.copytree(toy_weights, w)
+    negative = root / "other" / "bg.nii.gz"
+    events = []
+    entry = train_second_stage(w, bgs[:1], 3, negatives=[negative], phantoms=0, cache=tmp_path / "cache",
+                               validation=2, validation_scans=[negative], variants=(),
+                               emit=lambda kind, info: events.append((kind, info)))
+    v = entry["validation"]
+    # two inserted cases (category A: look-alikes only, and B) and the real scan without calcium
+    assert v["zero_calcium_cases"] == 2 and v["calcium_cases"] == 1
+    assert [k for k, _ in events].count("second_stage_validation_case") == 3
+    assert entry["threshold_no_vote"] >= entry["threshold"]
+    assert v["zero_calcium_scored"] / v["zero_calcium_cases"] <= _second_stage.MAX_ZERO_SCANS_SCORED
+    stage = Ensemble(w, backend="onnxruntime").stage
+    assert (stage.threshold, stage.threshold_no_vote) == (entry["threshold"], entry["threshold_no_vote"])
+    # the operating point holds on the validation cases: replay them with the chosen thresholds
+    cases = [(p.stem, p.stem.startswith("val_real") or p.stem.endswith("_000"), *_second_stage._load_rows(p))
+             for p in sorted((tmp_path / "cache").glob("*/val_*.npz"))]
+    assert len(cases) == 3
+    zero_scored = 0
+    for _, zero, X, y in cases:
+        p = stage.predict(X)
+        voted = X[:, _second_stage.FEATURE_NAMES.index("votes")] > 0
+        inside = X[:, _second_stage.FEATURE_NAMES.index("sac_sdist_mm")] <= 0
+        acc = inside & (p >= np.where(voted, stage.threshold, stage.threshold_no_vote))
+        zero_scored += bool(zero and acc.any())
+    assert zero_scored == v["zero_calcium_scored"]
+    # a changed anatomical map recomputes only the anatomy columns of cached rows, without making any case
+    monkeypatch.setattr(_second_stage, "iter_inserted_scans", lambda *a, **k: pytest.fail("case made again"))
+    monkeypatch.setattr(_second_stage, "MAP_VERSION", "another")
+    path = sorted((tmp_path / "cache").glob("*/val_real_*.npz"))[0]
+    with np.load(path) as z:
+        cached = z["X"]
+    remapped, _ = _second_stage._load_rows(path)
+    np.testing.assert_array_equal(remapped, cached)  # same map code: same columns
