@@ -201,13 +201,70 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
 
 
+def _import_openvino():
+    """Import OpenVINO's runtime, without its model-conversion tools (``openvino.tools.ovc``) when it is first.
+
+    ``import openvino`` also imports ovc, whose import starts OpenVINO's
+    telemetry: it sends an event from a background thread through a forked
+    process that may wait 3 s for the network, which the interpreter waits
+    for at exit (~0.2-0.3 s and a fork per process on a busy 2-core machine).
+    cacnet converts no model. ``openvino.convert_model`` stays available: it
+    imports ovc when it is first called.
+    """
+    import sys
+
+    if "openvino" in sys.modules:
+        import openvino
+
+        return openvino
+    blocked = "openvino.tools.ovc" not in sys.modules
+    if blocked:
+        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]  # openvino catches the ImportError
+    try:
+        import openvino
+    finally:
+        if blocked and "openvino.tools.ovc" in sys.modules and sys.modules["openvino.tools.ovc"] is None:
+            del sys.modules["openvino.tools.ovc"]
+    if blocked and not hasattr(openvino, "convert_model"):
+        def convert_model(*args, **kwargs):
+            from openvino.tools.ovc import convert_model as convert
+
+            return convert(*args, **kwargs)
+
+        openvino.convert_model = convert_model
+    return openvino
+
+
 def openvino_available() -> bool:
     """Whether the OpenVINO runtime can be imported here."""
     try:
-        import openvino  # noqa: F401
+        _import_openvino()
     except Exception:  # noqa: BLE001 - a broken install counts as absent
         return False
     return True
+
+
+def _onnxruntime_has_cuda() -> bool:
+    """Whether onnxruntime offers its CUDA provider; imports onnxruntime only where its CUDA library is installed.
+
+    The CUDA provider of onnxruntime(-gpu) is a shared library of its own
+    (``capi/libonnxruntime_providers_cuda.so``, ``.dll`` on Windows): where it
+    is absent, ``get_available_providers()`` cannot list it, and the
+    OpenVINO path need not import onnxruntime at all.
+    """
+    import importlib.util
+    from glob import glob
+
+    try:
+        spec = importlib.util.find_spec("onnxruntime")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not any(glob(os.path.join(folder, "capi", "*providers_cuda*"))
+                               for folder in spec.submodule_search_locations or []):
+        return False
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def cpu_supports_bf16() -> bool:
@@ -237,11 +294,8 @@ def resolve_backend(backend: str, device: str) -> str:
         return backend
     if device == "cuda":
         return "onnxruntime"
-    if device == "auto":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            return "onnxruntime"
+    if device == "auto" and _onnxruntime_has_cuda():
+        return "onnxruntime"
     return "openvino" if openvino_available() else "onnxruntime"
 
 

@@ -61,7 +61,8 @@ def versions(manifest: Optional[dict] = None) -> dict[str, Optional[str]]:
 
     ``"weights"`` is the manifest's ``"version"`` (None when it has none, as `cac train`'s weights).
     """
-    import onnxruntime
+    import sys
+
     import SimpleITK
 
     from . import __version__
@@ -69,7 +70,9 @@ def versions(manifest: Optional[dict] = None) -> dict[str, Optional[str]]:
     out: dict[str, Optional[str]] = {"cac-toolkit": __version__}
     if manifest is not None:
         out["weights"] = weights_version(manifest)
-    out["onnxruntime"] = onnxruntime.__version__
+    # onnxruntime's version without importing it where OpenVINO ran the models (its import costs ~50 ms)
+    ort = sys.modules.get("onnxruntime")
+    out["onnxruntime"] = ort.__version__ if ort is not None else _distribution_version("onnxruntime", "onnxruntime-gpu")
     try:
         import openvino
 
@@ -77,6 +80,18 @@ def versions(manifest: Optional[dict] = None) -> dict[str, Optional[str]]:
     except Exception:  # noqa: BLE001 - absent or broken: onnxruntime runs the models
         pass
     return {**out, "SimpleITK": SimpleITK.Version.VersionString(), "numpy": np.__version__}
+
+
+def _distribution_version(*names: str) -> Optional[str]:
+    """The installed version of the first of these distributions that is installed, or None."""
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def decide_components(hu: np.ndarray, vote: Vote, grid: CoarseGrid, threshold_hu: float = 130.0,
