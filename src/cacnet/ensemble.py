@@ -447,8 +447,10 @@ class Ensemble:
         #: The folder of this ensemble's compiled models (None: no cache), see :mod:`cacnet._model_cache`.
         self.model_cache_dir = (None if not self.model_cache or cache_disabled()
                                 else model_cache_dir([m["sha256"] for m in self.models], ov.__version__))
-        # the input's spatial dimensions stay dynamic: the CPU plugin compiles once for every shape
-        merged = self._compile_openvino_ensemble()
+        # the input's spatial dimensions stay dynamic: the CPU plugin compiles once for every shape; the graph
+        # that the decision runs is compiled now (the soft vote for a second stage), the other on first use
+        self._run_all = self._run_soft = None
+        merged = self._compile_openvino_ensemble(soft=self.stage is not None)
         ran = str(merged.get_property("INFERENCE_PRECISION_HINT"))
         self.precision = "bf16" if "bf16" in ran or "bfloat16" in ran else "fp32"
         devices = merged.get_property("EXECUTION_DEVICES")
@@ -477,7 +479,7 @@ class Ensemble:
             self._runners = [self._openvino_runner(c) for c in self._sessions]
         return self._runners
 
-    def _compile_openvino_ensemble(self):
+    def _compile_openvino_ensemble(self, soft: bool = False):
         """Compile every model as one OpenVINO graph: a shared input, each model's argmax as an output.
 
         One graph instead of five compiled models saves ~10 % of the
@@ -485,6 +487,12 @@ class Ensemble:
         the copies of the (5, z, y, x) logits. The argmax is a stable TopK
         (:func:`_argmax_node`), whose ties go to the lowest class as in
         ``numpy.argmax``, so the class maps are those of :meth:`predict`.
+
+        ``soft``: the graph of :meth:`soft_vote`, which also returns (last)
+        the models' mean softmax (1, 5, z, y, x), summed in the models' order
+        and divided by their number as :func:`cacnet.candidates.mean_probabilities`
+        does (OpenVINO's exp and softmax kernels, so equal to it up to float32
+        rounding, ~1e-7). Sets ``_run_soft``; otherwise ``_run_all``.
         """
         import openvino as ov
 
@@ -498,28 +506,39 @@ class Ensemble:
         self.input_name = graphs[0].input(0).get_any_name()
         shared = ops.parameter(graphs[0].inputs[0].get_partial_shape(), ov.Type.f32, name=self.input_name)
         outputs = []
+        total = None
         source = shared.output(0)
         for graph in graphs:
             for target in list(graph.get_parameters()[0].output(0).get_target_inputs()):
                 target.replace_source_output(source)
-            classes = _argmax_node(ops, graph.get_results()[0].input_value(0))
+            logits = graph.get_results()[0].input_value(0)
+            classes = _argmax_node(ops, logits)
             outputs.append(ops.result(classes))
+            if soft:
+                p = ops.softmax(logits, 1)
+                total = p if total is None else ops.add(total, p)
             # The next model's input waits for this model's classes: input + 0 * min(classes), which is
             # the input exactly. Without that dependency the plugin interleaves the five models and
             # holds all their activations at once (peak RSS 1.04 GB instead of ~0.6 GB on a 2.5 mm scan).
             done = ops.convert(ops.reduce_min(classes, ops.constant(np.arange(5, dtype=np.int64))), ov.Type.f32)
             source = ops.add(shared.output(0), ops.multiply(done, ops.constant(np.float32(0.0)))).output(0)
-        merged = self._compile(_named(ov.Model(outputs, [shared], "cacnet_ensemble")), "vote")
+        if soft:
+            outputs.append(ops.result(ops.divide(total, ops.constant(np.float32(len(graphs))))))
+        name = "cacnet_soft_vote" if soft else "cacnet_ensemble"
+        merged = self._compile(_named(ov.Model(outputs, [shared], name)), "soft" if soft else "vote")
         request = merged.create_infer_request()
 
         def run(inp: np.ndarray) -> list[np.ndarray]:
             outs = request.infer({0: inp}, share_inputs=True)
-            maps = [np.asarray(outs[i]) for i in range(len(graphs))]
+            maps = [np.asarray(outs[i]) for i in range(len(outputs))]
             if hasattr(merged, "release_memory"):  # as in _openvino_runner
                 merged.release_memory()
             return maps
 
-        self._run_all = run
+        if soft:
+            self._run_soft = run
+        else:
+            self._run_all = run
         return merged
 
     def _compile(self, model, graph: str):
@@ -551,6 +570,8 @@ class Ensemble:
         """
         if self.backend != "openvino":
             return list(self.predict(x))
+        if self._run_all is None:
+            self._compile_openvino_ensemble()
         inp = np.ascontiguousarray(pad_to_multiple(x.astype(np.float32))[None, None])
         crop = tuple(slice(0, s) for s in x.shape)
         return [m[0, 0][crop].astype(np.uint8) for m in self._run_all(inp)]
@@ -566,10 +587,23 @@ class Ensemble:
         """The models' mean class probabilities (5, z, y, x) float32 and their majority :class:`Vote`.
 
         Every model runs (no early stop); each model's classes are the
-        argmax of its logits, as in :meth:`predict`.
+        argmax of its logits, as in :meth:`predict`. With OpenVINO the models
+        run as one graph that returns the classes and the mean probabilities
+        (see :meth:`_compile_openvino_ensemble`: the classes are the same,
+        the probabilities equal to float32 rounding); otherwise from
+        :meth:`logits` and :func:`cacnet.candidates.mean_probabilities`.
         """
         from .candidates import mean_probabilities
 
+        if self.backend == "openvino":
+            if self._run_soft is None:
+                self._compile_openvino_ensemble(soft=True)
+            inp = np.ascontiguousarray(pad_to_multiple(x.astype(np.float32))[None, None])
+            crop = tuple(slice(0, s) for s in x.shape)
+            outs = self._run_soft(inp)
+            classes = [m[0, 0][crop].astype(np.uint8) for m in outs[:-1]]
+            probs = np.ascontiguousarray(outs[-1][0][(slice(None),) + crop])
+            return probs, combine_votes(classes, self.n_models)
         logits = list(self.logits(x))
         classes = [lg.argmax(axis=0).astype(np.uint8) for lg in logits]
         return mean_probabilities(logits), combine_votes(classes, self.n_models)
