@@ -51,6 +51,14 @@ into one when reading as float.
 Gzipped DICOM slices (``*.dcm.gz``) in a folder are decompressed into a
 temporary folder and read like plain ones; a folder must not mix gzipped and
 uncompressed DICOM files.
+
+DICOM slices cut short are errors naming the file: GDCM reads a slice whose
+uncompressed PixelData is shorter than its header's Rows x Columns x
+SamplesPerPixel x ceil(BitsAllocated/8) x NumberOfFrames with garbage for the
+missing pixels, and silently leaves out of the series a file that ends inside
+an element (a cut first or last slice would vanish). Each file's own bytes
+are parsed up to PixelData (:func:`_pixel_data_extent`, no pydicom);
+compressed pixel data is left to the decoder, which refuses a cut stream.
 """
 
 from __future__ import annotations
@@ -291,6 +299,7 @@ def _read_dicom(folder: Path, series: Optional[str], label: str):
                 f"{label}: {len(ok)} CT series found; choose one with --series UID:\n  "
                 + "\n  ".join(str(s) for s in ok))
         s = ok[0]
+    _check_unlisted_files(s, all_series, label)
     return _read_series(s, label)  # image, meta, slices (per file in index order)
 
 
@@ -319,6 +328,7 @@ def _read_series(s: SeriesInfo, label: str):
     if frames and int(float(frames)) > 1:
         raise InvalidScanError(f"{label}: multi-frame DICOM ({frames} frames per file) is not supported; "
                                "convert it to NIfTI first (e.g. dcm2niix).")
+    _check_pixel_data(readers, s.files, label)
     try:
         orient = np.array(_float_list(_tag(readers[0], "orientation")))
         pos = np.array([_float_list(_tag(r, "position")) for r in readers])
@@ -368,7 +378,8 @@ def _read_series(s: SeriesInfo, label: str):
     try:
         image = reader.Execute()  # rescale slope/intercept applied per slice
     except RuntimeError as exc:
-        raise InvalidScanError(f"{label}: the DICOM pixel data cannot be decoded ({str(exc).splitlines()[-1]}).") from None
+        raise InvalidScanError(f"{label}: the DICOM pixel data cannot be decoded ({str(exc).splitlines()[-1]})"
+                               + _undecodable_slice(files) + ".") from None
     itk_dz = image.GetSpacing()[2]
     if not abs(itk_dz - med) <= 0.01 * med:
         raise InvalidScanError(f"{label}: the slice positions give a {med:.4f} mm slice increment but ITK reads "
@@ -434,6 +445,292 @@ def _dicom_pixel_spacing(readers: list, files: list[str], label: str) -> tuple[f
                                    f"{list(here)} in {Path(f).name}); the slices are not one grid.")
     assert first is not None
     return first
+
+
+#: Transfer syntaxes whose pixel data is stored native (uncompressed): (explicit VR, little endian) of the data
+#: set. Deflated is explicit VR little endian once inflated. Any other (JPEG, JPEG 2000, JPEG-LS, RLE, ...)
+#: encapsulates its pixel data: the element's length says nothing about the pixel count, and GDCM's decoders
+#: refuse a cut stream themselves.
+_NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2": (False, True), "1.2.840.10008.1.2.1": (True, True),
+                             "1.2.840.10008.1.2.2": (True, False), "1.2.840.10008.1.2.1.99": (True, True)}
+_DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+# explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass
+class _PixelDataExtent:
+    """What a DICOM file's own bytes say about its PixelData (7FE0,0010), parsed by :func:`_pixel_data_extent`."""
+
+    transfer_syntax: str  # "" where the file has no file meta information
+    series_uid: str  # "" where the parse did not reach SeriesInstanceUID (0020,000E)
+    declared: Optional[int] = None  # the element's value length; None where the parse did not reach the element
+    available: int = 0  # bytes of that value the file holds (inflated, for Deflated)
+    cut: bool = False  # the file ends before PixelData, or inside the fragments of an encapsulated one
+
+    def runs_past_end(self) -> bool:
+        """Whether the file ends before its PixelData does (or before the parse reached PixelData)."""
+        if self.declared is None or self.declared == _UNDEFINED_LENGTH:
+            return self.cut
+        return self.declared > self.available
+
+
+def _element_header(buf, pos: int, explicit: bool, little: bool) -> tuple[int, int, bytes, int, int]:
+    """(group, element, VR, value length, value position) of the data element at ``pos``."""
+    import struct
+
+    e = "<" if little else ">"
+    group, elem = struct.unpack_from(e + "HH", buf, pos)
+    if group == 0xFFFE or not explicit:  # items and delimiters have no VR, nor has implicit VR
+        return group, elem, b"", struct.unpack_from(e + "I", buf, pos + 4)[0], pos + 8
+    vr = bytes(buf[pos + 4 : pos + 6])
+    if vr in _LONG_VRS:
+        return group, elem, vr, struct.unpack_from(e + "I", buf, pos + 8)[0], pos + 12
+    return group, elem, vr, struct.unpack_from(e + "H", buf, pos + 6)[0], pos + 8
+
+
+def _skip_undefined(buf, pos: int, vr: bytes, explicit: bool, little: bool) -> int:
+    """The position after an undefined-length sequence whose items start at ``pos``.
+
+    An undefined-length UN is a sequence in implicit VR little endian (PS3.5 6.2.2).
+    """
+    if vr == b"UN":
+        explicit, little = False, True
+    while True:
+        group, elem, _, n, pos = _element_header(buf, pos, explicit, little)
+        if (group, elem) == (0xFFFE, 0xE0DD):  # sequence delimitation
+            return pos
+        if (group, elem) != (0xFFFE, 0xE000):
+            raise ValueError("not an item")
+        if n != _UNDEFINED_LENGTH:
+            pos += n
+            continue
+        while True:  # an undefined-length item: its elements up to the item delimitation
+            group, elem, vr2, n, pos = _element_header(buf, pos, explicit, little)
+            if (group, elem) == (0xFFFE, 0xE00D):
+                break
+            pos = _skip_undefined(buf, pos, vr2, explicit, little) if n == _UNDEFINED_LENGTH else pos + n
+
+
+def _pixel_data_extent(path) -> Optional[_PixelDataExtent]:
+    """Parse a DICOM file up to its PixelData (7FE0,0010) element, without pydicom.
+
+    The file meta information (group 0002, explicit VR little endian) gives
+    the transfer syntax; the data set is then walked element by element in
+    that encoding (implicit or explicit VR, little or big endian; Deflated is
+    inflated first), skipping each value by its length and undefined-length
+    sequences item by item, up to PixelData, whose value length and the bytes
+    the file really holds after it are returned. The file is memory-mapped:
+    only the header pages are read, not the pixels. A file without file meta
+    information is taken as implicit VR little endian unless its first element
+    carries an explicit VR. What the parse could not reach stays empty (a file
+    cut inside its header, ``cut`` set); None where the file cannot be opened.
+    """
+    import mmap
+    import os
+
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < 8:
+            return _PixelDataExtent("", "")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _walk_to_pixel_data(buf, size)
+
+
+def _walk_to_pixel_data(buf, size: int) -> _PixelDataExtent:
+    import struct
+
+    out = _PixelDataExtent("", "")
+    pos = 132 if size >= 132 and buf[128:132] == b"DICM" else 0
+    try:
+        while pos + 8 <= size and struct.unpack_from("<H", buf, pos)[0] == 0x0002:  # file meta information
+            _, elem, _, n, vpos = _element_header(buf, pos, True, True)
+            if elem == 0x0010:
+                out.transfer_syntax = bytes(buf[vpos : vpos + n]).rstrip(b"\0 ").decode("ascii", "replace")
+            pos = vpos + n
+        if out.transfer_syntax:
+            explicit, little = _NATIVE_TRANSFER_SYNTAXES.get(out.transfer_syntax, (True, True))
+        else:
+            vr = bytes(buf[pos + 4 : pos + 6])
+            explicit, little = vr.isalpha() and vr.isupper(), True
+        if out.transfer_syntax == _DEFLATED_TRANSFER_SYNTAX:
+            buf = zlib.decompressobj(-15).decompress(bytes(buf[pos:]))  # a cut stream inflates to less
+            pos, size = 0, len(buf)
+        last = (-1, -1)
+        while pos + 8 <= size:
+            group, elem, vr, n, vpos = _element_header(buf, pos, explicit, little)
+            if (group, elem) <= last:  # a data set's elements ascend: this is not one (or not this encoding)
+                raise ValueError("elements out of order")
+            last = (group, elem)
+            if (group, elem) == (0x7FE0, 0x0010):
+                out.declared, out.available = n, max(size - vpos, 0)
+                if n == _UNDEFINED_LENGTH:  # encapsulated: its fragments must end inside the file
+                    out.cut = _skip_undefined(buf, vpos, b"OB", explicit, little) > size
+                return out
+            if group > 0x7FE0:
+                return out
+            if n == _UNDEFINED_LENGTH:
+                pos = _skip_undefined(buf, vpos, vr, explicit, little)
+                continue
+            if (group, elem) == (0x0020, 0x000E) and vpos + n <= size:
+                out.series_uid = bytes(buf[vpos : vpos + n]).rstrip(b"\0 ").decode("ascii", "replace")
+            pos = vpos + n
+        out.cut = pos > size
+    except struct.error:  # an element header, or an item of a sequence, past the end of the file
+        out.cut = True
+    except (ValueError, IndexError, RecursionError, zlib.error):  # not DICOM as far as this parse goes
+        pass
+    return out
+
+
+def _expected_pixel_bytes(reader) -> Optional[tuple[int, str]]:
+    """Bytes of native pixel data a slice's header announces, and how they add up; None where a tag is unusable.
+
+    Rows x Columns x SamplesPerPixel x ceil(BitsAllocated / 8) x
+    NumberOfFrames (1 where absent), from the tags SimpleITK read; 1-bit
+    pixels are packed, 8 to a byte.
+    """
+    def value(tag: str, default: Optional[int] = None) -> Optional[int]:
+        text = reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+        number = _int(text) if text else default
+        return number if number is not None and number > 0 else default
+
+    rows, cols, bits = value("0028|0010"), value("0028|0011"), value("0028|0100")
+    samples, frames = value("0028|0002", 1), value("0028|0008", 1)
+    if rows is None or cols is None or bits is None or samples is None or frames is None:
+        return None
+    pixels = rows * cols * samples * frames
+    how = f"{rows} rows x {cols} columns" + (f" x {samples} samples" if samples > 1 else "")
+    how += f" x {frames} frames" if frames > 1 else ""
+    if bits == 1:
+        return (pixels + 7) // 8, how + " at 1 bit"
+    per = (bits + 7) // 8
+    return pixels * per, how + f" x {per} byte{'s' if per > 1 else ''} ({bits} bits allocated)"
+
+
+def _check_pixel_data(readers: list, files: list[str], label: str) -> None:
+    """Every slice with native pixel data must hold all the pixels its header announces.
+
+    GDCM reads a slice whose PixelData (7FE0,0010) is shorter than Rows x
+    Columns x SamplesPerPixel x ceil(BitsAllocated / 8) x NumberOfFrames
+    without an error and fills the missing pixels with garbage (a real series
+    with one such slice scored 0.0 instead of 314). The element's length and
+    the bytes the file holds after it are parsed from the file itself
+    (:func:`_pixel_data_extent`); the shorter of the two must reach the
+    expected count. Where the parse cannot find the element, the file as a
+    whole must at least be as long as its pixels (which catches a gross cut,
+    not one of a few bytes). Encapsulated (compressed) transfer syntaxes are
+    left to the decoder, which refuses a cut stream.
+    """
+    import os
+
+    for r, f in zip(readers, files):
+        expected = _expected_pixel_bytes(r)
+        if expected is None:
+            continue
+        need, how = expected
+        extent = _pixel_data_extent(f)
+        if extent is None:
+            continue
+        if extent.transfer_syntax and extent.transfer_syntax not in _NATIVE_TRANSFER_SYNTAXES:
+            continue
+        fix = (" The file was cut short (an interrupted copy, transfer or export); copy or export the series "
+               "again and score it.")
+        if extent.declared is not None:
+            have = min(extent.declared, extent.available)
+            if have < need:
+                where = (f"its PixelData (7FE0,0010) holds {have} bytes" if extent.declared <= extent.available
+                         else f"its PixelData (7FE0,0010) announces {extent.declared} bytes but the file ends "
+                              f"after {have}")
+                raise InvalidScanError(
+                    f"{label}: DICOM slice {Path(f).name} is truncated: {where}, but its header's {how} "
+                    f"need {need}. The missing pixels would be read as garbage and the score would be "
+                    "wrong." + fix)
+            continue
+        size = os.path.getsize(f)
+        if size < need:
+            raise InvalidScanError(
+                f"{label}: DICOM slice {Path(f).name} is truncated: the whole file holds {size} bytes, but its "
+                f"header's {how} need {need} bytes of pixel data. The missing pixels would be read as "
+                "garbage and the score would be wrong." + fix)
+
+
+def _check_unlisted_files(s: SeriesInfo, all_series: list[SeriesInfo], label: str) -> None:
+    """No file beside the slices of ``s`` may be a cut-short slice of ``s`` that GDCM skipped.
+
+    GDCM leaves out of a series, without a word, a file whose PixelData (or
+    header) runs past the end of the file: a slice cut inside the series then
+    shows as a missing slice, and a cut first or last slice vanishes and the
+    scan is scored without it. Each file in the series' folders that no series
+    lists and that starts like DICOM is parsed (:func:`_pixel_data_extent`);
+    one that ends before its pixel data does is refused when it names this
+    series, or when it is cut before its SeriesInstanceUID.
+    """
+    import os
+
+    listed = {os.path.normpath(f) for t in all_series for f in t.files}
+    for d in sorted({os.path.dirname(os.path.normpath(f)) for f in s.files}):
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for name in names:
+            f = os.path.join(d, name)
+            if f in listed or name.startswith(".") or not os.path.isfile(f) or not _looks_like_dicom(f):
+                continue
+            extent = _pixel_data_extent(f)
+            if extent is None or not extent.runs_past_end() or extent.series_uid not in ("", s.uid):
+                continue
+            if extent.declared is None:
+                why = "the file ends inside its header"
+            elif extent.declared == _UNDEFINED_LENGTH:
+                why = (f"the fragments of its compressed PixelData (7FE0,0010) run past the end of the file, "
+                       f"after {extent.available} bytes")
+            else:
+                why = (f"its PixelData (7FE0,0010) announces {extent.declared} bytes but the file ends after "
+                       f"{extent.available}")
+            whose = f"of series {s.uid}" if extent.series_uid == s.uid else "whose series cannot be read"
+            raise InvalidScanError(
+                f"{label}: DICOM file {name} ({whose}) is truncated: {why}. The DICOM reader leaves such a file "
+                "out of the series, and the scan would be scored without that slice. The file was cut short (an "
+                "interrupted copy, transfer or export); copy or export the series again and score it.")
+
+
+def _undecodable_slice(files: list[str]) -> str:
+    """", in slice NAME..." for the first of ``files`` GDCM cannot decode alone (a cut JPEG stream), else ""."""
+    import SimpleITK as sitk
+
+    def decodes(f: str) -> bool:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        try:
+            r.Execute()
+        except RuntimeError:
+            return False
+        return True
+
+    for i, f in enumerate(files):
+        if not decodes(f):
+            if i > 0 or (len(files) > 1 and decodes(files[1])):
+                return (f", in slice {Path(f).name}; other slices decode, so that file is damaged (cut short?): "
+                        "copy or export the series again")
+            return f", in slice {Path(f).name}"
+    return ""
+
+
+def _looks_like_dicom(path: str) -> bool:
+    """DICM at byte 128 (Part 10), or a bare data set starting with group 0002 or 0008 (little endian)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:] == b"DICM" or head[:2] in (b"\x02\x00", b"\x08\x00")
 
 
 def _check_complete(path: Path, label: str) -> Optional[dict[str, Any]]:

@@ -527,3 +527,146 @@ def test_real_gzipped_dicom_is_read(tmp_path):
     scan = read_scan(folder)
     assert scan.hu.shape == (7, 512, 512) and scan.spacing[0] == pytest.approx(3.0)
     assert scan.spacing[1] == pytest.approx(0.488, abs=1e-3) and len(scan.slices) == 7
+
+
+# --- DICOM slices cut short (GDCM reads a short PixelData as garbage, and skips a file cut inside an element) ---
+
+def _lesion_hu():
+    hu = np.full((6, 32, 40), -1000.0)
+    hu[:, 4:-4, 4:-4] = 40.0
+    hu[2, 20:23, 25:29] = 500.0  # the lesion lies in slice_002.dcm, the slice cut below
+    return hu
+
+
+def _short_pixel_data(path, keep):
+    """Rewrite the PixelData of a GDCM-written slice (implicit VR little endian, PixelData last) to its first
+    ``keep`` bytes, length field included: the file still parses."""
+    import struct
+
+    data = path.read_bytes()
+    n = 32 * 40 * 2
+    head = data[:-n]
+    assert head[-8:-4] == b"\xe0\x7f\x10\x00" and struct.unpack("<I", head[-4:])[0] == n
+    path.write_bytes(head[:-4] + struct.pack("<I", keep) + data[-n:][:keep])
+
+
+@pytest.mark.parametrize("keep", [1000, 32 * 40 * 2 - 4], ids=["cut_to_1000_bytes", "cut_by_4_bytes"])
+def test_dicom_slice_with_short_pixel_data_is_refused_by_cac_score(tmp_path, toy_weights, keep):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cacnet.cli import app
+
+    folder = tmp_path / "series"
+    files = write_series(folder, _lesion_hu())
+    args = ["score", str(folder), "--json", "--weights", str(toy_weights), "--force"]
+    intact = CliRunner().invoke(app, args)
+    assert intact.exit_code == 0, intact.output
+    assert json.loads(intact.stdout)["agatston"] > 0
+    _short_pixel_data(files[2], keep)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 3, r.output
+    d = json.loads(r.stdout)
+    assert d["status"] == "error" and "agatston" not in d
+    message = f"DICOM slice slice_002.dcm is truncated: its PixelData (7FE0,0010) holds {keep} bytes"
+    assert message in d["error"] and message in r.stderr
+    assert "32 rows x 40 columns x 2 bytes (16 bits allocated) need 2560" in d["error"]
+    assert str(folder) in d["error"] and "copy or export the series again" in d["error"]
+
+
+@pytest.mark.parametrize("which", [0, 2, 5], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("cut", [4, 1000, 3000], ids=["4_bytes", "1000_bytes", "into_the_header"])
+def test_dicom_file_cut_short_is_refused_not_left_out(tmp_path, which, cut):
+    """GDCM leaves a file whose PixelData runs past its end out of the series: a cut first or last slice used to
+    vanish (the scan scored without it), a cut middle one to read as a missing slice."""
+    folder = tmp_path / "series"
+    files = write_series(folder, ct_like())
+    (folder / "README.txt").write_text("notes beside the slices")
+    (folder / "zeros.bin").write_bytes(bytes(1 << 16))
+    data = files[which].read_bytes()
+    files[which].write_bytes(data[:-cut])
+    with pytest.raises(InvalidScanError, match=rf"DICOM file slice_00{which}\.dcm \(.*\) is truncated") as info:
+        read_scan(folder)
+    text = str(info.value)
+    assert str(folder) in text and "would be scored without that slice" in text
+    if cut < 2560:
+        assert f"announces 2560 bytes but the file ends after {2560 - cut}" in text
+        assert "of series 1.2.826.0.1.3680043.8.498.2" in text
+
+
+def test_files_beside_an_intact_series_are_not_mistaken_for_cut_slices(tmp_path):
+    folder = _series(tmp_path / "s")
+    (folder / "README.txt").write_text("notes")
+    (folder / "zeros.bin").write_bytes(bytes(1 << 16))
+    (folder / "DICOMDIR").write_bytes(bytes(128) + b"DICM")  # a Part 10 file with nothing in it
+    write_series(folder / "other", ct_like(seed=3), series_uid="1.2.3.4.9")  # another series, cut
+    cut = folder / "other" / "slice_001.dcm"
+    cut.write_bytes(cut.read_bytes()[:-100])
+    scan = read_scan(folder, series="1.2.826.0.1.3680043.8.498.2")
+    assert np.array_equal(scan.hu, ct_like()) and scan.meta["n_files"] == 6
+
+
+def _reencode(folder, transfer_syntax, keep=None, cut_slice=2):
+    """Re-encode a series in ``transfer_syntax`` with undefined-length sequences (nested), optionally with the
+    PixelData of ``cut_slice`` kept to its first ``keep`` bytes."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+    from pydicom.filewriter import dcmwrite
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    for i, f in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(f)
+        code = Dataset()
+        code.CodeValue = "X"
+        code.is_undefined_length_sequence_item = True
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ConceptNameCodeSequence = Sequence([code])
+        item["ConceptNameCodeSequence"].is_undefined_length = True
+        item.is_undefined_length_sequence_item = True
+        ds.ReferencedImageSequence = Sequence([item, item])
+        ds["ReferencedImageSequence"].is_undefined_length = True
+        big = transfer_syntax == ExplicitVRBigEndian
+        if big:
+            ds.PixelData = ds.pixel_array.astype(">i2").tobytes()
+        if keep is not None and i == cut_slice:
+            ds.PixelData = ds.PixelData[:keep]
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        dcmwrite(f, ds, little_endian=not big, implicit_vr=transfer_syntax == ImplicitVRLittleEndian,
+                 enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                                    "1.2.840.10008.1.2.1.99"],
+                         ids=["implicit_le", "explicit_le", "explicit_be", "deflated"])
+def test_short_pixel_data_is_refused_in_every_uncompressed_transfer_syntax(tmp_path, syntax):
+    from pydicom.uid import UID
+
+    intact = _reencode(_series(tmp_path / "intact"), UID(syntax))
+    assert np.array_equal(read_scan(intact).hu, ct_like())
+    for keep in (1000, 2558):
+        folder = _reencode(_series(tmp_path / f"short{keep}"), UID(syntax), keep=keep)
+        with pytest.raises(InvalidScanError, match=rf"slice_002\.dcm is truncated: its PixelData \(7FE0,0010\) "
+                                                   rf"holds {keep} bytes, .* need 2560"):
+            read_scan(folder)
+
+
+def test_cut_compressed_slice_is_refused_by_the_decoder_naming_the_file(tmp_path):
+    """JPEG 2000: the encapsulated stream's length says nothing about the pixels; OpenJPEG refuses a cut one."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.encaps import encapsulate, generate_frames
+
+    folder = tmp_path / "j2k"
+    files = write_series(folder, ct_like(), compressor="JPEG2000")
+    ds = pydicom.dcmread(files[2])
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) - 4]])
+    ds.save_as(files[2])
+    with pytest.raises(InvalidScanError, match=r"pixel data cannot be decoded .*in slice slice_002\.dcm"):
+        read_scan(folder)
+    files[3].write_bytes(files[3].read_bytes()[: files[3].stat().st_size // 2])  # cut inside the fragments
+    with pytest.raises(InvalidScanError, match=r"slice_003\.dcm \(of series .*\) is truncated: the fragments"):
+        read_scan(folder)
