@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble  # noqa: E402
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes  # noqa: E402
 from cacnet.io import Scan, read_scan  # noqa: E402
 from cacnet.pipeline import score_scan  # noqa: E402
 
@@ -59,8 +59,21 @@ def recording(ens: Ensemble) -> list:
             kept.append(sum(int((m != la.argmax(0)).sum()) for m, la in zip(maps, kept)))
         return maps
 
+    run_soft = ens.soft_vote
+
+    def soft_vote(x):
+        # with a second stage, OpenVINO runs the soft vote as one graph (classes and mean probabilities, no
+        # logits): the single models give the logits afterwards, and the graph's vote is checked against theirs
+        probs, vote = run_soft(x)
+        if ens.backend == "openvino":
+            list(logits(x))
+            again = combine_votes([la.argmax(0).astype(np.uint8) for la in kept], ens.n_models)
+            kept.append(int((again.votes != vote.votes).sum() + (again.artery != vote.artery).sum()))
+        return probs, vote
+
     ens.logits = logits  # type: ignore[method-assign]  # an instance attribute shadows the method
     ens.classes = classes  # type: ignore[method-assign]
+    ens.soft_vote = soft_vote  # type: ignore[method-assign]
     return kept
 
 

@@ -207,6 +207,20 @@ def main() -> None:
     total, pkgs = importtime(["-m", "cacnet", "score", str(first_scan), "--json", *weights], env)
     print(f"import time of a whole `cac score` process: {total:.3f} s; "
           + ", ".join(f"{p} {s:.3f}" for p, s in pkgs[:12]))
+    startup = statistics.median(run_process([sys.executable, "-c", "pass"], env, tmp / "out.txt")[0]
+                                for _ in range(5))
+    loads = {}
+    for cache in (True, False):
+        code = ("import sys, time; from pathlib import Path; from cacnet.cohort import EnsembleSpec; "
+                "from cacnet.ensemble import DEFAULT_WEIGHTS; t = time.perf_counter(); "
+                f"EnsembleSpec(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_WEIGHTS, model_cache={cache}).load(); "
+                "print(time.perf_counter() - t)")
+        runs = [float(run_process([sys.executable, "-c", code, *([str(args.weights)] if args.weights else [])], env,
+                                  tmp / "out.txt")[3]) for _ in range(3)]
+        loads[cache] = statistics.median(runs)
+    print(f"interpreter start-up (python -c pass): {startup:.3f} s; loading the ensemble (sha256 of the weights, "
+          f"building and compiling the graph the decision runs): {loads[True]:.3f} s from the model cache, "
+          f"{loads[False]:.3f} s without it (median of 3 processes)")
     print(f"\nload average at the end {load_average()}")
 
 
