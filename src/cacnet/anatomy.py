@@ -20,11 +20,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["AnatomyMap", "anatomical_map", "ANATOMY_FEATURES", "SAC_MARGIN_MM",
+__all__ = ["AnatomyMap", "anatomical_map", "ANATOMY_FEATURES", "SAC_MARGIN_MM", "MIN_HEART_ML",
            "HEART_HU"]
 
 #: HU band (smoothed) of the heart's blood and muscle; fat is below, calcium and bone above.
 HEART_HU = (-20.0, 200.0)
+#: The smallest heart (mL, blood and muscle) the map trusts (triage's smallest heart region).
+MIN_HEART_ML = 150.0
 #: The sac: heart-region tissue within this distance (mm) of the heart's surface.
 SAC_MARGIN_MM = 25.0
 #: Per-candidate anatomical features (mm, or fractions of the heart's radii), in this order.
@@ -172,8 +174,23 @@ class AnatomyMap:
 
     @property
     def found(self) -> bool:
-        """Whether a heart was found (else every position is 'outside')."""
+        """Whether a heart was found at all."""
         return bool(self.heart.any())
+
+    @property
+    def heart_ml(self) -> float:
+        """The volume (mL) of the heart found."""
+        return float(self.heart.sum()) * float(np.prod(self.cell_mm)) / 1000.0
+
+    @property
+    def usable(self) -> bool:
+        """Whether the map is trusted to rule candidates out: a heart of at least :data:`MIN_HEART_ML`.
+
+        A smaller "heart" means the map failed on this scan (an unusual anatomy or
+        geometry); then no candidate is ruled out by it (the second stage still
+        decides, with the anatomical features it has) and the result says so.
+        """
+        return self.heart_ml >= MIN_HEART_ML
 
     def _coords(self, z, y, x) -> np.ndarray:
         """Fine indices -> continuous cell coordinates (cell centres at integers), clipped to the grid."""
@@ -196,11 +213,14 @@ class AnatomyMap:
         return np.stack(cols + [rel[0], rel[1], rel[2]], axis=1).astype(np.float64)
 
     def outside_reason(self, features: np.ndarray) -> list[Optional[str]]:
-        """Per row of :meth:`at`'s output: why it cannot be coronary calcium (outside the sac), or None."""
+        """Per row of :meth:`at`'s output: why it cannot be coronary calcium (outside the sac), or None.
+
+        Always None when the map is not :attr:`usable`.
+        """
         out: list[Optional[str]] = []
         for hs, ss in features[:, :2]:
-            if not self.found:
-                out.append("no heart found in the scan: nothing can be coronary")
+            if not self.usable:
+                out.append(None)
             elif ss > 0:
                 out.append(f"outside the pericardial sac ({ss:.1f} mm from it, {hs:.1f} mm from the heart)")
             else:
@@ -222,7 +242,7 @@ class AnatomyMap:
         cell_ml = float(np.prod(self.cell_mm)) / 1000.0
         return {"heart_ml": round(float(self.heart.sum()) * cell_ml, 1),
                 "sac_ml": round(float(self.sac.sum()) * cell_ml, 1),
-                "sac_margin_mm": SAC_MARGIN_MM}
+                "sac_margin_mm": SAC_MARGIN_MM, "sac_rule_applied": self.usable}
 
 
 def anatomical_map(checked: Any) -> AnatomyMap:

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 import agatston
 
-from .anatomy import AnatomyMap, anatomical_map
+from .anatomy import MIN_HEART_ML, AnatomyMap, anatomical_map
 from .candidates import decide_candidates, densest, mean_probabilities
 from .ensemble import Ensemble, Vote, combine_votes, weights_version
 from .errors import UnsuitableScanError
@@ -409,6 +409,10 @@ def score_scan(
     warnings = [w for w in scan.warnings if w not in checked.refusals]
     warnings += [f"forced: {w}" for w in checked.refusals] + checked.warnings
     warnings += list(ensemble.warnings)
+    if ensemble.stage is not None and prepared.anatomy is not None and not prepared.anatomy.usable:
+        warnings.append(f"anatomy: the map found no heart of at least {MIN_HEART_ML:g} mL "
+                        f"({prepared.anatomy.heart_ml:.0f} mL): the pericardial-sac rule was not applied, and "
+                        "calcium outside the heart may be reported. Check the lesions' positions.")
     if early_stop and ensemble.stage is not None:
         warnings.append("early stop: not used, the second stage needs every model's output (all models run).")
     if early_stop and vote.models_run < vote.n_models:

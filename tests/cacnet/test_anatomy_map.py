@@ -98,13 +98,25 @@ def test_features_are_read_where_the_masks_are():
     np.testing.assert_array_equal(feats[:, 1] <= 0, inside)
 
 
-def test_without_a_heart_nothing_is_coronary():
+def test_a_map_without_a_heart_rules_nothing_out():
     hu = np.full((20, 128, 128), -1000.0, np.float32)
     hu[:, 20:100, 20:100] = 40.0
     hu[8:10, 60:62, 60:62] = 600.0
     _, amap = _map(hu, (3.0, 1.0, 1.0))
-    assert not amap.found
-    assert amap.outside_reason(amap.at([8], [60], [60])) == ["no heart found in the scan: nothing can be coronary"]
+    assert not amap.usable and amap.summary()["sac_rule_applied"] is False
+    assert amap.outside_reason(amap.at([8], [60], [60])) == [None]
+
+
+def test_a_heart_too_small_to_trust_turns_the_sac_rule_off():
+    case = generate_phantom(case_seed(4242, 7), category="C")
+    checked, amap = _map(case.hu, case.spacing)
+    assert amap.usable and amap.heart_ml >= 150
+    c = find_candidates(case.hu)
+    outside = [r is not None for r in amap.outside_reason(amap.at(*c.peak))]
+    assert any(outside)
+    amap.heart[:] = False
+    amap.heart[tuple(np.argwhere(checked.parts.heart)[0])] = True  # one cell: 0.04 mL
+    assert not amap.usable and not any(r is not None for r in amap.outside_reason(amap.at(*c.peak)))
 
 
 @pytest.mark.parametrize("spacing,shape,meta,kind", [

@@ -152,13 +152,16 @@ def test_decide_candidates_labels_what_the_stage_accepts():
 
 
 def _inside_map(shape, outside_x: int | None = None) -> AnatomyMap:
-    """A map on the fine grid (block 1) where everything is inside the sac, except columns x >= ``outside_x``."""
+    """A map on the fine grid (block 1) where everything is inside the sac, except columns x >= ``outside_x``.
+
+    Its cells are said to be 5 mm wide so that its "heart" is large enough (>= 150 mL) for the map to be trusted.
+    """
     sac = np.ones(shape, bool)
     if outside_x is not None:
         sac[:, :, outside_x:] = False
     sdist = np.where(sac, -5.0, 7.0).astype(np.float32)
     z = np.zeros(shape, np.float32)
-    return AnatomyMap((1, 1, 1), (1.0, 1.0, 1.0), sac.copy(), sac, np.zeros(shape, bool), np.ones(shape, bool),
+    return AnatomyMap((1, 1, 1), (5.0, 5.0, 5.0), sac.copy(), sac, np.zeros(shape, bool), np.ones(shape, bool),
                       sdist, sdist, z + 20.0, z + 50.0, np.array(shape, float) / 2, np.array(shape, float) / 4)
 
 
