@@ -86,9 +86,11 @@ def main() -> None:
 
     # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child forked from this
     # (large) benchmark process would report the parent's resident set.
-    code = ("import resource, sys; from cacnet.cli import main; "
+    # (what cacnet.cli.main does before app(); main itself ends the process at once after `cac score`)
+    code = ("import resource, sys; from cacnet._memory import return_large_buffers_to_os; "
+            "return_large_buffers_to_os(); from cacnet.cli import app; "
             "sys.argv=['cac','score',sys.argv[1],'--json','--weights',sys.argv[2]] + sys.argv[3:]; "
-            "\ntry:\n main()\nexcept SystemExit: pass\n"
+            "\ntry:\n app()\nexcept SystemExit: pass\n"
             "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')]\n"
             "print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
             "file=sys.stderr)")

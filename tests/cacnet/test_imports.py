@@ -27,10 +27,10 @@ import json, sys
 print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
 _SCORE = """
-from cacnet.cli import main
+from cacnet.cli import app  # cacnet.cli.main would end the process before the modules are listed
 sys.argv = ["cac", "score", sys.argv[1], "--json"]
 try:
-    main()
+    app()
 except SystemExit as exc:
     assert not exc.code, exc.code
 """
