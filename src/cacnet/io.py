@@ -38,8 +38,9 @@ factor, so it is an :class:`~cacnet.errors.InvalidScanError` naming the value.
 The slice increment (spacing along patient z) must be 0.1-20 mm (the thinnest
 detector rows are 0.2-0.25 mm, so overlapping reconstructions reach about
 0.1 mm; the widest clinical increments, interspaced HRCT, are 10-20 mm); the
-pixel 0.05-2.0 mm (1024 pixels over the smallest, 50 mm, display field give
-0.05 mm; 512 over the widest, about 800 mm, give 1.6 mm); the scan length
+pixel 0.05-5.0 mm (1024 pixels over the smallest, 50 mm, display field give
+0.05 mm; 256 over a PET/CT's 700 mm field give 2.7 mm, and copies downsampled to
+the models' 2.5-3 mm grid are read too); the scan length
 (slices x increment) at most 2000 mm (the longest table travel of any CT), and
 the in-plane field at most 1000 mm (no CT bore is wider than about 900 mm).
 Whether a plausible scan suits calcium scoring (a heart in it, its size, HU
@@ -96,8 +97,9 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
 #: Slice increment (mm) of any CT of a patient: overlapping reconstructions of 0.2-0.25 mm rows reach ~0.1 mm;
 #: interspaced HRCT, the widest clinical increment, uses 10-20 mm. Outside: the header is wrong (reader error).
 SLICE_INCREMENT_RANGE_MM = (0.1, 20.0)
-#: Pixel size (mm): 1024 pixels over the smallest (50 mm) display field to 512 over the widest (~800 mm, 1.6 mm).
-PIXEL_RANGE_MM = (0.05, 2.0)
+#: Pixel size (mm): 1024 pixels over the smallest (50 mm) display field, up to 256 over a PET/CT's 700 mm field
+#: (2.7 mm) and copies downsampled to the models' 2.5-3 mm grid; beyond 5 mm no image shows a heart's anatomy.
+PIXEL_RANGE_MM = (0.05, 5.0)
 #: Longest scan (slices x increment, mm): the longest table travel of any CT is about 2000 mm.
 MAX_LENGTH_MM = 2000.0
 #: Widest in-plane field (mm): no CT bore is wider than about 900 mm.
@@ -1048,8 +1050,7 @@ def _check_extent(image, label: str) -> None:
     for p in inplane:
         if not lo <= sp[p] <= hi:
             why = ("finer than any CT reconstructs (1024 pixels over the smallest, 50 mm, field)" if sp[p] < lo else
-                   "coarser than any CT reconstructs (512 pixels over the widest, about 800 mm, field give 1.6 mm; "
-                   "a downsampled copy cannot resolve calcium)")
+                   "coarser than any CT reconstructs (256 pixels over a PET/CT's 700 mm field give 2.7 mm)")
             raise InvalidScanError(f"{label}: pixel size is {sp[p]:g} mm (file axis {p}), outside {lo:g}-{hi:g} mm: "
                                    f"{why}." + fix)
     length = size[z] * inc

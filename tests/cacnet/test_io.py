@@ -231,8 +231,8 @@ def test_vector_image_is_refused(tmp_path, suffix):
 @pytest.mark.parametrize("shape, spacing_xyz, message", [
     ((6, 32, 40), (0.5, 0.5, 300.0), "slice increment is 300 mm (the spacing along patient z), outside 0.1-20 mm"),
     ((6, 32, 40), (0.5, 0.5, 0.003), "slice increment is 0.003 mm (the spacing along patient z), outside 0.1-20 mm"),
-    ((6, 32, 40), (0.003, 0.003, 3.0), "pixel size is 0.003 mm (file axis 0), outside 0.05-2 mm"),
-    ((6, 32, 40), (3.0, 3.0, 3.0), "pixel size is 3 mm (file axis 0), outside 0.05-2 mm"),
+    ((6, 32, 40), (0.003, 0.003, 3.0), "pixel size is 0.003 mm (file axis 0), outside 0.05-5 mm"),
+    ((6, 32, 40), (6.0, 6.0, 3.0), "pixel size is 6 mm (file axis 0), outside 0.05-5 mm"),
     ((101, 8, 8), (0.5, 0.5, 20.0), "the scan is 2020 mm long (101 slices x 20 mm), more than 2000 mm"),
     ((3, 8, 520), (2.0, 0.5, 3.0), "the field of view is 1040 mm wide (520 pixels x 2 mm), more than 1000 mm"),
 ])
