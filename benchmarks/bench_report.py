@@ -2,7 +2,7 @@
 
 Scores each scan once with the shipped ensemble, then times, over --repeat runs
 (median), what ``cac score --report --preview`` adds: finding the components
-(:func:`cacnet.review.find_components`, with the heart region of the triage
+(:func:`cacnet.components.find_components`, with the heart region of the triage
 scoring made), rendering and writing the HTML report, and the preview PNG. With
 --docs it writes docs/report/<id>.html, the quick look docs/report/<id>_preview.png
 and a screenshot of the report, docs/report/<id>.png, taken with headless
@@ -53,7 +53,7 @@ def main() -> None:
     from cacnet.pipeline import score_scan
     from cacnet.preview import write_result_preview
     from cacnet.report import write_report
-    from cacnet.review import find_components
+    from cacnet.components import find_components
 
     ens = Ensemble(device="cpu")
     out = ROOT / "docs" / "report"

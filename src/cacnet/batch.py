@@ -176,7 +176,7 @@ def write_outputs(result: ScanResult, outdir: Path, preview: bool = False, repor
     assert result.scan is not None
     write_image_atomic(to_source_grid(result.labels, result.scan), outdir / f"{result.id}_calcium.nii.gz")
     if preview or report:
-        from .review import find_components
+        from .components import find_components
 
         table = find_components(result.scan.hu, result.scan.spacing, result.labels, result.data, result.triage)
     if preview:

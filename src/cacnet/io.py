@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import math
 import re
 import shutil
@@ -78,6 +79,7 @@ from typing import Any, NoReturn, Optional
 
 import numpy as np
 
+from ._files import sha256_file
 from .errors import InvalidScanError, SeriesSelectionError
 
 try:  # ISA-L's gzip (python-isal): the same bytes as the standard library, about twice as fast
@@ -89,8 +91,8 @@ except ImportError:  # pragma: no cover - where no isal wheel exists
     _GunzipError = zlib.error
 
 __all__ = ["Scan", "SeriesInfo", "acquisition_flags", "read_scan", "list_series", "to_source_grid", "canonical_to_source_index",
-           "scan_id", "IMAGE_SUFFIXES", "is_scan_path", "hu_levels", "unrescaled_hu", "SLICE_INCREMENT_RANGE_MM",
-           "PIXEL_RANGE_MM", "MAX_LENGTH_MM", "MAX_FOV_MM", "UNRESCALED_AIR_HU"]
+           "lesion_position", "scan_id", "scan_sha256", "IMAGE_SUFFIXES", "is_scan_path", "hu_levels", "unrescaled_hu",
+           "SLICE_INCREMENT_RANGE_MM", "PIXEL_RANGE_MM", "MAX_LENGTH_MM", "MAX_FOV_MM", "UNRESCALED_AIR_HU"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".zip")
 
@@ -188,6 +190,35 @@ def scan_id(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def scan_sha256(path: Path | str) -> str:
+    """sha256 identifying a scan's bytes.
+
+    A file (NIfTI, NRRD, MetaImage header, zip): the sha256 of its bytes. A
+    folder (DICOM): the sha256 of the lines ``<relative path>\\0<sha256 of the
+    file>\\n`` of every file in it, recursively, sorted by relative path,
+    hidden files left out. A MetaImage ``.mhd`` is hashed with its data file
+    only when it is a ``.mha``; for ``.mhd`` the header and the ``.raw``/``.zraw``
+    file next to it with the same stem are hashed together.
+    """
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        files = sorted((p for p in path.rglob("*") if p.is_file()
+                        and not any(part.startswith(".") for part in p.relative_to(path).parts)),
+                       key=lambda p: p.relative_to(path).as_posix())
+        for p in files:
+            h.update(p.relative_to(path).as_posix().encode("utf-8") + b"\0" + sha256_file(p).encode() + b"\n")
+        return h.hexdigest()
+    if path.name.lower().endswith(".mhd"):
+        h = hashlib.sha256(sha256_file(path).encode())
+        for ext in (".raw", ".zraw"):
+            data = path.with_suffix(ext)
+            if data.exists():
+                h.update(sha256_file(data).encode())
+        return h.hexdigest()
+    return sha256_file(path)
 
 
 def is_scan_path(path: Path) -> bool:
@@ -1283,6 +1314,33 @@ def canonical_to_source_index(scan: Scan, zyx) -> tuple[float, float, float]:
         returned image, i.e. at ``[k, j, i]`` of its numpy array.
     """
     return _to_source_index(scan.source_image, zyx)
+
+
+def lesion_position(scan: Scan, z: int, y: float, x: float) -> dict[str, Any]:
+    """Where a canonical-grid position lies in the input file and in the patient.
+
+    Parameters
+    ----------
+    scan : Scan
+        The scan read.
+    z, y, x : float
+        Index into ``scan.hu`` (canonical LPS grid); ``z`` is a slice index.
+
+    Returns
+    -------
+    dict
+        ``voxel_ijk``: (i, j, k) index of the input file as ITK/NIfTI index it
+        (i fastest), rounded to 2 decimals; ``patient_lps_mm``: the physical
+        point (x, y, z) in mm, LPS; for DICOM input also ``sop_instance_uid``
+        and ``instance_number`` of the slice file at ``z``.
+    """
+    ijk = canonical_to_source_index(scan, (z, y, x))
+    point = scan.image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))
+    out: dict[str, Any] = {"voxel_ijk": [round(float(v), 2) + 0.0 for v in ijk],
+                           "patient_lps_mm": [round(float(v), 2) + 0.0 for v in point]}
+    if scan.slices:
+        out.update(scan.slices[int(z)])
+    return out
 
 
 def to_source_grid(array_zyx: np.ndarray, scan: Scan):

@@ -18,7 +18,9 @@ models voted for are listed as rejected candidates.
 
 from __future__ import annotations
 
+import importlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -28,16 +30,16 @@ from scipy import ndimage
 
 import agatston
 
+from . import io
 from .anatomy import MIN_HEART_ML, AnatomyMap, anatomical_map
 from .candidates import decide_candidates, densest, mean_probabilities
 from .ensemble import Ensemble, Vote, combine_votes, weights_version
 from .errors import UnsuitableScanError
-from .io import Scan, canonical_to_source_index, read_scan
+from .io import Scan, read_scan
 from .preprocess import CoarseGrid, coarse_grid, downsample, normalize
 from .triage import triage
 
-__all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "segment", "decide_components",
-           "lesion_position", "versions"]
+__all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "segment", "decide_components", "versions"]
 
 
 @dataclass
@@ -176,33 +178,6 @@ def deciding_any(hu: np.ndarray, coarse: np.ndarray, grid: CoarseGrid, threshold
     return bool(records)
 
 
-def lesion_position(scan: Scan, z: int, y: float, x: float) -> dict[str, Any]:
-    """Where a canonical-grid position lies in the input file and in the patient.
-
-    Parameters
-    ----------
-    scan : Scan
-        The scan read.
-    z, y, x : float
-        Index into ``scan.hu`` (canonical LPS grid); ``z`` is a slice index.
-
-    Returns
-    -------
-    dict
-        ``voxel_ijk``: (i, j, k) index of the input file as ITK/NIfTI index it
-        (i fastest), rounded to 2 decimals; ``patient_lps_mm``: the physical
-        point (x, y, z) in mm, LPS; for DICOM input also ``sop_instance_uid``
-        and ``instance_number`` of the slice file at ``z``.
-    """
-    ijk = canonical_to_source_index(scan, (z, y, x))
-    point = scan.image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))
-    out: dict[str, Any] = {"voxel_ijk": [round(float(v), 2) + 0.0 for v in ijk],
-                           "patient_lps_mm": [round(float(v), 2) + 0.0 for v in point]}
-    if scan.slices:
-        out.update(scan.slices[int(z)])
-    return out
-
-
 @dataclass
 class PreparedScan:
     """A scan read, triaged and preprocessed: everything :func:`score_scan` does before the models.
@@ -265,7 +240,7 @@ def prepare_scan(source: Path | str | Scan, *, series: Optional[str] = None, for
 
 
 def _source(scan: Scan) -> dict[str, Any]:
-    """``{"path", "sha256"}`` of the file or folder a scan was read from (see :func:`cacnet.review.scan_sha256`).
+    """``{"path", "sha256"}`` of the file or folder a scan was read from (see :func:`cacnet.io.scan_sha256`).
 
     Both are None for a scan made in memory; the sha256 is None when the
     source is gone (deleted after reading): then, as for a scan in memory,
@@ -273,10 +248,8 @@ def _source(scan: Scan) -> dict[str, Any]:
     """
     if scan.source_path is None:
         return {"path": None, "sha256": None}
-    from .review import scan_sha256
-
     try:
-        digest = scan_sha256(scan.source_path)
+        digest = io.scan_sha256(scan.source_path)
     except FileNotFoundError:
         digest = None
     return {"path": str(scan.source_path), "sha256": digest}
@@ -384,14 +357,14 @@ def score_scan(
         d = les.to_dict()
         d.update({"artery": agatston.ARTERY_NAMES.get(les.label, str(les.label)), "votes": votes,
                   "review": votes < vote.models_run,
-                  "position": lesion_position(scan, les.slice_index, *les.centroid_yx)})
+                  "position": io.lesion_position(scan, les.slice_index, *les.centroid_yx)})
         if rec is not None and len(rec) > 6:
             d["p_coronary"] = round(rec[6], 4)
         lesions.append(d)
     # slice_index and centroid_yx are on the canonical LPS grid; "position" is on the input file's own grid
     rejected = [
         {"slice_index": r[0], "centroid_yx": [round(r[1], 2), round(r[2], 2)], "votes": r[3],
-         "artery": agatston.ARTERY_NAMES.get(r[4], ""), "position": lesion_position(scan, r[0], r[1], r[2]),
+         "artery": agatston.ARTERY_NAMES.get(r[4], ""), "position": io.lesion_position(scan, r[0], r[1], r[2]),
          **({"p_coronary": round(r[6], 4)} if len(r) > 6 else {}),
          **({"reason": r[7]} if len(r) > 7 else {})}
         for r in records if not r[5]
@@ -445,3 +418,15 @@ def score_scan(
     }
     data["timings_s"]["total"] = round(sum(stages.values()), 4)  # the stages' time, not any wait between them
     return ScanResult(id=scan.id, labels=labels, score=result, data=data, scan=scan, triage=checked)
+
+
+#: Names that moved, with their new module: importable from here for one release, with a DeprecationWarning.
+_MOVED = {"lesion_position": "cacnet.io"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(f"cacnet.pipeline.{name} moved to {_MOVED[name]}.{name}; the old name goes in the next release.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

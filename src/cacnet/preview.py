@@ -14,10 +14,11 @@ import numpy as np
 from scipy import ndimage
 
 from ._files import atomic_path
+from .components import find_components
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import ScanResult
-    from .review import ComponentTable
+    from .components import ComponentTable
 
 __all__ = ["ARTERY_COLORS", "choose_slices", "render_montage", "write_preview", "render_result_preview",
            "write_result_preview", "preview_caption", "TILE_PX", "UNCOUNTED_RGB"]
@@ -97,7 +98,7 @@ def preview_caption(data: dict[str, Any], table: "ComponentTable",
                     max_chars: Optional[int] = None) -> list[tuple[str, tuple[int, int, int]]]:
     """The header text of :func:`render_result_preview`: (line, colour) pairs, top to bottom.
 
-    The counts are :meth:`cacnet.review.ComponentTable.counts`, as in the HTML report: lesions are the
+    The counts are :meth:`cacnet.components.ComponentTable.counts`, as in the HTML report: lesions are the
     result's ``n_lesions`` (numbered 1, 2, ...); mask parts too small to count are "not counted"
     (grey, unnumbered); the rejected candidates are the result's ``rejected_candidates`` (2D parts, drawn
     as C1, C2, ... where parts touching in 3D are one), those no model voted for are apart (H1, H2, ...).
@@ -191,7 +192,6 @@ def render_result_preview(result: "ScanResult", table: Optional["ComponentTable"
     import agatston as _ag
 
     from ._render import ARTERY_RGB as _RGB, CANDIDATE_RGB, draw_text, text_width, window as _window
-    from .review import find_components
 
     scan, data = result.scan, result.data
     hu = np.asarray(scan.hu)

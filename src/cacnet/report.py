@@ -25,7 +25,7 @@ and prints on A4. What it shows:
   ``rejected_candidates``: parts a minority of models voted for, or that a
   reader rejected; C1, C2, ...) and, apart, for dense parts in the heart
   region no model voted for (H1, H2, ...; dashed outlines), so that a miss is
-  visible. The counts are :meth:`cacnet.review.ComponentTable.counts`, as in
+  visible. The counts are :meth:`cacnet.components.ComponentTable.counts`, as in
   the preview.
 
 In the page a reader accepts, rejects or relabels each lesion and adds
@@ -50,7 +50,8 @@ import agatston
 
 from ._files import write_text_atomic
 from ._render import ARTERY_RGB, CALCIUM_WINDOW, CANDIDATE_RGB, outline, png_data_uri, window
-from .review import REVIEW_FORMAT, REVIEW_VERSION, Component, ComponentTable, find_components
+from .components import REVIEW_FORMAT, REVIEW_VERSION, Component, ComponentTable, find_components
+from .io import lesion_position
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import ScanResult
@@ -366,8 +367,6 @@ def _controls(comp: Component) -> str:
 
 def _card(comp: Component, crops: list[dict[str, Any]], n_models: int, scan: Any, shape: tuple[int, ...],
           calibrated: bool, min_area: float = 1.0, min_voxels: int = 1) -> str:
-    from .pipeline import lesion_position
-
     name = agatston.ARTERY_NAMES.get(comp.label) if comp.label and comp.kind == "lesion" else None
     proposed = agatston.ARTERY_NAMES.get(comp.label) if comp.label and comp.kind == "candidate" else None
     color = f"var(--{name})" if name else "var(--cand)"
@@ -429,7 +428,7 @@ def render_report(result: "ScanResult", table: Optional[ComponentTable] = None) 
     result : ScanResult
         With ``scan`` (the scan read), ``labels`` and ``data``.
     table : ComponentTable, optional
-        Computed with :func:`cacnet.review.find_components` when not given.
+        Computed with :func:`cacnet.components.find_components` when not given.
 
     Returns
     -------

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 import agatston
 from cacnet._render import encode_png
 from cacnet.cli import app
+from cacnet.components import find_components
 from cacnet.io import read_scan
 from cacnet.preview import TILE_PX, preview_caption
 from cacnet.report import NOT_VALIDATED_NOTICE
-from cacnet.review import apply_review, find_components
+from cacnet.review import apply_review
 
 runner = CliRunner()
 
@@ -105,13 +106,13 @@ def test_counts_agree_in_json_preview_and_report(scored_example):
 
 def test_counts_agree_on_a_synthetic_case(tmp_path, monkeypatch):
     """The synthetic case of test_review (3 lesions, an uncounted LM voxel, candidates) scored as a file."""
-    from cacnet import review as rv
+    from cacnet import components
     from cacnet.pipeline import ScanResult
     from cacnet.report import render_report
 
     from .test_review import SPACING, synthetic
 
-    monkeypatch.setattr(rv, "MAX_QUIET_CANDIDATE_MM3", 500.0)  # the bone block stays out
+    monkeypatch.setattr(components, "MAX_QUIET_CANDIDATE_MM3", 500.0)  # the bone block stays out
     hu, labels, data = synthetic()
     img = sitk.GetImageFromArray(hu.astype(np.int16))
     img.SetSpacing(SPACING[::-1])

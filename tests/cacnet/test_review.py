@@ -11,11 +11,12 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 import agatston
-from cacnet import review as rv
+from cacnet import components
 from cacnet.cli import app
 from cacnet.errors import ReviewError
-from cacnet.io import read_scan
-from cacnet.review import apply_decisions, apply_review, find_components, read_review, scan_sha256
+from cacnet.components import find_components
+from cacnet.io import read_scan, scan_sha256
+from cacnet.review import apply_decisions, apply_review, read_review
 
 runner = CliRunner()
 SPACING = (3.0, 0.5, 0.5)
@@ -52,7 +53,7 @@ def synthetic():
 
 def test_components_ids_groups_and_candidates(monkeypatch):
     hu, labels, data = synthetic()
-    monkeypatch.setattr(rv, "MAX_QUIET_CANDIDATE_MM3", 500.0)  # the bone block (720 mm3) is left out
+    monkeypatch.setattr(components, "MAX_QUIET_CANDIDATE_MM3", 500.0)  # the bone block (720 mm3) is left out
     table = find_components(hu, SPACING, labels, data)
     les = {c.id: c for c in table.in_mask}
     assert [c.id for c in table.lesions] == ["1-10-10", "1-30-30", "1-30-33"]  # by Agatston
@@ -88,7 +89,7 @@ def test_counts_are_the_results(monkeypatch):
     from cacnet.preview import preview_caption
 
     hu, labels, data = synthetic()
-    monkeypatch.setattr(rv, "MAX_QUIET_CANDIDATE_MM3", 500.0)
+    monkeypatch.setattr(components, "MAX_QUIET_CANDIDATE_MM3", 500.0)
     ref = agatston.score(hu, SPACING, labels)
     data = dict(data, n_lesions=ref.n_lesions, review=[2])
     table = find_components(hu, SPACING, labels, data)
@@ -114,10 +115,10 @@ def test_quiet_candidates_are_capped(monkeypatch):
     hu, labels, data = synthetic()
     with_bone = find_components(hu, SPACING, labels, data)
     assert "0-40-25" in {c.id for c in with_bone.candidates}  # 720 mm3 <= the default cap
-    monkeypatch.setattr(rv, "MAX_QUIET_CANDIDATES", 0)
+    monkeypatch.setattr(components, "MAX_QUIET_CANDIDATES", 0)
     table = find_components(hu, SPACING, labels, data)
     assert [c.source for c in table.candidates] == ["models"]  # voted candidates are listed first
-    monkeypatch.setattr(rv, "MAX_VOTED_CANDIDATES", 0)
+    monkeypatch.setattr(components, "MAX_VOTED_CANDIDATES", 0)
     table = find_components(hu, SPACING, labels, data)
     assert not table.candidates and table.left_out == 1
 
