@@ -108,12 +108,12 @@ def main() -> None:
 
 def benchmark_case(seed: int = 4242):
     """The benchmark phantom: the first seed from ``seed`` that gives a 512 x 512 x 60 scan (3 mm), category D."""
-    from cacnet.phantom._generate import _sample_acquisition
+    from cacnet.phantom._base import sample_acquisition
 
     case = None
     for s in range(seed, seed + 5000):  # the first seed that gives 512 x 512 x 60
         # with a category given, the acquisition is the seed's first draw
-        if _sample_acquisition(np.random.default_rng(s)).n_slices == 60:
+        if sample_acquisition(np.random.default_rng(s)).n_slices == 60:
             case = generate_phantom(s, category="D")
             if case.hu.shape[0] == 60:
                 break

@@ -30,10 +30,10 @@ from cacnet.preprocess import coarse_grid, downsample, normalize, pad_to_multipl
 def benchmark_input(seed: int) -> np.ndarray:
     """The padded model input of bench_score.py's 512 x 512 x 60 scan."""
     from cacnet.phantom import generate_phantom
-    from cacnet.phantom._generate import _sample_acquisition
+    from cacnet.phantom._base import sample_acquisition
 
     for s in range(seed, seed + 5000):  # the same search as bench_score.py
-        if _sample_acquisition(np.random.default_rng(s)).n_slices == 60:
+        if sample_acquisition(np.random.default_rng(s)).n_slices == 60:
             case = generate_phantom(s, category="D")
             if case.hu.shape[0] == 60:
                 break

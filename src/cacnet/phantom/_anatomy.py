@@ -17,12 +17,13 @@ import numpy as np
 
 from ._canvas import Canvas
 
-__all__ = ["Heart", "Anatomy", "sample_anatomy", "draw_anatomy", "draw_ribs", "resample_polyline"]
+__all__ = ["Heart", "Anatomy", "sample_anatomy", "sample_coronaries", "sample_ribs", "draw_anatomy", "draw_ribs",
+           "resample_polyline", "unit"]
 
 ARTERIES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
 
 
-def _unit(v) -> np.ndarray:
+def unit(v) -> np.ndarray:
     v = np.asarray(v, dtype=float)
     return v / np.linalg.norm(v)
 
@@ -92,7 +93,7 @@ class Anatomy:
 
 def _rotation(rng, max_deg) -> np.ndarray:
     """A random small rotation matrix (acts on (z, y, x) vectors)."""
-    axis = _unit(rng.normal(size=3))
+    axis = unit(rng.normal(size=3))
     ang = np.deg2rad(rng.uniform(-max_deg, max_deg))
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return np.eye(3) + np.sin(ang) * k + (1 - np.cos(ang)) * (k @ k)
@@ -101,9 +102,9 @@ def _rotation(rng, max_deg) -> np.ndarray:
 def sample_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> Anatomy:
     """Sample one patient's anatomy around a heart centred near the origin."""
     # Heart: long axis to the front, left and down, with variation.
-    u = _unit(_rotation(rng, 12) @ _unit([-0.45, -0.5, 0.72]))
+    u = unit(_rotation(rng, 12) @ unit([-0.45, -0.5, 0.72]))
     front = np.array([0.0, -1.0, 0.0])
-    v = _unit(front - front.dot(u) * u)
+    v = unit(front - front.dot(u) * u)
     w = np.cross(u, v)
     if w[2] < 0:  # w must point to the patient's left (+x)
         w = -w
@@ -148,12 +149,12 @@ def sample_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> An
         "cartilage": rng.uniform(80, 125),
     }
     anat.sternum_yx = np.array([torso_center[0] - torso_radii[0] + subcut + muscle * 0.3 + 8, torso_center[1]])
-    anat.ribs = _sample_ribs(rng, anat, z_range)
-    _sample_coronaries(rng, anat)
+    anat.ribs = sample_ribs(rng, anat, z_range)
+    sample_coronaries(rng, anat)
     return anat
 
 
-def _sample_ribs(rng, anat: Anatomy, z_range) -> list:
+def sample_ribs(rng, anat: Anatomy, z_range) -> list:
     cy, cx = anat.torso_center
     ry = anat.torso_radii[0] - anat.subcut - anat.muscle * 0.5
     rx = anat.torso_radii[1] - anat.subcut - anat.muscle * 0.5
@@ -183,7 +184,7 @@ def _wiggle(rng, n, amp) -> np.ndarray:
     return out
 
 
-def _sample_coronaries(rng, anat: Anatomy) -> None:
+def sample_coronaries(rng, anat: Anatomy) -> None:
     h = anat.heart
     off = anat.fat * 0.5
     s_av = rng.uniform(-0.48, -0.36)
@@ -202,10 +203,10 @@ def _sample_coronaries(rng, anat: Anatomy) -> None:
     phi = np.deg2rad(np.linspace(-18, -rng.uniform(150, 195), 90))
     rca_groove = h.surface(s_av + 0.06 * np.sin(np.linspace(0, np.pi, 90)), phi, off) + _wiggle(rng, 90, 0.8)
     root, rr = anat.aortic_root, anat.root_radius
-    right_ostium = root + rr * _unit(rca_groove[0] - root)
-    left_ostium = root + rr * _unit(bif - root)
+    right_ostium = root + rr * unit(rca_groove[0] - root)
+    left_ostium = root + rr * unit(bif - root)
     rca = np.vstack([right_ostium, rca_groove])
-    lm = np.vstack([left_ostium, 0.5 * (left_ostium + bif) + _unit(h.axes[1]) * 2.0, bif])
+    lm = np.vstack([left_ostium, 0.5 * (left_ostium + bif) + unit(h.axes[1]) * 2.0, bif])
 
     def tapered(points, r0, r1, step=0.6):
         pts, t = resample_polyline(points, step)

@@ -8,7 +8,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from .._files import write_csv_atomic
-from ._generate import CATEGORY_TARGETS, generate_phantom
+from ._generate import generate_phantom
+from ._truth import CATEGORY_TARGETS
 from ._write import POINT_COLUMNS, TRUTH_COLUMNS, write_case
 
 __all__ = ["case_seed", "plan_categories", "make_phantoms"]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._anatomy import Anatomy, _unit, resample_polyline
+from ._anatomy import Anatomy, resample_polyline, unit
 
-__all__ = ["Calcification", "LOOKALIKES", "sample_plaque", "sample_lookalikes"]
+__all__ = ["Calcification", "LOOKALIKES", "sample_plaque", "sample_lookalikes", "perpendicular"]
 
 #: Look-alike kinds and their (negative) source ids in the calcium layer.
 LOOKALIKES = {
@@ -39,15 +39,15 @@ class Calcification:
     faint: bool = False  # a small, low-density (hard) coronary lesion
 
 
-def _perpendicular(rng, tangent) -> np.ndarray:
+def perpendicular(rng, tangent) -> np.ndarray:
     n = rng.normal(size=3)
     n -= n.dot(tangent) * tangent
-    return _unit(n)
+    return unit(n)
 
 
 def _tangent(points, i) -> np.ndarray:
     a, b = max(i - 1, 0), min(i + 1, len(points) - 1)
-    return _unit(points[b] - points[a])
+    return unit(points[b] - points[a])
 
 
 def sample_plaque(rng: np.random.Generator, anat: Anatomy, size: str, *, faint: bool = False,
@@ -67,7 +67,7 @@ def sample_plaque(rng: np.random.Generator, anat: Anatomy, size: str, *, faint: 
     frac = rng.beta(1.2, 3.2) if artery != 1 else rng.uniform(0.2, 1.0)
     i = min(int(frac * (len(pts) - 1)), len(pts) - 1)
     tangent = _tangent(pts, i)
-    normal = _perpendicular(rng, tangent)
+    normal = perpendicular(rng, tangent)
     wall = vessel_r[i] * 0.85
     if faint:
         r = rng.uniform(0.35, 0.7)
@@ -91,8 +91,8 @@ def sample_plaque(rng: np.random.Generator, anat: Anatomy, size: str, *, faint: 
         r = rng.uniform(r_lo, r_hi)
         for k, j in enumerate(idx):
             t = _tangent(pts, j)
-            nn = _unit(normal + twist * k / max(len(idx), 1) * np.cross(t, normal))
-            nn = _unit(nn - nn.dot(t) * t)
+            nn = unit(normal + twist * k / max(len(idx), 1) * np.cross(t, normal))
+            nn = unit(nn - nn.dot(t) * t)
             centers.append(pts[j] + nn * vessel_r[j] * 0.85)
             radii.append(r * (0.75 + 0.25 * np.sin(np.pi * (k + 0.5) / len(idx))))
         centers, radii = np.array(centers), np.array(radii)
@@ -129,8 +129,8 @@ def sample_lookalikes(rng: np.random.Generator, anat: Anatomy, kinds: list[str])
                 out.append(Calcification(kind, pts, np.full(len(pts), rng.uniform(0.7, 1.8)),
                                          rng.uniform(300, 1100)))
         elif kind == "aortic_valve":
-            axis = _unit(anat.asc_aorta[1] - anat.asc_aorta[0])
-            e1 = _perpendicular(rng, axis)
+            axis = unit(anat.asc_aorta[1] - anat.asc_aorta[0])
+            e1 = perpendicular(rng, axis)
             e2 = np.cross(axis, e1)
             for _ in range(int(rng.integers(1, 4))):
                 a = rng.uniform(0, 2 * np.pi)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -11,48 +10,14 @@ from scipy import ndimage
 
 import agatston
 
-from ._anatomy import ARTERIES, draw_anatomy, sample_anatomy
-from ._calcium import LOOKALIKES, Calcification, sample_lookalikes, sample_plaque
+from ._anatomy import ARTERIES
+from ._base import Acquisition, PhantomSteps, blur
+from ._calcium import LOOKALIKES, Calcification, sample_plaque
 from ._canvas import Canvas
+from ._truth import CATEGORY_TARGETS, Plaques, grow_box, local_box, reach_category, truth_labels, union_box
+from ._varied import VariedSteps
 
-__all__ = ["PhantomCase", "Acquisition", "PhantomSteps", "generate_phantom", "ORIENTATIONS", "CATEGORY_TARGETS",
-           "VARIANTS"]
-
-#: How the case is stored on disk: (order of canonical axes, flipped written axes).
-#: Canonical is (z, y, x) with identity direction; all keep slices axial.
-ORIENTATIONS: dict[str, tuple[tuple[int, int, int], tuple[int, ...]]] = {
-    "identity": ((0, 1, 2), ()),
-    "flip_x": ((0, 1, 2), (2,)),
-    "flip_y": ((0, 1, 2), (1,)),
-    "flip_z": ((0, 1, 2), (0,)),
-    "swap_xy": ((0, 2, 1), ()),
-    "swap_xy_flip": ((0, 2, 1), (1, 0)),
-}
-
-#: Agatston ranges aimed at for each category (inside the category's interval).
-CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 10.0), "C": (12.0, 100.0), "D": (105.0, 400.0), "E": (420.0, 2500.0)}
-
-_ZONE_HU = 20.0  # blurred coronary calcium contribution that makes a voxel "in a plaque"
-_REACH_HU = 0.5  # smallest contribution that still counts a voxel to a plaque
-
-
-@dataclass
-class Acquisition:
-    """Scanner settings of a case (mm and HU)."""
-
-    pixel_mm: float
-    thickness_mm: float
-    increment_mm: float
-    n_slices: int
-    psf_mm: float  # Gaussian sigma of the in-plane point-spread function
-    kernel: str  # "soft" or "sharp"
-    sharpen: float  # edge overshoot of a sharp kernel
-    noise_sd: float  # HU, after the kernel
-    hu_offset: float  # calibration offset of the "vendor"
-    orientation: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+__all__ = ["PhantomCase", "generate_phantom", "VARIANTS"]
 
 
 @dataclass
@@ -96,226 +61,19 @@ class PhantomCase:
     lookalike_voxels: Any = None
 
 
-def _sample_acquisition(rng: np.random.Generator) -> Acquisition:
-    thickness = float(rng.choice([2.5, 3.0]))
-    overlap = rng.random() < 0.2
-    increment = thickness / 2 if overlap else thickness
-    n = int(rng.integers(60, 71)) if overlap else int(rng.integers(40, 71))
-    sharp = rng.random() < 0.3
-    names = list(ORIENTATIONS)
-    orientation = "identity" if rng.random() < 0.6 else str(rng.choice(names[1:]))
-    return Acquisition(
-        # NIfTI stores spacing as float32: use a float32 value so that the
-        # written file carries exactly the spacing the truth was scored with.
-        pixel_mm=float(np.float32(round(float(rng.uniform(0.3, 0.5)), 4))),
-        thickness_mm=thickness,
-        increment_mm=increment,
-        n_slices=n,
-        psf_mm=float(rng.uniform(0.3, 0.75)),
-        kernel="sharp" if sharp else "soft",
-        sharpen=float(rng.uniform(0.2, 0.5)) if sharp else 0.0,
-        noise_sd=float(rng.uniform(10, 30)),
-        hu_offset=float(rng.uniform(-6, 6)),
-        orientation=orientation,
-    )
-
-
-def _blur(vol: np.ndarray, acq: Acquisition) -> np.ndarray:
-    """The in-plane kernel: Gaussian PSF, with overshoot for a sharp kernel."""
-    s = acq.psf_mm / acq.pixel_mm
-    out = ndimage.gaussian_filter(vol, sigma=(0, s, s), truncate=3.5)
-    if acq.sharpen:
-        wide = ndimage.gaussian_filter(out, sigma=(0, 1.5 * s, 1.5 * s), truncate=3.0)
-        out = out + np.float32(acq.sharpen) * (out - wide)
-    return out
-
-
-def _noise_gain(acq: Acquisition) -> float:
-    """Standard deviation of the kernel's response to unit white noise."""
-    impulse = np.zeros((1, 41, 41), dtype=np.float64)
-    impulse[0, 20, 20] = 1.0
-    return float(np.sqrt((_blur(impulse, acq) ** 2).sum()))
-
-
-def _margin(acq: Acquisition) -> tuple[int, int, int]:
-    m = int(math.ceil(3.5 * 1.5 * acq.psf_mm / acq.pixel_mm * (2 if acq.sharpen else 1))) + 3
-    return (1, m, m)
-
-
-def _grow(box, margin, shape):
-    return tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, shape))
-
-
-def _union(boxes):
-    return tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
-
-
-def _local(box, crop):
-    return tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, crop))
-
-
-def reach_category(rng: np.random.Generator, target: str, goal: float, hi: float, chosen: list, add_plaque,
-                   evaluate, score_of, rounds: int):
-    """Add or remove plaques until the score lands in ``target`` near ``goal``; the last evaluated state.
-
-    ``chosen`` holds ``(plaque, ...)`` pairs (``plaque.faint`` marks the hard
-    case, never removed while others can be); ``add_plaque(size_class)`` adds
-    one ("small", "medium" or "large", by how far the score is from the goal);
-    ``evaluate()`` renders the current plaques and ``score_of(state)`` scores
-    them. Used by the phantom generator and by calcium inserted into real scans
-    (:mod:`cacnet.train._insert`).
-    """
-    state = evaluate()
-    for _ in range(rounds):
-        s = score_of(state)
-        cat = agatston.category(s)
-        if cat == target and (s >= min(goal, hi) * 0.5 or len(chosen) > 12):
-            break
-        if cat <= target and s < goal:
-            gap = goal - s
-            add_plaque("small" if gap < 12 else "medium" if gap < 80 else "large")
-        elif cat > target and chosen:
-            removable = [i for i, (p, _) in enumerate(chosen) if not p.faint] or list(range(len(chosen)))
-            chosen.pop(int(rng.choice(removable)))
-        else:
-            break
-        state = evaluate()
-    return state
-
-
-class _Plaques:
-    """Rendered coronary plaques: each one's blurred HU contribution, cached."""
-
-    def __init__(self, canvas: Canvas, clean: np.ndarray, acq: Acquisition):
-        self.canvas, self.clean, self.acq = canvas, clean, acq
-        self.margin = _margin(acq)
-
-    def render(self, plaque: Calcification):
-        parts = [p for p in (self.canvas.ball_occupancy(c, r) for c, r in zip(plaque.centers, plaque.radii)) if p]
-        if not parts:
-            return None
-        box = _grow(_union([b for b, _ in parts]), self.margin, self.canvas.shape)
-        occ = np.zeros([s.stop - s.start for s in box], dtype=np.float32)
-        for b, o in parts:
-            loc = _local(b, box)
-            np.maximum(occ[loc], o, out=occ[loc])
-        contrib = occ * (np.float32(plaque.value_hu) - self.clean[box])
-        return box, _blur(contrib, self.acq)
-
-
-def _truth(final: np.ndarray, bc: np.ndarray, bl: np.ndarray):
-    """Coronary calcium labels on a crop.
-
-    A voxel is coronary calcium when it is >= 130 HU, belongs to a
-    26-connected component that reaches a plaque (blurred plaque contribution
-    >= _ZONE_HU), the plaques still reach it (contribution >= _REACH_HU) and
-    they contribute at least as much HU to it as the look-alikes. Each truth lesion (26-connected) takes the artery that
-    contributes most to it. Returns labels and the number of components
-    shared with a look-alike.
-    """
-    cand = final >= 130
-    comps, n = ndimage.label(cand, structure=np.ones((3, 3, 3), bool))
-    total = bc.sum(axis=0)
-    touched = np.zeros(n + 1, dtype=bool)
-    touched[comps[cand & (total >= _ZONE_HU)]] = True
-    touched[0] = False
-    # Within those components, only voxels the plaques reach (a blurred
-    # contribution of at least _REACH_HU) and where they outweigh look-alikes:
-    # bone or a look-alike that a noise bridge joins to a plaque stays out.
-    truth = touched[comps] & (total >= bl) & (total >= _REACH_HU)
-    merged = np.unique(comps[touched[comps] & ~truth])
-    lesions, m = ndimage.label(truth, structure=np.ones((3, 3, 3), bool))
-    labels = np.zeros(final.shape, dtype=np.uint8)
-    if m:
-        idx = lesions[truth]
-        weight = np.stack([np.bincount(idx, weights=bc[a][truth], minlength=m + 1) for a in range(4)])
-        lut = np.concatenate([[0], weight[:, 1:].argmax(axis=0) + 1]).astype(np.uint8)
-        labels = lut[lesions]
-    touches_border = [
-        bool(np.any(np.take(touched[comps], [0, -1], axis=ax))) for ax in range(3)
-    ]
-    return labels, int(merged.size), touches_border
-
-
 class _CategoryNotReached(RuntimeError):
     pass
 
 
-class PhantomSteps:
-    """How a generator variant samples and draws a case, step by step.
-
-    :func:`generate_phantom` calls the steps in this order with one random
-    generator; everything after them (coronary plaques, the category loop,
-    the truth rule, annotation points) is shared by all variants. This class
-    is the default generator; :mod:`cacnet.phantom._varied` overrides steps.
-    """
-
-    name = "default"
-
-    def acquisition(self, rng: np.random.Generator, size: int) -> Acquisition:
-        """Scanner settings of the case (``size``: in-plane matrix)."""
-        return _sample_acquisition(rng)
-
-    def lookalike_kinds(self, rng: np.random.Generator, target: str, hard_fraction: float,
-                        lookalike_rate: float) -> tuple[bool, bool, list[str]]:
-        """(faint coronary lesion, mitral annulus calcification, look-alike kinds)."""
-        faint = target != "A" and rng.random() < hard_fraction
-        mac = rng.random() < hard_fraction
-        kinds = [k for k in LOOKALIKES if k != "mitral_annulus" and rng.random() < lookalike_rate]
-        if mac:
-            kinds.append("mitral_annulus")
-        return faint, mac, kinds
-
-    def geometry(self, rng: np.random.Generator, acq: Acquisition,
-                 size: int) -> tuple[tuple[int, int, int], tuple[float, float, float], tuple[float, float, float]]:
-        """(shape, spacing, origin) of the volume; the heart is sampled near the origin."""
-        spacing = (acq.increment_mm, acq.pixel_mm, acq.pixel_mm)
-        shape = (acq.n_slices, size, size)
-        center = np.array([rng.normal(-5, 6), rng.normal(0, 6), rng.normal(0, 6)])
-        origin = tuple(float(np.float32(c - (n - 1) / 2 * s)) for c, n, s in zip(center, shape, spacing))
-        return shape, spacing, origin  # type: ignore[return-value]
-
-    def anatomy(self, rng: np.random.Generator, canvas: Canvas) -> Any:
-        """Sample the anatomy and draw its tissues into ``canvas``."""
-        anat = sample_anatomy(rng, (canvas.axes[0][0], canvas.axes[0][-1]))
-        draw_anatomy(canvas, anat, rng)
-        return anat
-
-    def lookalikes(self, rng: np.random.Generator, anat: Any, kinds: list[str]) -> list[Calcification]:
-        """The look-alike calcifications of ``kinds``."""
-        return sample_lookalikes(rng, anat, kinds)
-
-    def extra_meta(self, anat: Any, lookalikes: list[Calcification]) -> dict[str, Any]:
-        """Variant-specific entries of ``PhantomCase.meta`` (none for the default)."""
-        return {}
-
-    def lookalike_id(self, kind: str) -> int:
-        """The (negative) calcium-layer id of a look-alike kind (see :data:`LOOKALIKES`)."""
-        return LOOKALIKES[kind]
-
-    def background(self, rng: np.random.Generator, canvas: Canvas, clean: np.ndarray, acq: Acquisition,
-                   anat: Any, lookalikes: list[Calcification]) -> np.ndarray:
-        """The scanned image without coronary calcium: kernel, noise through the kernel, HU offset."""
-        noise = rng.standard_normal(canvas.shape, dtype=np.float32)
-        noise *= np.float32(acq.noise_sd / _noise_gain(acq))
-        noise += clean
-        base = _blur(noise, acq)
-        base += np.float32(acq.hu_offset)
-        return base
+#: Generator variants (see :func:`generate_phantom`): their names and steps.
+_STEPS: dict[str, type[PhantomSteps]] = {"default": PhantomSteps, "varied": VariedSteps}
+VARIANTS = tuple(_STEPS)
 
 
 def _steps(variant: str) -> PhantomSteps:
-    if variant == "default":
-        return PhantomSteps()
-    if variant == "varied":
-        from ._varied import VariedSteps
-
-        return VariedSteps()
-    raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}.")
-
-
-#: Generator variants (see :func:`generate_phantom`).
-VARIANTS = ("default", "varied")
+    if variant not in _STEPS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}.")
+    return _STEPS[variant]()
 
 
 def generate_phantom(
@@ -408,7 +166,7 @@ def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id
     base = steps.background(rng, canvas, clean, acq, anat, lookalikes)
 
     # Coronary plaques, adjusted until the truth score is in the target category.
-    plaques = _Plaques(canvas, clean, acq)
+    plaques = Plaques(canvas, clean, acq)
     chosen: list[tuple[Calcification, Any]] = []
     lo, hi = CATEGORY_TARGETS[target]
     goal = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > 0 else 0.0
@@ -421,11 +179,11 @@ def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id
     def evaluate():
         if not chosen:
             return None
-        crop = _union([r[0] for _, r in chosen])
+        crop = union_box([r[0] for _, r in chosen])
         for attempt in range(6):
             bc = np.zeros((4,) + tuple(s.stop - s.start for s in crop), dtype=np.float32)
             for plaque, (box, contrib) in chosen:
-                loc = _local(box, crop)
+                loc = local_box(box, crop)
                 bc[plaque.artery - 1][loc] += contrib
             final = np.clip(np.rint(base[crop] + bc.sum(axis=0)), -1024, 3071).astype(np.int16)
             bl = np.zeros(final.shape, dtype=np.float32)
@@ -434,14 +192,14 @@ def _generate(seed, attempt, *, category, hard_fraction, lookalike_rate, case_id
                 inside &= (look_idx[ax] >= crop[ax].start) & (look_idx[ax] < crop[ax].stop)
             if inside.any():
                 bl[tuple(look_idx[ax][inside] - crop[ax].start for ax in range(3))] = look_contrib[inside]
-                bl = _blur(bl, acq)
-            labels, merged, border = _truth(final, bc, bl)
+                bl = blur(bl, acq)
+            labels, merged, border = truth_labels(final, bc, bl)
             grow = [
                 b and (crop[ax].start > 0 or crop[ax].stop < shape[ax]) for ax, b in enumerate(border)
             ]
             if not any(grow) or attempt == 5:
                 break
-            crop = _grow(crop, (2, 24, 24), shape)
+            crop = grow_box(crop, (2, 24, 24), shape)
         return crop, final, bc, labels, merged
 
     def score_of(state):

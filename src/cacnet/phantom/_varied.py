@@ -2,8 +2,8 @@
 
 ``generate_phantom(seed, variant="varied")`` uses the steps of this module
 instead of the default ones; plaques, the category loop, the exact truth rule
-and the annotation points are shared (:mod:`cacnet.phantom._generate`), so
-the labels follow the same rule: coronary calcium voxels >= 130 HU, 1 LM,
+and the annotation points are shared (:mod:`cacnet.phantom._truth`,
+:mod:`cacnet.phantom._generate`), so the labels follow the same rule: coronary calcium voxels >= 130 HU, 1 LM,
 2 LAD, 3 LCX, 4 RCA, everything else 0.
 
 What varies (all drawn from the case's seed):
@@ -26,7 +26,7 @@ What varies (all drawn from the case's seed):
   scapulae, trachea and bronchi, branching lung vessels, a dependent lung
   density gradient, liver and stomach, the couch.
 * **Scanner**: kernels from very soft to sharp lung kernels (Gaussian
-  point-spread with edge overshoot, the default's ``_blur``) with matching
+  point-spread with edge overshoot, the default's ``blur``) with matching
   noise: noise with a CT-like (ramp-shaped) power spectrum through the same
   kernel, correlated along z for overlapping slices; noise 5-90 HU by
   kernel; slices 2.5, 3, 4 or 5 mm (sometimes overlapping); vendor HU
@@ -54,10 +54,10 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage, sparse
 
-from ._anatomy import Anatomy, Heart, _sample_coronaries, _sample_ribs, _unit, draw_ribs, resample_polyline
-from ._calcium import LOOKALIKES, Calcification, _perpendicular, sample_lookalikes
+from ._anatomy import Anatomy, Heart, draw_ribs, resample_polyline, sample_coronaries, sample_ribs, unit
+from ._base import ORIENTATIONS, Acquisition, PhantomSteps, blur
+from ._calcium import LOOKALIKES, Calcification, perpendicular, sample_lookalikes
 from ._canvas import Canvas, Grid
-from ._generate import ORIENTATIONS, Acquisition, PhantomSteps, _blur
 
 __all__ = ["VariedAcquisition", "VariedAnatomy", "VariedSteps", "KERNELS", "VARIED_LOOKALIKES",
            "sample_varied_acquisition", "sample_varied_anatomy", "draw_varied_anatomy",
@@ -202,7 +202,7 @@ def _heart_axes(rng: np.random.Generator) -> np.ndarray:
     beta = np.deg2rad(rng.uniform(12, 45))  # below the axial plane
     u = np.array([-np.sin(beta), -np.cos(beta) * np.cos(alpha), np.cos(beta) * np.sin(alpha)])
     front = np.array([0.0, -1.0, 0.0])
-    v0 = _unit(front - front.dot(u) * u)
+    v0 = unit(front - front.dot(u) * u)
     w0 = np.cross(u, v0)
     if w0[2] < 0:
         w0 = -w0
@@ -405,7 +405,7 @@ def sample_varied_anatomy(rng: np.random.Generator, z_range: tuple[float, float]
     anat.lung_gradient = float(rng.uniform(0, 120))
     # The default's ribs, sloping more steeply (about 2x) down towards the front, as real ribs do:
     # an axial slice cuts several short rib sections per side instead of long arcs.
-    ribs = _sample_ribs(rng, anat, (z_range[0], z_range[1] + 120))
+    ribs = sample_ribs(rng, anat, (z_range[0], z_range[1] + 120))
     steep = float(rng.uniform(1.8, 2.6))
     anat.ribs = []
     for rib, cart in ribs:
@@ -414,7 +414,7 @@ def sample_varied_anatomy(rng: np.random.Generator, z_range: tuple[float, float]
                           np.column_stack([z0 - (z0 - cart[:, 0]) * steep, cart[:, 1:]])))
 
     # Coronaries: the default's paths on this heart, then the fields that put them in fat-filled grooves.
-    _sample_coronaries(rng, anat)
+    sample_coronaries(rng, anat)
     lad_pts = anat.coronaries[2][0]
     s_l, phi_l = _heart_coords(heart, lad_pts)
     order = np.argsort(s_l)
@@ -444,8 +444,8 @@ def sample_varied_anatomy(rng: np.random.Generator, z_range: tuple[float, float]
     bc = 0.5 * (radii[1] + radii[2])
     lv_scale = rng.uniform(0.88, 1.12)
     cav = [(_frame(heart, 0.15, phi_lv, 0.22), axes, np.array([0.6 * radii[0], 0.46 * radii[1], 0.46 * radii[2]]) * lv_scale)]
-    radial = _unit(math.cos(phi_rv) * radii[1] * v + math.sin(phi_rv) * radii[2] * w)
-    rv_axes = np.stack([u, radial, _unit(np.cross(u, radial))])
+    radial = unit(math.cos(phi_rv) * radii[1] * v + math.sin(phi_rv) * radii[2] * w)
+    rv_axes = np.stack([u, radial, unit(np.cross(u, radial))])
     cav.append((_frame(heart, 0.05, phi_rv, 0.64), rv_axes,
                 np.array([0.5 * radii[0], 0.19 * bc, 0.55 * bc]) * rng.uniform(0.9, 1.1)))
     for c, ax, r in bulges:
@@ -478,7 +478,7 @@ def sample_varied_anatomy(rng: np.random.Generator, z_range: tuple[float, float]
         # On the back of the rib cage, in muscle that bulges the back; tangent to the body's outline.
         th = np.deg2rad(rng.uniform(35, 60))
         on = np.array([cy + ry * np.cos(th), cx + sign * rx * np.sin(th)])
-        normal = _unit([np.cos(th) / ry, sign * np.sin(th) / rx])
+        normal = unit([np.cos(th) / ry, sign * np.sin(th) / rx])
         anat.scapulae.append((on - normal * (subcut * 0.5 + 6), float(np.arctan2(-ry * np.sin(th), sign * rx * np.cos(th))),
                               float(heart.center[0] + rng.uniform(10, 40))))
     anat.couch = (back + rng.uniform(5, 40), float(rng.uniform(500, 900)), float(rng.uniform(2, 4)),
@@ -556,7 +556,7 @@ def _lung_vessels(rng: np.random.Generator, anat: VariedAnatomy, z_lo: float, z_
                           anat.midline_x + sign * rng.uniform(35, 55)])
         for _ in range(int(rng.integers(25, 40))):
             p = hilum + rng.normal(0, 8, 3)
-            d = _unit([rng.normal(0, 0.7), rng.normal(0, 0.6), sign * 1.0])
+            d = unit([rng.normal(0, 0.7), rng.normal(0, 0.6), sign * 1.0])
             r0 = rng.uniform(2.0, 4.5)
             length = rng.uniform(50, 140)
             pts, rads = [], []
@@ -566,10 +566,10 @@ def _lung_vessels(rng: np.random.Generator, anat: VariedAnatomy, z_lo: float, z_
                     break
                 pts.append(p.copy())
                 rads.append(max(r0 * (1 - k * 3 / length), 0.7))
-                d = _unit(d + rng.normal(0, 0.12, 3))
+                d = unit(d + rng.normal(0, 0.12, 3))
                 p = p + 3 * d
                 if k == int(length / 9) and rng.random() < 0.7:  # one side branch
-                    d = _unit(d + rng.normal(0, 0.5, 3))
+                    d = unit(d + rng.normal(0, 0.5, 3))
             if len(pts) > 1:
                 trees.append((np.array(pts), np.array(rads)))
     return trees
@@ -724,7 +724,7 @@ def draw_varied_anatomy(canvas: Canvas, anat: VariedAnatomy, rng: np.random.Gene
 
 def _wall_patch(rng, center, tangent, radius, kind, bulky_p=0.25) -> Calcification:
     """A calcification on a vessel wall: an arc, ring or bulky plaque spanning some length."""
-    e1 = _perpendicular(rng, tangent)
+    e1 = perpendicular(rng, tangent)
     e2 = np.cross(tangent, e1)
     a0 = rng.uniform(0, 2 * np.pi)
     if rng.random() < 0.1:
@@ -771,17 +771,17 @@ def sample_varied_lookalikes(rng: np.random.Generator, anat: VariedAnatomy, kind
                 use_asc = rng.random() < 0.35
                 line, r_v = (asc, anat.asc_radius) if use_asc else (arch, anat.desc_radius)
                 i = int(rng.integers(2 if use_asc else 0, len(line)))
-                tangent = _unit(line[min(i + 1, len(line) - 1)] - line[max(i - 1, 0)])
+                tangent = unit(line[min(i + 1, len(line) - 1)] - line[max(i - 1, 0)])
                 out.append(_wall_patch(rng, line[i], tangent, r_v, kind))
         elif kind == "aortic_root":
             # The root is a ball: patches on its wall (sinuses, annulus, sinotubular junction) and
             # clumps next to the coronary ostia (LM, RCA), the look-alikes closest to coronary calcium.
-            axis = _unit(anat.asc_aorta[1] - anat.asc_aorta[0])
+            axis = unit(anat.asc_aorta[1] - anat.asc_aorta[0])
             ostia = [pts[0] for lab, (pts, _) in anat.coronaries.items() if lab in (1, 4)]
             big_r = anat.root_radius
             for _ in range(int(rng.integers(1, 3 + int(6 * age)))):
                 if rng.random() < 0.4:
-                    d = _unit(ostia[int(rng.integers(len(ostia)))] - anat.aortic_root + rng.normal(0, 4, 3))
+                    d = unit(ostia[int(rng.integers(len(ostia)))] - anat.aortic_root + rng.normal(0, 4, 3))
                     c = anat.aortic_root + d * (big_r - 0.8)
                     n = int(rng.integers(1, 4))
                     out.append(Calcification(kind, c + rng.normal(0, 1.2, size=(n, 3)), rng.uniform(0.7, 2.0, n),
@@ -826,7 +826,7 @@ def shaped_noise(white: np.ndarray, exponent: float) -> np.ndarray:
 
     Filtered back-projection gives noise a ramp-shaped spectrum (exponent
     1): fine-grained, with little low-frequency mottle; the reconstruction
-    kernel (:func:`cacnet.phantom._generate._blur`, applied afterwards with
+    kernel (:func:`cacnet.phantom._base.blur`, applied afterwards with
     the image) then cuts the high frequencies.
 
     Parameters
@@ -854,7 +854,7 @@ def _shaped_gain(acq: VariedAcquisition) -> float:
     n = 96
     impulse = np.zeros((1, n, n), dtype=np.float64)
     impulse[0, n // 2, n // 2] = 1.0
-    return float(np.sqrt((_blur(shaped_noise(impulse, acq.noise_exponent).astype(np.float64), acq) ** 2).sum()))
+    return float(np.sqrt((blur(shaped_noise(impulse, acq.noise_exponent).astype(np.float64), acq) ** 2).sum()))
 
 
 @lru_cache(maxsize=2)
@@ -1035,7 +1035,7 @@ class VariedSteps(PhantomSteps):
         streaks = streak_image(rng, canvas, anat, lookalikes, acq)  # type: ignore[arg-type]
         if streaks is not None:
             noise += streaks
-        base = _blur(noise, acq)
+        base = blur(noise, acq)
         base += np.float32(acq.hu_offset)
         return base
 

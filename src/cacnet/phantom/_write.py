@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from .._files import write_image_atomic
-from ._generate import ORIENTATIONS, PhantomCase
+from ._base import ORIENTATIONS
+from ._generate import PhantomCase
 
 __all__ = ["oriented_image", "write_case", "TRUTH_COLUMNS", "POINT_COLUMNS", "truth_row"]
 

@@ -40,7 +40,7 @@ Physics (shared with :mod:`cacnet.phantom`, not copied)
   edges; ``psf_sigma_mm`` overrides it). Through the
   slice the box profile above is the blur. Sharp-kernel overshoot is not
   modelled (triage refuses sharp kernels anyway).
-* **Exact labels** (:func:`cacnet.phantom._generate._truth`): a voxel is
+* **Exact labels** (:func:`cacnet.phantom._truth.truth_labels`): a voxel is
   coronary calcium when it is >= 130 HU in the final image, in a
   26-connected >= 130 HU component that a plaque reaches (blurred
   contribution >= 20 HU), the plaques still contribute >= 0.5 HU to it and
@@ -86,10 +86,10 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
-from ..phantom._anatomy import resample_polyline
-from ..phantom._calcium import Calcification, _perpendicular, _unit, sample_plaque
+from ..phantom._anatomy import resample_polyline, unit
+from ..phantom._calcium import Calcification, perpendicular, sample_plaque
 from ..phantom._canvas import Grid
-from ..phantom._generate import CATEGORY_TARGETS, _grow, _local, _Plaques, _truth, _union, reach_category
+from ..phantom._truth import CATEGORY_TARGETS, Plaques, grow_box, local_box, reach_category, truth_labels, union_box
 
 __all__ = ["InsertedCase", "insert_calcium", "load_tracing", "validate_tracing", "inserted_cases", "augment_scan",
            "resample_for_cac", "estimate_psf_sigma", "iter_inserted_cases", "decontrast_mask_of", "CORONARIES",
@@ -421,10 +421,10 @@ def _sample_lookalikes(rng: np.random.Generator, structures: dict, kinds: list[s
         elif kind == "aortic_valve":
             ring = _zyx(structures["aortic_valve_plane"])
             c = ring.mean(axis=0)
-            axis = _unit(np.linalg.svd(ring - c)[2][-1])  # normal of the valve plane
+            axis = unit(np.linalg.svd(ring - c)[2][-1])  # normal of the valve plane
             radius = float(np.linalg.norm(ring - c, axis=1).mean())
             for _ in range(int(rng.integers(1, 4))):
-                e1 = _perpendicular(rng, axis)
+                e1 = perpendicular(rng, axis)
                 cc = c + radius * rng.uniform(0.2, 0.75) * e1 + axis * rng.uniform(-3, 3)
                 n = int(rng.integers(1, 4))
                 out.append(("aortic_valve_plane", Calcification(kind, cc + rng.normal(0, 1.0, size=(n, 3)),
@@ -464,7 +464,7 @@ def _add_boxes(dst: np.ndarray, crop, items) -> None:
         inter = tuple(slice(max(b.start, c.start), min(b.stop, c.stop)) for b, c in zip(box, crop))
         if any(s.stop <= s.start for s in inter):
             continue
-        dst[_local(inter, crop)] += contrib[_local(inter, box)]
+        dst[local_box(inter, crop)] += contrib[local_box(inter, box)]
 
 
 def _describe(calc: Calcification, label: int, where: str, final: np.ndarray, box, contrib) -> dict:
@@ -563,7 +563,7 @@ def insert_calcium(
 
     grid = Grid(shape=hu0.shape, spacing=spacing, origin=origin, thickness=thick)  # type: ignore[arg-type]
     kernel = SimpleNamespace(psf_mm=psf, pixel_mm=float(spacing[2]), sharpen=0.0)
-    render = _Plaques(grid, _LocalBackground(hu0, spacing), kernel)  # type: ignore[arg-type]
+    render = Plaques(grid, _LocalBackground(hu0, spacing), kernel)  # type: ignore[arg-type]
     anat = _TracedAnatomy(structures)
     arteries = sorted(anat.coronaries)
     p = np.array([_ARTERY_P[a] for a in arteries])
@@ -591,7 +591,7 @@ def insert_calcium(
     def evaluate():
         if not chosen:
             return None
-        crop = _grow(_union([r[0] for _, r in chosen]), (1, 16, 16), hu0.shape)
+        crop = grow_box(union_box([r[0] for _, r in chosen]), (1, 16, 16), hu0.shape)
         for attempt in range(6):
             shp = tuple(s.stop - s.start for s in crop)
             bc = np.zeros((4,) + shp, dtype=np.float32)
@@ -607,11 +607,11 @@ def insert_calcium(
             _add_boxes(bl, crop, [r for _, _, r in looks])
             # "Other things": look-alikes, and the whole HU of voxels that were bright before insertion.
             bl += np.where(b >= 130, b, 0).astype(np.float32)
-            labels, merged, border = _truth(final, bc, bl)
+            labels, merged, border = truth_labels(final, bc, bl)
             grow = [bd and (crop[ax].start > 0 or crop[ax].stop < hu0.shape[ax]) for ax, bd in enumerate(border)]
             if not any(grow) or attempt == 5:
                 break
-            crop = _grow(crop, (2, 24, 24), hu0.shape)
+            crop = grow_box(crop, (2, 24, 24), hu0.shape)
         return crop, final, labels, merged
 
     def score_of(state) -> float:
