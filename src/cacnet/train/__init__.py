@@ -4,30 +4,64 @@ One training loop: :func:`train_models` trains several U-Nets together in one
 process, stepping them in turn (CPU or GPU); :func:`train_ensemble` (``cac
 train``) prepares the data, runs it and exports ONNX weights with a manifest.
 Never imported by inference.
+
+The names below are loaded on first use (PEP 562), so that the numpy-only
+parts (calcium insertion :mod:`cacnet.train._insert`, de-contrasting
+:mod:`cacnet.train._decontrast`, backgrounds, the data and the second stage)
+import without torch; only :mod:`._model`, :mod:`._loop`, :mod:`._joint`,
+:mod:`._export` and :mod:`._ensemble` need it.
 """
 
-from ._backgrounds import (ANATOMY_DIR, BACKGROUND_SEED, VAL_BACKGROUND_SEED, Background, find_backgrounds,
-                           make_background_cases, validation_backgrounds)
-from ._data import (BatchSampler, Case, PatchSampler, PhantomStream, dataset_cases, load_case, negative_case,
-                    pad_to_multiple, phantom_cases, save_case, split_by_id)
-from ._ensemble import TRAIN_SET_SEED, VAL_SET_SEED, default_mix, negative_cases, train_ensemble
-from ._export import export_onnx, sha256, state_from_onnx, write_manifest
-from ._insert import (InsertedCase, augment_scan, insert_calcium, inserted_cases, iter_inserted_cases,
-                      iter_inserted_scans, load_tracing, resample_for_cac)
-from ._joint import TrainData, load_start_state, train_models
-from ._loop import CANDIDATE_X, TrainConfig, bf16_supported, dice_ce_loss, evaluate, learning_rate, pooled
-from ._model import ARCHITECTURE, UNet3D
-from ._second_stage import (CLASSIFIER, SECOND_STAGE_FILE, SECOND_STAGE_SEED, candidate_rows, fit_second_stage,
-                            train_second_stage)
+from __future__ import annotations
 
-__all__ = [
-    "ARCHITECTURE", "CANDIDATE_X", "BatchSampler", "Case", "PatchSampler", "PhantomStream", "TrainConfig", "TrainData",
-    "UNet3D", "bf16_supported", "dataset_cases", "default_mix", "dice_ce_loss", "evaluate", "export_onnx",
-    "learning_rate", "load_case", "load_start_state", "negative_case", "negative_cases", "pad_to_multiple",
-    "phantom_cases", "pooled", "save_case", "sha256", "split_by_id", "state_from_onnx", "train_ensemble",
-    "train_models", "write_manifest", "TRAIN_SET_SEED", "VAL_SET_SEED",
-    "InsertedCase", "augment_scan", "insert_calcium", "inserted_cases", "iter_inserted_cases", "iter_inserted_scans",
-    "load_tracing", "resample_for_cac", "ANATOMY_DIR", "BACKGROUND_SEED", "Background", "find_backgrounds",
-    "make_background_cases", "VAL_BACKGROUND_SEED", "validation_backgrounds",
-    "CLASSIFIER", "SECOND_STAGE_FILE", "SECOND_STAGE_SEED", "candidate_rows", "fit_second_stage", "train_second_stage",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: The public names, by the submodule that defines them.
+_NAMES = {
+    "_backgrounds": ["ANATOMY_DIR", "BACKGROUND_SEED", "VAL_BACKGROUND_SEED", "Background", "find_backgrounds",
+                     "make_background_cases", "validation_backgrounds"],
+    "_data": ["BatchSampler", "Case", "PatchSampler", "PhantomStream", "dataset_cases", "load_case", "negative_case",
+              "pad_to_multiple", "phantom_cases", "save_case", "split_by_id"],
+    "_ensemble": ["TRAIN_SET_SEED", "VAL_SET_SEED", "default_mix", "negative_cases", "train_ensemble"],
+    "_export": ["export_onnx", "sha256", "state_from_onnx", "write_manifest"],
+    "_insert": ["InsertedCase", "augment_scan", "insert_calcium", "inserted_cases", "iter_inserted_cases",
+                "iter_inserted_scans", "load_tracing", "resample_for_cac"],
+    "_joint": ["TrainData", "load_start_state", "train_models"],
+    "_loop": ["CANDIDATE_X", "TrainConfig", "bf16_supported", "dice_ce_loss", "evaluate", "learning_rate", "pooled"],
+    "_model": ["ARCHITECTURE", "UNet3D"],
+    "_second_stage": ["CLASSIFIER", "SECOND_STAGE_FILE", "SECOND_STAGE_SEED", "candidate_rows", "fit_second_stage",
+                      "train_second_stage"],
+}
+_HOME = {name: module for module, names in _NAMES.items() for name in names}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - what type checkers and editors see
+    from ._backgrounds import (ANATOMY_DIR, BACKGROUND_SEED, VAL_BACKGROUND_SEED, Background, find_backgrounds,
+                               make_background_cases, validation_backgrounds)
+    from ._data import (BatchSampler, Case, PatchSampler, PhantomStream, dataset_cases, load_case, negative_case,
+                        pad_to_multiple, phantom_cases, save_case, split_by_id)
+    from ._ensemble import TRAIN_SET_SEED, VAL_SET_SEED, default_mix, negative_cases, train_ensemble
+    from ._export import export_onnx, sha256, state_from_onnx, write_manifest
+    from ._insert import (InsertedCase, augment_scan, insert_calcium, inserted_cases, iter_inserted_cases,
+                          iter_inserted_scans, load_tracing, resample_for_cac)
+    from ._joint import TrainData, load_start_state, train_models
+    from ._loop import CANDIDATE_X, TrainConfig, bf16_supported, dice_ce_loss, evaluate, learning_rate, pooled
+    from ._model import ARCHITECTURE, UNet3D
+    from ._second_stage import (CLASSIFIER, SECOND_STAGE_FILE, SECOND_STAGE_SEED, candidate_rows,
+                                fit_second_stage, train_second_stage)

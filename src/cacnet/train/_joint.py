@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .._files import write_text_atomic
 from ._data import MAX_SHAPE, BatchSampler, Case, PhantomStream
 from ._export import state_from_onnx
 from ._loop import CANDIDATE_X, TrainConfig, bf16_supported, dice_ce_loss, evaluate, learning_rate, pooled
@@ -69,12 +70,6 @@ class TrainData:
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -289,7 +284,7 @@ def train_models(
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(LOG_COLUMNS)
             w.writerows(logs[k])
-            _write_atomic(dirs[k] / "log.csv", buf.getvalue())
+            write_text_atomic(dirs[k] / "log.csv", buf.getvalue())
 
     for k in range(models):  # what the checkpoint holds (a crash may have come between the two)
         write_best(k)

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .._files import sha256_file
+from .._files import sha256_file, write_text_atomic
 from types import SimpleNamespace
 
 from ..anatomy import ANATOMY_FEATURES, anatomical_map
@@ -37,7 +37,6 @@ from ..io import read_scan
 from ..preprocess import preprocess
 from ._backgrounds import Background
 from ._insert import iter_inserted_scans
-from ._joint import _write_atomic
 
 __all__ = ["CLASSIFIER", "NEGATIVES_PER_CASE", "SECOND_STAGE_SEED", "VALIDATION_SEED", "SECOND_STAGE_FILE",
            "MAX_ZERO_SCANS_SCORED", "candidate_rows", "validation_rows", "choose_thresholds", "fit_second_stage",
@@ -357,6 +356,6 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
              "seconds": round(time.perf_counter() - t0, 1)}
     manifest = load_manifest(weights_dir)
     manifest["second_stage"] = entry
-    _write_atomic(weights_dir / "manifest.json", json.dumps(manifest, indent=1))
+    write_text_atomic(weights_dir / "manifest.json", json.dumps(manifest, indent=1))
     emit("second_stage", {"file": str(path), "rows": data["rows"], "coronary": data["coronary_rows"]})
     return entry
