@@ -355,7 +355,7 @@ def score_path(
 
 def iter_serial(
     paths: Sequence[Path],
-    ensemble: Ensemble,
+    ensemble: Ensemble | Callable[[], Ensemble],
     options: ScoreOptions,
     *,
     indices: Optional[Sequence[int]] = None,
@@ -374,7 +374,10 @@ def iter_serial(
     Parameters
     ----------
     paths : sequence of path
-    ensemble : Ensemble
+    ensemble : Ensemble, or a callable that loads one
+        A callable is called once, after the first scan started being read
+        (with ``prefetch``): loading the models and reading the first scan
+        overlap, which is most of a one-scan process's set-up.
     options : ScoreOptions
     indices : sequence of int, optional
         The scans' positions among the run's inputs (default 0, 1, ...).
@@ -390,6 +393,7 @@ def iter_serial(
     paths = [Path(p) for p in paths]
     idx = list(range(len(paths))) if indices is None else list(indices)
     if not prefetch:
+        ensemble = ensemble() if callable(ensemble) else ensemble
         for i, p in zip(idx, paths):
             yield score_path(p, ensemble, options, index=i, identify=identify)
         return
@@ -401,6 +405,8 @@ def iter_serial(
             return pool.submit(prepare_scan, paths[k], series=options.series, force=options.force)
 
         upcoming = submit(0)
+        if callable(ensemble):
+            ensemble = ensemble()  # loads while the first scan is read
         try:
             for k, (i, p) in enumerate(zip(idx, paths)):
                 current, upcoming = upcoming, submit(k + 1)  # the next scan is read while this one is scored
@@ -854,15 +860,20 @@ def run_cohort(
 
         if todo and mode == "serial":
             t0 = time.perf_counter()
-            if ensemble is None:
-                ensemble = spec.load()
-            run.startup_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            for out in iter_serial([scans[i] for i in todo], ensemble, options, indices=todo, prefetch=prefetch,
-                                   identify=manifest is not None):
+            loaded_at: list[float] = []
+
+            def load() -> Ensemble:
+                loaded = spec.load()  # while the first scan is read (iter_serial)
+                loaded_at.append(time.perf_counter())
+                return loaded
+
+            for out in iter_serial([scans[i] for i in todo], load if ensemble is None else ensemble, options,
+                                   indices=todo, prefetch=prefetch, identify=manifest is not None):
                 land(out)
                 if fail_fast and out.status == "error":
                     break
+            t1 = loaded_at[0] if loaded_at else t0
+            run.startup_s = t1 - t0
             run.scoring_s = time.perf_counter() - t1
         elif todo:
             _run_distributed(run, [(i, scans[i]) for i in todo], spec, options, workers=workers, scheduler=scheduler,
