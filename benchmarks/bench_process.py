@@ -38,7 +38,8 @@ that the children's peak RSS (which counts the parent's resident set at the
 fork) is theirs.
 
 Run:  python benchmarks/bench_process.py [--repeat 5] [--weights DIR] [--real DICOM_DIR | --no-real]
-          [--scans DIR (keep / reuse the phantom scans)]
+          [--scans DIR (keep / reuse the phantom scans)] [--no-cold]
+          [--baseline-src OLD/src (also `cac score` of another tree, e.g. from `git archive COMMIT src`)]
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ def run_process(cmd: list[str], env: dict, out_file: Path) -> tuple[float, float
     return wall, usage.ru_maxrss / 1024, proc.returncode, out_file.read_text()
 
 
+def command(variant, scan: Path, env: dict) -> tuple[list[str], dict]:
+    """A variant's command line for ``scan`` and its environment (a variant is a function, or one with its env)."""
+    if isinstance(variant, tuple):
+        return variant[0](scan), variant[1]
+    return variant(scan), env
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -126,6 +134,9 @@ def main() -> None:
     parser.add_argument("--no-real", action="store_true", help="phantom scans only")
     parser.add_argument("--no-cold", action="store_true", help="leave out cac score --no-model-cache")
     parser.add_argument("--scans", type=Path, default=None, help="folder for the phantom scans (kept, reused)")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="also time `cac score` of another source tree (its src/ folder, e.g. an earlier commit "
+                             "from `git archive`), same weights and scans")
     parser.add_argument("--make-scans", type=Path, default=None, help=argparse.SUPPRESS)  # the child's job
     args = parser.parse_args()
     if args.make_scans is not None:
@@ -150,6 +161,11 @@ def main() -> None:
         "plain pipeline": lambda s: [sys.executable, str(HERE / "plain_pipeline.py"), str(s), *weights],
         "cac score": lambda s: [sys.executable, "-m", "cacnet", "score", str(s), "--json", *weights],
     }
+    if args.baseline_src is not None:
+        base_env = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+        base_w = weights or ["--weights", str(HERE.parent / "weights")]  # this tree's weights, not the other's
+        variants[f"cac score ({args.baseline_src})"] = (
+            lambda s: [sys.executable, "-m", "cacnet", "score", str(s), "--json", *base_w], base_env)
     if not args.no_cold:
         variants["cac score --no-model-cache"] = lambda s: [sys.executable, "-m", "cacnet", "score", str(s), "--json",
                                                            "--no-model-cache", *weights]
@@ -160,7 +176,7 @@ def main() -> None:
     summary = []
     for label, scan in scans:
         for name, cmd in variants.items():  # warm-up: page cache, and the model cache of `cac score`
-            wall, _, rc, out = run_process(cmd(scan), env, tmp / "out.txt")
+            wall, _, rc, out = run_process(*command(cmd, scan, env), tmp / "out.txt")
             if rc != 0:
                 sys.exit(f"{name} on {scan} failed (exit {rc}): {out[-2000:]}")
         walls: dict[str, list[float]] = {n: [] for n in variants}
@@ -168,7 +184,7 @@ def main() -> None:
         loads = []
         for _ in range(args.repeat):
             for name, cmd in variants.items():
-                wall, peak, rc, out = run_process(cmd(scan), env, tmp / "out.txt")
+                wall, peak, rc, out = run_process(*command(cmd, scan, env), tmp / "out.txt")
                 if rc != 0:
                     sys.exit(f"{name} on {scan} failed (exit {rc}): {out[-2000:]}")
                 walls[name].append(wall)
