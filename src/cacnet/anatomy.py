@@ -218,8 +218,9 @@ class AnatomyMap:
         Always None when the map is not :attr:`usable`.
         """
         out: list[Optional[str]] = []
+        usable = self.usable  # a sum over the heart mask: once, not per candidate
         for hs, ss in features[:, :2]:
-            if not self.usable:
+            if not usable:
                 out.append(None)
             elif ss > 0:
                 out.append(f"outside the pericardial sac ({ss:.1f} mm from it, {hs:.1f} mm from the heart)")
