@@ -48,12 +48,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
+    from cacnet.components import find_components
     from cacnet.ensemble import Ensemble
     from cacnet.errors import UnsuitableScanError
+    from cacnet.outputs.preview import write_result_preview
+    from cacnet.outputs.report import write_report
     from cacnet.pipeline import score_scan
-    from cacnet.preview import write_result_preview
-    from cacnet.report import write_report
-    from cacnet.components import find_components
 
     ens = Ensemble(device="cpu")
     out = ROOT / "docs" / "report"

@@ -50,10 +50,10 @@ import numpy as np
 import agatston
 from cacnet.anatomy import anatomical_map
 from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes
+from cacnet.outputs.preview import render_montage
 from cacnet.phantom import case_seed, generate_phantom
 from cacnet.pipeline import decide_components, segment
 from cacnet.preprocess import coarse_grid, downsample, normalize
-from cacnet.preview import render_montage
 from cacnet.triage import triage
 
 HELD_OUT_SEED = 9999

@@ -24,8 +24,8 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from cacnet.batch import write_outputs
 from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble
+from cacnet.outputs.write import write_outputs
 from cacnet.phantom import generate_phantom
 from cacnet.pipeline import score_scan
 

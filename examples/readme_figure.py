@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from cacnet.outputs.preview import choose_slices, render_montage
 from cacnet.phantom import generate_phantom
-from cacnet.preview import choose_slices, render_montage
 
 ROOT = Path(__file__).resolve().parent.parent
 

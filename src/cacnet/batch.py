@@ -1,4 +1,4 @@
-"""Batches for `cac score`: finding scans, writing outputs, CSV rows (private-ish API)."""
+"""Batches for `cac score`: finding scans, CSV rows (private-ish API); the outputs: :mod:`cacnet.outputs`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from ._files import write_image_atomic, write_text_atomic
+from ._deprecated import moved
 from .errors import InvalidScanError, UsageError
-from .io import IMAGE_SUFFIXES, scan_id, to_source_grid
-from .pipeline import ScanResult
+from .io import IMAGE_SUFFIXES, scan_id
 
-__all__ = ["expand_inputs", "check_unique_ids", "write_outputs", "csv_row", "CSV_COLUMNS"]
+__all__ = ["expand_inputs", "check_unique_ids", "csv_row", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ["id", "agatston", "category", "volume_mm3", "mass_mg", "LM", "LAD", "LCX", "RCA", "n_lesions",
                "cac_drs", "n_review", "warnings", "status", "error", "input"]
@@ -164,37 +163,6 @@ def check_unique_ids(scans: Iterable[Path]) -> None:
         f"and --csv.")
 
 
-def write_outputs(result: ScanResult, outdir: Path, preview: bool = False, report: bool = False,
-                  dicom: bool = False) -> None:
-    """``<id>.json``, ``<id>_calcium.nii.gz`` (uint8 on the input grid), ``<id>.png`` (preview), ``<id>.html`` (report).
-
-    With ``dicom`` (DICOM input only, else :class:`~cacnet.errors.UsageError`), also ``<id>_seg.dcm`` and
-    ``<id>_sr.dcm`` (:func:`cacnet.dicom_out.write_dicom_outputs`), listed with their UIDs under ``"dicom"``
-    in the JSON. The JSON is written last.
-    """
-    outdir = Path(outdir)
-    assert result.scan is not None
-    write_image_atomic(to_source_grid(result.labels, result.scan), outdir / f"{result.id}_calcium.nii.gz")
-    if preview or report:
-        from .components import find_components
-
-        table = find_components(result.scan.hu, result.scan.spacing, result.labels, result.data, result.triage)
-    if preview:
-        from .preview import write_result_preview
-
-        write_result_preview(result, outdir / f"{result.id}.png", table)
-    if report:
-        from .report import write_report
-
-        write_report(result, outdir / f"{result.id}.html", table)
-    if dicom:
-        from .dicom_out import write_dicom_outputs
-
-        written = write_dicom_outputs(result, result.scan.source_path, outdir)
-        result.data["dicom"] = {**written.to_dict(), "seg": written.seg and written.seg.name, "sr": written.sr.name}
-    write_text_atomic(outdir / f"{result.id}.json", json.dumps(result.data, indent=2))
-
-
 def csv_row(data: Optional[dict[str, Any]], *, input_path: Path, status: str, error: str = "") -> dict[str, Any]:
     """One CSV row of a scan (``data`` is a result's JSON, None on error)."""
     row: dict[str, Any] = {c: "" for c in CSV_COLUMNS}
@@ -213,8 +181,13 @@ def csv_row(data: Optional[dict[str, Any]], *, input_path: Path, status: str, er
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    """A result JSON written by :func:`write_outputs`."""
+    """A result JSON written by :func:`cacnet.outputs.write.write_outputs`."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise InvalidScanError(f"{path}: cannot read a previous result ({exc}).") from None
+
+
+#: Names that moved, with their new module: importable from here for one release, with a DeprecationWarning.
+_MOVED = {"write_outputs": "cacnet.outputs.write"}
+__getattr__ = moved(__name__, _MOVED)

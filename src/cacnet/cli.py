@@ -473,7 +473,7 @@ def _check_dicom_options(dicom: bool, send: Optional[str], calling_aet: str, out
                     "instances; score the original series, or leave out --dicom.", EXIT_USAGE)
     if send is None:
         return None
-    from .send import check_ae_title, parse_node
+    from .outputs.send import check_ae_title, parse_node
 
     try:
         check_ae_title(calling_aet, "--calling-aet")
@@ -484,9 +484,9 @@ def _check_dicom_options(dicom: bool, send: Optional[str], calling_aet: str, out
 
 def _send_outputs(node: Any, calling_aet: str, outdir: Optional[Path], ids: List[str]) -> bool:
     """C-STORE the SEG and SR of the scans ``ids`` in ``outdir``; False (after saying why) when that fails."""
-    from .dicom_out import output_paths
+    from .outputs.dicom import output_paths
     from .errors import CacError
-    from .send import send_files
+    from .outputs.send import send_files
 
     assert outdir is not None
     paths: list[Path] = []

@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from ._files import check_output_dir, check_output_file, write_csv_atomic
-from .batch import CSV_COLUMNS, check_unique_ids, csv_row, read_result, write_outputs
+from .batch import CSV_COLUMNS, check_unique_ids, csv_row, read_result
 from .ensemble import DEFAULT_WEIGHTS, Ensemble, default_threads, load_manifest, verify_weights
 from .errors import CacError, ClusterUnavailableError, OutputError, UsageError
 from .io import scan_id
+from .outputs.write import write_outputs
 from .pipeline import PreparedScan, prepare_scan, score_scan
 
 __all__ = ["CONNECT_TIMEOUT_S", "MANIFEST_SUFFIX", "CohortRun", "EnsembleSpec", "RunManifest", "ScanOutcome",

@@ -1,6 +1,6 @@
 """The component table of a scored scan: its lesions and candidates, with stable ids.
 
-The report (:mod:`cacnet.report`) and the preview (:mod:`cacnet.preview`) show
+The report (:mod:`cacnet.outputs.report`) and the preview (:mod:`cacnet.outputs.preview`) show
 the table; a review (:mod:`cacnet.review`) decides about its components.
 :func:`find_components` computes it from the scan, the result's mask and the
 result JSON, identically when the report is written and when the review is

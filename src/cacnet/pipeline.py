@@ -18,9 +18,7 @@ models voted for are listed as rejected candidates.
 
 from __future__ import annotations
 
-import importlib
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +29,7 @@ from scipy import ndimage
 import agatston
 
 from . import io
+from ._deprecated import moved
 from .anatomy import MIN_HEART_ML, AnatomyMap, anatomical_map
 from .candidates import decide_candidates, densest, mean_probabilities
 from .ensemble import Ensemble, Vote, combine_votes, weights_version
@@ -422,11 +421,4 @@ def score_scan(
 
 #: Names that moved, with their new module: importable from here for one release, with a DeprecationWarning.
 _MOVED = {"lesion_position": "cacnet.io"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        warnings.warn(f"cacnet.pipeline.{name} moved to {_MOVED[name]}.{name}; the old name goes in the next release.",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved(__name__, _MOVED)

@@ -1,6 +1,6 @@
 """Reviewing a scored scan: review files, and applying a review exactly.
 
-A reader checks what the models found in the HTML report (:mod:`cacnet.report`):
+A reader checks what the models found in the HTML report (:mod:`cacnet.outputs.report`):
 per lesion *accept*, *reject* or *change artery*; per rejected candidate *add
 as LM/LAD/LCX/RCA*. The page saves the decisions as ``<id>_review.json``;
 :func:`apply_review` (``cac review apply``) turns them into a new mask and
@@ -36,9 +36,7 @@ reviewed scan.
 from __future__ import annotations
 
 import csv
-import importlib
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -48,14 +46,15 @@ import numpy as np
 import agatston
 
 from . import components, io
+from ._deprecated import moved
 from ._files import sha256_file, write_csv_atomic, write_image_atomic, write_text_atomic
 from .components import ARTERY_CODES, REVIEW_FORMAT, REVIEW_VERSION
 from .datasets import TRUTH_COLUMNS
 from .errors import ReviewError, UsageError
 from .io import canonical_to_source_index, lesion_position, read_scan, to_source_grid
+from .outputs.preview import write_result_preview
+from .outputs.report import write_report
 from .pipeline import ScanResult
-from .preview import write_result_preview
-from .report import write_report
 from .triage import triage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -271,7 +270,7 @@ def apply_review(result_path: Path | str, review_path: Path | str, outdir: Optio
     write_image : bool
         Also write ``images/<id>.nii.gz`` (the training layout needs it).
     preview : bool
-        Also write ``<id>.png`` (:func:`cacnet.preview.write_result_preview`).
+        Also write ``<id>.png`` (:func:`cacnet.outputs.preview.write_result_preview`).
 
     Returns
     -------
@@ -483,11 +482,4 @@ _MOVED = {name: "cacnet.components" for name in (
     "Part", "Component", "ComponentTable", "find_components", "MAX_QUIET_CANDIDATES", "MAX_QUIET_CANDIDATE_MM3",
     "MAX_VOTED_CANDIDATES")}
 _MOVED["scan_sha256"] = "cacnet.io"
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        warnings.warn(f"cacnet.review.{name} moved to {_MOVED[name]}.{name}; the old name goes in the next release.",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved(__name__, _MOVED)

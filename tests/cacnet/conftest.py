@@ -97,8 +97,8 @@ def scored_example(tmp_path_factory):
     review tests need to accept, reject and relabel; the second stage's way through scoring and the report is
     tested in test_candidates.py and by test_shipped_weights.py.
     """
-    from cacnet.batch import write_outputs
     from cacnet.ensemble import Ensemble
+    from cacnet.outputs.write import write_outputs
     from cacnet.pipeline import score_scan
 
     example = Path(__file__).resolve().parents[2] / "examples" / "data" / "phantom_example.nii.gz"

@@ -287,7 +287,7 @@ def test_score_scan_with_a_second_stage(toy_weights, tmp_path, phantom_scans):
     assert outside and staged.data["anatomy"]["sac_ml"] > staged.data["anatomy"]["heart_ml"] > 0
     assert staged.data["lesions"] and all(les["p_coronary"] == pytest.approx(0.95) for les in staged.data["lesions"])
     # the review report shows the second stage's P next to the votes, for lesions and the page's JSON alike
-    from cacnet.report import render_report
+    from cacnet.outputs.report import render_report
 
     html = render_report(staged)
     assert "second stage P(coronary) 0.95" in html and re.search(r'"p_coronary":\s*0\.95', html)

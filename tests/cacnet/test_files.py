@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from cacnet._files import atomic_path, write_csv_atomic, write_image_atomic, write_text_atomic
-from cacnet.preview import write_preview
+from cacnet.outputs.preview import write_preview
 
 
 @contextlib.contextmanager

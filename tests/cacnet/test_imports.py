@@ -16,8 +16,10 @@ from cacnet.ensemble import _onnxruntime_has_cuda, openvino_available
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data" / "phantom_example.nii.gz"
 
 #: Never imported by `cac score SCAN --json` (module names and their submodules).
-NOT_ON_THE_SCORE_PATH = ("dask", "distributed", "highdicom", "pydicom", "pynetdicom", "cacnet.report",
-                         "cacnet.phantom", "cacnet.dicom_out", "cacnet.preview", "cacnet.send", "cacnet.node",
+NOT_ON_THE_SCORE_PATH = ("dask", "distributed", "highdicom", "pydicom", "pynetdicom", "cacnet.outputs.report",
+                         "cacnet.phantom", "cacnet.outputs.dicom", "cacnet.outputs.preview", "cacnet.outputs.send",
+                         "cacnet.outputs._render", "cacnet.report", "cacnet.dicom_out", "cacnet.preview", "cacnet.send",
+                         "cacnet.node",
                          "cacnet.train", "cacnet.datasets", "cacnet.evaluate", "cacnet.insert", "openvino.tools.ovc",
                          "openvino_telemetry", "torch", "sklearn", "matplotlib", "PIL", "jinja2", "pandas")
 

@@ -35,10 +35,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from cacnet.errors import UsageError
 from cacnet.node.client import Credentials, OrthancClient, check_url, load_credentials
 from cacnet.node.runner import classify_series, fingerprint
-from cacnet.errors import UsageError
-from cacnet.send import parse_node, send_files
+from cacnet.outputs.send import parse_node, send_files
 
 from .orthanc_helpers import (PASSWORD, USER, CountingProxy, OrthancServer, node_env, phantom_volume, run_node,
                               sr_texts, sr_total, start_node, wait_for_log, write_ct)

@@ -12,12 +12,12 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 import agatston
-from cacnet._render import encode_png
 from cacnet.cli import app
 from cacnet.components import find_components
 from cacnet.io import read_scan
-from cacnet.preview import TILE_PX, preview_caption
-from cacnet.report import NOT_VALIDATED_NOTICE
+from cacnet.outputs._render import encode_png
+from cacnet.outputs.preview import TILE_PX, preview_caption
+from cacnet.outputs.report import NOT_VALIDATED_NOTICE
 from cacnet.review import apply_review
 
 runner = CliRunner()
@@ -107,8 +107,8 @@ def test_counts_agree_in_json_preview_and_report(scored_example):
 def test_counts_agree_on_a_synthetic_case(tmp_path, monkeypatch):
     """The synthetic case of test_review (3 lesions, an uncounted LM voxel, candidates) scored as a file."""
     from cacnet import components
+    from cacnet.outputs.report import render_report
     from cacnet.pipeline import ScanResult
-    from cacnet.report import render_report
 
     from .test_review import SPACING, synthetic
 
@@ -197,8 +197,8 @@ def test_cli_report_and_preview(phantom_scans, toy_weights, tmp_path):
 
 
 def test_report_of_a_scan_without_findings(phantom_scans, tmp_path):
-    from cacnet.batch import write_outputs
     from cacnet.ensemble import Ensemble
+    from cacnet.outputs.write import write_outputs
     from cacnet.pipeline import score_scan
 
     from .conftest import make_weights

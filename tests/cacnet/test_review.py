@@ -86,7 +86,7 @@ def test_components_ids_groups_and_candidates(monkeypatch):
 
 def test_counts_are_the_results(monkeypatch):
     """Lesions are the result's n_lesions (3D lesions holding a counted part); candidates its rejected_candidates."""
-    from cacnet.preview import preview_caption
+    from cacnet.outputs.preview import preview_caption
 
     hu, labels, data = synthetic()
     monkeypatch.setattr(components, "MAX_QUIET_CANDIDATE_MM3", 500.0)

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cacnet.batch import write_outputs
-from cacnet.dicom_out import CODES
 from cacnet.ensemble import Ensemble
+from cacnet.outputs.dicom import CODES
+from cacnet.outputs.preview import ARTERY_COLORS
+from cacnet.outputs.write import write_outputs
 from cacnet.pipeline import score_scan
-from cacnet.preview import ARTERY_COLORS
 
 from .dicom_out_helpers import banded_weights, phantom_hu, read_header, write_ct_series
 from .fetch_dcmjs import VERSION, fetch

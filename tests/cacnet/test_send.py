@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cacnet.cli import EXIT_SEND, app
 from cacnet.errors import SendError, UsageError
-from cacnet.send import DicomNode, parse_node, send_files
+from cacnet.outputs.send import DicomNode, parse_node, send_files
 
 from .conftest import make_weights
 from .dicom_out_helpers import (PATIENT, banded_weights, free_port, phantom_hu, read_header, rest, running_orthanc,

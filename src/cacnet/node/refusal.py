@@ -11,7 +11,7 @@ was looked at and why it has no score. It is a Comprehensive SR (series 9903, "C
 - (NOTSCORED, 99CACTK, "Calcium scoring not performed"): a TEXT item with the reason;
 - the algorithm's name and version (111001 and 111003, DCM).
 
-Its UIDs are derived, as those of the SEG and SR (:mod:`cacnet.dicom_out`), from the source series, the
+Its UIDs are derived, as those of the SEG and SR (:mod:`cacnet.outputs.dicom`), from the source series, the
 instances handled and the reason: handling the same series again gives the same objects, never a second copy.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from ..dicom_out import PRIVATE_SCHEME, _clip, _code, _private, _quiet, _uid
+from ..outputs.dicom import PRIVATE_SCHEME, _clip, _code, _private, _quiet, _uid
 
 if TYPE_CHECKING:  # pragma: no cover
     import highdicom as hd

@@ -442,7 +442,7 @@ class Node:
         return message.replace(" Use --force (score_scan(force=True)) to score it anyway.", "").strip()
 
     def _score(self, sid: str, info: dict, instances: list[str], rec: SeriesRecord, label: str) -> None:
-        from ..batch import write_outputs
+        from ..outputs.write import write_outputs
         from ..pipeline import score_scan
 
         t0 = time.monotonic()
