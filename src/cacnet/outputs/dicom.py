@@ -84,6 +84,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 
+from agatston import ARTERY_NAMES
+
 from .._files import atomic_path
 from ..errors import InvalidScanError, UsageError
 from ..io import Scan, canonical_to_source_index, to_source_grid
@@ -137,7 +139,7 @@ CODES: dict[str, tuple[str, str, str]] = {
 CATEGORY_MEANINGS = {"A": "Agatston score 0", "B": "Agatston score (0, 10]", "C": "Agatston score (10, 100]",
                      "D": "Agatston score (100, 400]", "E": "Agatston score > 400"}
 
-_ARTERIES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
+_ARTERIES = dict(ARTERY_NAMES)  # label -> artery, from the scoring core (agatston.ARTERY_NAMES)
 # Patient and study attributes of Type 2 (present, maybe empty) in the SEG and SR, copied from the source
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                  "AccessionNumber", "StudyID", "ReferringPhysicianName")

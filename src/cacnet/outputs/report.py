@@ -66,7 +66,7 @@ NOT_VALIDATED_NOTICE = (
     "real CT entered their training only as scans without coronary calcium. How much real coronary calcium they "
     "find is not known. Check every lesion and candidate before you use this score; it is not a medical device.")
 
-_ARTERIES = ("LM", "LAD", "LCX", "RCA")
+_ARTERIES = tuple(agatston.ARTERY_NAMES.values())  # LM, LAD, LCX, RCA: the scoring core's order
 _OWN_SIZE_PX = 240  # overlay resolution of a crop (the grey image keeps the scan's pixels)
 
 
