@@ -43,7 +43,29 @@ __all__ = ["PreparedScan", "ScanResult", "prepare_scan", "score_scan", "segment"
 
 @dataclass
 class ScanResult:
-    """What `cac score` reports for one scan."""
+    """What `cac score` reports for one scan.
+
+    Made by :func:`score_scan`. ``data`` is the JSON report (``<id>.json``,
+    ``cac score --json``) and the single source of what is reported: the
+    read-only properties (:attr:`agatston`, :attr:`category`,
+    :attr:`arteries`, :attr:`lesions`, :attr:`n_lesions`, :attr:`volume_mm3`,
+    :attr:`mass_mg`, :attr:`warnings`) read their values from it.
+
+    Attributes
+    ----------
+    id : str
+        The scan's id (file name without extension, or folder name).
+    labels : numpy.ndarray
+        uint8 (z, y, x) mask in canonical (LPS) orientation: 0, 1 LM, 2 LAD, 3 LCX, 4 RCA.
+    score : agatston.ScoreResult
+        The scoring core's result on ``labels``.
+    data : dict
+        The JSON report.
+    scan : Scan, optional
+        The scan scored (None for a result without it).
+    triage : Triage, optional
+        The triage of the scan (:func:`cacnet.triage.triage`); its heart region serves the report's candidates.
+    """
 
     id: str
     labels: np.ndarray  # uint8 (z, y, x) canonical: 0, 1 LM, 2 LAD, 3 LCX, 4 RCA
@@ -55,6 +77,63 @@ class ScanResult:
 
     def to_dict(self) -> dict[str, Any]:
         return self.data
+
+    @property
+    def agatston(self) -> float:
+        """Total Agatston score of the scan (``data["agatston"]``)."""
+        return float(self.data["agatston"])
+
+    @property
+    def category(self) -> str:
+        """Risk category of the total score, ``"A"`` (0) to ``"E"`` (> 400) (``data["category"]``)."""
+        return str(self.data["category"])
+
+    @property
+    def arteries(self) -> dict[str, float]:
+        """Agatston score of each artery, ``{"LM": ..., "LAD": ..., "LCX": ..., "RCA": ...}``.
+
+        From ``data["arteries"]``, which also holds each artery's volume,
+        mass and lesion count.
+        """
+        return {name: float(artery["agatston"]) for name, artery in self.data["arteries"].items()}
+
+    @property
+    def lesions(self) -> list[dict[str, Any]]:
+        """The lesions counted, one dict per 2D component (``data["lesions"]``; copies of its records).
+
+        Each has ``lesion_id``, ``slice_index``, ``artery``, ``agatston``,
+        ``volume_mm3``, the models' ``votes``, the ``review`` flag,
+        ``position``, ...; see the JSON report's description in the README.
+        """
+        return [dict(lesion) for lesion in self.data["lesions"]]
+
+    @property
+    def n_lesions(self) -> int:
+        """Number of 3D lesions (26-connected, per artery label) (``data["n_lesions"]``).
+
+        :attr:`lesions` lists 2D components, one per slice; there are
+        ``data["n_lesions_2d"]`` of them.
+        """
+        return int(self.data["n_lesions"])
+
+    @property
+    def volume_mm3(self) -> float:
+        """Total calcium volume in mm^3 (``data["volume_mm3"]``)."""
+        return float(self.data["volume_mm3"])
+
+    @property
+    def mass_mg(self) -> Optional[float]:
+        """Total calcium mass in mg, None without a calibration factor (``data["mass_mg"]``)."""
+        mass = self.data.get("mass_mg")
+        return None if mass is None else float(mass)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a reader should know about this result: reader, triage, model and early-stop warnings.
+
+        A copy of ``data["warnings"]``.
+        """
+        return list(self.data.get("warnings", []))
 
 
 def versions(manifest: Optional[dict] = None) -> dict[str, Optional[str]]:

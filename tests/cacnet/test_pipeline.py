@@ -114,6 +114,36 @@ def test_score_scan_end_to_end(phantom_scans, ensemble):
     json.dumps(d)  # JSON-ready
 
 
+
+@pytest.mark.parametrize("calibration", [None, 0.8])
+def test_scan_result_properties_read_the_json(phantom_scans, toy_weights, calibration):
+    """ScanResult's typed properties are the JSON report's entries (``data`` stays the one source)."""
+    folder, _ = phantom_scans
+    res = score_scan(folder / "case22.nii.gz", Ensemble(toy_weights, device="cpu"), calibration=calibration,
+                     force=True)
+    d = res.data
+    assert res.n_lesions > 0 and res.agatston > 0
+    assert res.agatston == d["agatston"] and type(res.agatston) is float
+    assert res.category == d["category"] and isinstance(res.category, str)
+    assert res.arteries == {name: a["agatston"] for name, a in d["arteries"].items()}
+    assert list(res.arteries) == ["LM", "LAD", "LCX", "RCA"]
+    assert all(type(v) is float for v in res.arteries.values())
+    assert res.lesions == d["lesions"] and len(res.lesions) == d["n_lesions_2d"]
+    assert res.n_lesions == d["n_lesions"] and type(res.n_lesions) is int
+    assert res.volume_mm3 == d["volume_mm3"] and type(res.volume_mm3) is float
+    assert res.mass_mg == d["mass_mg"] and (res.mass_mg is None) == (calibration is None)
+    assert res.warnings == d["warnings"] and res.warnings
+    # read-only, and what they return is the caller's: changing it leaves the JSON alone
+    with pytest.raises(AttributeError):
+        res.agatston = 0.0
+    res.lesions[0]["agatston"] = -1.0
+    res.warnings.append("x")
+    res.arteries["LAD"] = -1.0
+    assert res.lesions == d["lesions"] and res.warnings == d["warnings"] and res.arteries["LAD"] >= 0
+    # derived from data: a changed JSON (as cac review apply makes) is what they read
+    d["agatston"] = 1.5
+    assert res.agatston == 1.5
+
 def test_rerun_gives_identical_output(phantom_scans, ensemble):
     folder, _ = phantom_scans
     a = score_scan(folder / "case21.nii.gz", ensemble, force=True).data
