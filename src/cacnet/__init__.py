@@ -1,17 +1,88 @@
 """cacnet: reading scans, synthetic phantoms, the U-Net ensemble and the `cac` command.
 
-Scores always come from the :mod:`agatston` package.
+Scores always come from the :mod:`agatston` package. The names below are the
+public face; each is loaded on first use (PEP 562), so that ``import cacnet``
+(and `cac --help`) imports neither numpy nor SimpleITK nor a model runtime::
+
+    from cacnet import Ensemble, score_scan
+
+    result = score_scan("scan.nii.gz", Ensemble())
+    result.agatston, result.category, result.arteries
+
+- reading: :func:`read_scan`, :class:`Scan` (:mod:`cacnet.io`);
+- scoring: :func:`score_scan`, :func:`prepare_scan`, :class:`ScanResult`
+  (:mod:`cacnet.pipeline`), :class:`Ensemble` (:mod:`cacnet.ensemble`),
+  :func:`triage` (:mod:`cacnet.triage`);
+- phantoms: :func:`generate_phantom` (:mod:`cacnet.phantom`);
+- errors: :class:`CacError` and its subclasses (:mod:`cacnet.errors`), each with the exit code of `cac`;
+- what `cac score -o` writes: :mod:`cacnet.outputs`.
+
+``cacnet.triage`` is the function :func:`cacnet.triage.triage`; its module
+stays importable by its full name (``from cacnet.triage import ...``).
 """
 
+from __future__ import annotations
 
-def __getattr__(name: str):
-    # ``__version__``: the distribution's release, written once in agatston/_version.py (agatston never imports
-    # cacnet); looked up on first use, so that importing cacnet (and `cac --help`) does not import numpy and scipy.
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+_NAMES = {
+    "io": ["Scan", "read_scan"],
+    "pipeline": ["ScanResult", "prepare_scan", "score_scan"],
+    "ensemble": ["Ensemble"],
+    "triage": ["triage"],
+    "phantom": ["generate_phantom"],
+    "errors": ["CacError", "ClusterUnavailableError", "DeviceUnavailableError", "InvalidScanError", "OutputError",
+               "ReviewError", "SendError", "SeriesSelectionError", "UnsuitableScanError", "UsageError",
+               "WeightsError"],
+}
+_HOME = {name: module for module, names in _NAMES.items() for name in names}
+
+__all__: list[str] = sorted(_HOME) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
     if name == "__version__":
+        # the distribution's release, written once in agatston/_version.py (agatston never imports cacnet)
         from agatston._version import __version__
 
         return __version__
-    raise AttributeError(f"module 'cacnet' has no attribute {name!r}")
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 
-__all__ = ["__version__"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Face(types.ModuleType):
+    """The package module: a name of the face that is also a submodule's name stays the face's object.
+
+    The import system binds each submodule imported to its name on the
+    package; for ``triage`` (function and module) that would make
+    ``cacnet.triage`` the function or the module depending on what was
+    imported before. It stays the function.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _HOME.get(name) == name:
+            return  # not bound: the face's object (cached, or given by __getattr__ on first use) stays
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Face
+
+if TYPE_CHECKING:  # pragma: no cover - what type checkers and editors see
+    from .ensemble import Ensemble
+    from .errors import (CacError, ClusterUnavailableError, DeviceUnavailableError, InvalidScanError, OutputError,
+                         ReviewError, SendError, SeriesSelectionError, UnsuitableScanError, UsageError, WeightsError)
+    from .io import Scan, read_scan
+    from .phantom import generate_phantom
+    from .pipeline import ScanResult, prepare_scan, score_scan
+    from .triage import triage
