@@ -19,11 +19,17 @@ __all__ = ["BACKENDS", "DEFAULT_WEIGHTS", "Ensemble", "PRECISIONS", "Vote", "com
            "weights_version"]
 
 
-def _default_weights() -> Path:
-    """weights/ of a source checkout, or the copy installed with the package."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "weights", here.parent / "weights"):
-        if (candidate / "manifest.json").exists():
+def _default_weights(module_file: Optional[str] = None) -> Path:
+    """The shipped weights: the copy installed with the package, else ``weights/`` of the source checkout.
+
+    A wheel (``pip install .``) holds them as ``cacnet/weights`` (setup.py copies them at build time); an
+    editable install or ``src/`` on the path reads ``weights/`` at the checkout's root (no symlink). When
+    neither holds a manifest, the checkout's folder is named, so that the error says where they belong.
+    ``module_file``: this module's path (tests give another layout).
+    """
+    here = Path(module_file or __file__).resolve()
+    for candidate in (here.parent / "weights", here.parents[2] / "weights"):
+        if (candidate / "manifest.json").is_file():
             return candidate
     return here.parents[2] / "weights"
 
