@@ -66,7 +66,8 @@ def test_a_moved_module_serves_all_its_names(old, new):
     with pytest.warns(DeprecationWarning):
         namespace: dict = {}
         exec(f"from {old} import *", namespace)
-    assert {k: v for k, v in namespace.items() if not k.startswith("__")} == {n: getattr(new_mod, n) for n in new_mod.__all__}
+    served = {k: v for k, v in namespace.items() if not k.startswith("__")}
+    assert served == {n: getattr(new_mod, n) for n in new_mod.__all__}
 
 
 def test_the_new_paths_do_not_warn():

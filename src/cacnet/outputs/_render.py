@@ -17,7 +17,7 @@ from scipy import ndimage
 __all__ = ["ARTERY_RGB", "CANDIDATE_RGB", "CALCIUM_WINDOW", "encode_png", "png_data_uri", "window", "outline",
            "upscale", "draw_text", "text_width", "GLYPH_W", "GLYPH_H"]
 
-#: Outline colours (RGB) by label: LM yellow, LAD red, LCX green, RCA blue (as :data:`cacnet.outputs.preview.ARTERY_COLORS`).
+#: Outline colours (RGB) by label: LM yellow, LAD red, LCX green, RCA blue (as :data:`.preview.ARTERY_COLORS`).
 ARTERY_RGB = {1: (255, 220, 0), 2: (255, 40, 40), 3: (40, 220, 40), 4: (40, 140, 255)}
 #: Colour of a rejected candidate without a proposed artery (magenta).
 CANDIDATE_RGB = (255, 0, 255)
