@@ -26,7 +26,7 @@ MOVED = [
     ("cacnet.preview", "ARTERY_COLORS", "cacnet.outputs.preview"),
     ("cacnet._render", "encode_png", "cacnet.outputs._render"),
     ("cacnet.dicom_out", "write_dicom_outputs", "cacnet.outputs.dicom"),
-    ("cacnet.dicom_out", "_uid", "cacnet.outputs.dicom"),
+    ("cacnet.dicom_out", "_save", "cacnet.outputs.dicom"),
     ("cacnet.send", "send_files", "cacnet.outputs.send"),
     ("cacnet.send", "parse_node", "cacnet.outputs.send"),
 ]

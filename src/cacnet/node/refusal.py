@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from ..outputs.dicom import PRIVATE_SCHEME, _clip, _code, _private, _quiet, _uid
+from ..outputs._dicom_shared import PRIVATE_SCHEME, clip, coded, make_uid, private_coded, quiet
 
 if TYPE_CHECKING:  # pragma: no cover
     import highdicom as hd
@@ -64,15 +64,15 @@ def build_not_scored_report(datasets: list["Dataset"], reason: str, fingerprint:
     root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report"),
                                       is_content_continuous=False)
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=str(_uid("device", __version__, "observer")), name="cac-toolkit", manufacturer_name="cac-toolkit",
+        uid=str(make_uid("device", __version__, "observer")), name="cac-toolkit", manufacturer_name="cac-toolkit",
         model_name=f"cac-toolkit {__version__}")
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.cid270.Device, observer_identifying_attributes=device))
     items = list(context)
     items.append(hd.sr.CodeContentItem(name=hd.sr.CodedConcept("121058", "DCM", "Procedure reported"),
-                                       value=_code("procedure"), relationship_type=rel.HAS_CONCEPT_MOD))
-    items.append(hd.sr.TextContentItem(name=_private("NOTSCORED", "Calcium scoring not performed"),
-                                       value=_clip(reason, 1024), relationship_type=rel.CONTAINS))
+                                       value=coded("procedure"), relationship_type=rel.HAS_CONCEPT_MOD))
+    items.append(hd.sr.TextContentItem(name=private_coded("NOTSCORED", "Calcium scoring not performed"),
+                                       value=clip(reason, 1024), relationship_type=rel.CONTAINS))
     items.append(hd.sr.TextContentItem(name=hd.sr.CodedConcept("111001", "DCM", "Algorithm Name"),
                                        value="cac-toolkit", relationship_type=rel.CONTAINS))
     items.append(hd.sr.TextContentItem(name=hd.sr.CodedConcept("111003", "DCM", "Algorithm Version"),
@@ -80,10 +80,10 @@ def build_not_scored_report(datasets: list["Dataset"], reason: str, fingerprint:
     root.ContentSequence = hd.sr.ContentSequence(items)
     scheme = hd.coding_schemes.CodingSchemeIdentificationItem(
         designator=PRIVATE_SCHEME, name="cac-toolkit local codes", responsible_organization="cac-toolkit developers")
-    with _quiet():
+    with quiet():
         return hd.sr.ComprehensiveSR(
-            evidence=datasets, content=root, series_instance_uid=_uid(series_uid, content, "not-scored-series"),
-            series_number=NOT_SCORED_SERIES_NUMBER, sop_instance_uid=_uid(series_uid, content, "not-scored"),
+            evidence=datasets, content=root, series_instance_uid=make_uid(series_uid, content, "not-scored-series"),
+            series_number=NOT_SCORED_SERIES_NUMBER, sop_instance_uid=make_uid(series_uid, content, "not-scored"),
             instance_number=1, manufacturer="cac-toolkit", is_complete=True, is_final=False, is_verified=False,
             series_description=NOT_SCORED_DESCRIPTION, coding_schemes=[scheme],
             manufacturer_model_name="cac-toolkit", software_versions=__version__, device_serial_number="none")

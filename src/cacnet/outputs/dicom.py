@@ -70,13 +70,10 @@ Codes
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
 import json
-import uuid
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +86,7 @@ from agatston import ARTERY_NAMES
 from .._files import atomic_path
 from ..errors import InvalidScanError, UsageError
 from ..io import Scan, canonical_to_source_index, to_source_grid
+from ._dicom_shared import CODES, PRIVATE_SCHEME, clip, coded, make_uid, private_coded, quiet
 
 if TYPE_CHECKING:  # pragma: no cover
     import highdicom as hd
@@ -103,37 +101,6 @@ __all__ = ["CATEGORY_MEANINGS", "CODES", "DicomOutputs", "PRIVATE_SCHEME", "SEG_
 #: Series numbers of the written objects (new series in the source study).
 SEG_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
-
-#: Private coding scheme of the concepts that have no standard code.
-PRIVATE_SCHEME = "99CACTK"
-
-#: Coded concepts used, as (code value, coding scheme designator, code meaning).
-CODES: dict[str, tuple[str, str, str]] = {
-    "segment_category": ("49755003", "SCT", "Morphologically abnormal structure"),
-    "segment_type": ("18115005", "SCT", "Pathologic calcification"),
-    "LM": ("3227004", "SCT", "Left main coronary artery"),
-    "LAD": ("59438005", "SCT", "Left anterior descending coronary artery"),
-    "LCX": ("57396003", "SCT", "Circumflex coronary artery"),
-    "RCA": ("13647002", "SCT", "Right coronary artery"),
-    "coronary_artery": ("41801008", "SCT", "Coronary artery"),
-    "procedure": ("426005005", "SCT", "Cardiac CT for calcium scoring"),
-    "agatston": ("450360000", "SCT", "Coronary artery calcium score"),
-    "agatston_method": ("112055", "DCM", "Agatston scoring method"),
-    "volume": ("122660", "DCM", "Calcium Volume"),
-    "mass": ("122661", "DCM", "Calcium Mass"),
-    "n_lesions": ("111038", "DCM", "Number of calcifications"),
-    "threshold": ("122657", "DCM", "Agatston Score Threshold"),
-    "calibration": ("122659", "DCM", "Calcium Scoring Calibration"),
-    "qualitative_evaluations": ("C0034375", "UMLS", "Qualitative Evaluations"),
-    "cac_drs": ("CACDRS", PRIVATE_SCHEME, "CAC-DRS"),
-    "risk_category": ("RISKCAT", PRIVATE_SCHEME, "Agatston risk category"),
-    "warning": ("WARNING", PRIVATE_SCHEME, "Scoring warning"),
-    "unit_none": ("1", "UCUM", "no units"),
-    "unit_mm3": ("mm3", "UCUM", "cubic millimeter"),
-    "unit_mg": ("mg", "UCUM", "milligram"),
-    "unit_hu": ("[hnsf'U]", "UCUM", "Hounsfield unit"),
-    "unit_calibration": ("mg/cm3/[hnsf'U]", "UCUM", "milligram per cubic centimeter per Hounsfield unit"),
-}
 
 #: Meanings of the risk category codes (CONVENTIONS: real-valued, half-open intervals).
 CATEGORY_MEANINGS = {"A": "Agatston score 0", "B": "Agatston score (0, 10]", "C": "Agatston score (10, 100]",
@@ -185,19 +152,6 @@ class DicomOutputs:
                 "study_instance_uid": self.study_instance_uid,
                 "series_instance_uids": dict(self.series_instance_uids),
                 "sop_instance_uids": dict(self.sop_instance_uids), "segments": dict(self.segments)}
-
-
-def _code(key: str) -> "hd.sr.CodedConcept":
-    import highdicom as hd
-
-    value, scheme, meaning = CODES[key]
-    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
-def _private(value: str, meaning: str) -> "hd.sr.CodedConcept":
-    import highdicom as hd
-
-    return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
 
 
 def _dicom_scan(result: "ScanResult") -> Scan:
@@ -364,14 +318,6 @@ def _content_hash(result: "ScanResult") -> str:
     return h.hexdigest()
 
 
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "cac-toolkit/dicom-outputs")
-
-
-def _uid(series_uid: str, content: str, what: str) -> str:
-    """A UID under the 2.25 root (ISO/IEC 9834-8) from a name-based (SHA-1, version 5) UUID: reproducible."""
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '|'.join((series_uid, content, what))).int}"
-
-
 def _algorithm_parameters(result: "ScanResult") -> dict[str, str]:
     settings = result.data.get("settings", {})
     params = {"threshold_hu": f"{settings.get('threshold_hu', 130.0):g}"}
@@ -425,15 +371,15 @@ def build_segmentation(result: "ScanResult", datasets: list["Dataset"], *,
         name = _ARTERIES[lab]
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=f"{name} calcium",
-            segmented_property_category=_code("segment_category"), segmented_property_type=_code("segment_type"),
+            segmented_property_category=coded("segment_category"), segmented_property_type=coded("segment_type"),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-            tracking_uid=_uid(series_uid, content, f"segment-{name}"), tracking_id=f"{name} calcium",
-            anatomic_regions=[_code(name)], display_color=hd.color.CIELabColor.from_rgb(*ARTERY_COLORS[lab])))
-    with _quiet():
+            tracking_uid=make_uid(series_uid, content, f"segment-{name}"), tracking_id=f"{name} calcium",
+            anatomic_regions=[coded(name)], display_color=hd.color.CIELabColor.from_rgb(*ARTERY_COLORS[lab])))
+    with quiet():
         return hd.seg.Segmentation(
             source_images=datasets, pixel_array=pixel, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions, series_instance_uid=_uid(series_uid, content, "seg-series"),
-            series_number=series_number, sop_instance_uid=_uid(series_uid, content, "seg"), instance_number=1,
+            segment_descriptions=descriptions, series_instance_uid=make_uid(series_uid, content, "seg-series"),
+            series_number=series_number, sop_instance_uid=make_uid(series_uid, content, "seg"), instance_number=1,
             manufacturer=_MANUFACTURER, manufacturer_model_name="cac-toolkit", software_versions=__version__,
             device_serial_number="none", content_label="CAC", content_description="Coronary artery calcium",
             series_description="Coronary calcium SEG (cac-toolkit)", omit_empty_frames=True)
@@ -443,13 +389,13 @@ def build_segmentation(result: "ScanResult", datasets: list["Dataset"], *,
 
 def _measurements(hd: Any, agatston: float, volume: float, mass: Optional[float],
                   n_lesions: Optional[int] = None) -> list:
-    out = [hd.sr.Measurement(name=_code("agatston"), value=float(agatston), unit=_code("unit_none"),
-                             method=_code("agatston_method")),
-           hd.sr.Measurement(name=_code("volume"), value=float(volume), unit=_code("unit_mm3"))]
+    out = [hd.sr.Measurement(name=coded("agatston"), value=float(agatston), unit=coded("unit_none"),
+                             method=coded("agatston_method")),
+           hd.sr.Measurement(name=coded("volume"), value=float(volume), unit=coded("unit_mm3"))]
     if mass is not None:
-        out.append(hd.sr.Measurement(name=_code("mass"), value=float(mass), unit=_code("unit_mg")))
+        out.append(hd.sr.Measurement(name=coded("mass"), value=float(mass), unit=coded("unit_mg")))
     if n_lesions is not None:
-        out.append(hd.sr.Measurement(name=_code("n_lesions"), value=int(n_lesions), unit=_code("unit_none")))
+        out.append(hd.sr.Measurement(name=coded("n_lesions"), value=int(n_lesions), unit=coded("unit_none")))
     return out
 
 
@@ -496,29 +442,29 @@ def build_report(result: "ScanResult", datasets: list["Dataset"], seg: Optional[
     total = _measurements(hd, data["agatston"], data["volume_mm3"], data["mass_mg"] if calibrated else None,
                           n_lesions=result.score.n_lesions)
     settings = data.get("settings", {})
-    total.append(hd.sr.Measurement(name=_code("threshold"), value=float(settings.get("threshold_hu", 130.0)),
-                                   unit=_code("unit_hu")))
+    total.append(hd.sr.Measurement(name=coded("threshold"), value=float(settings.get("threshold_hu", 130.0)),
+                                   unit=coded("unit_hu")))
     if calibrated:
-        total.append(hd.sr.Measurement(name=_code("calibration"), value=float(settings["calibration"]),
-                                       unit=_code("unit_calibration")))
+        total.append(hd.sr.Measurement(name=coded("calibration"), value=float(settings["calibration"]),
+                                       unit=coded("unit_calibration")))
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(series_uid, content, "group-total"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=make_uid(series_uid, content, "group-total"),
                                                      identifier="Coronary arteries, total"),
-        finding_type=_code("segment_type"), algorithm_id=algorithm_full,
-        finding_sites=[hd.sr.FindingSite(_code("coronary_artery"))], measurements=total,
+        finding_type=coded("segment_type"), algorithm_id=algorithm_full,
+        finding_sites=[hd.sr.FindingSite(coded("coronary_artery"))], measurements=total,
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(_code("cac_drs"), _private(drs_value, f"CAC-DRS {drs_value}")),
-            hd.sr.QualitativeEvaluation(_code("risk_category"),
-                                        _private(category, f"Category {category}: {CATEGORY_MEANINGS[category]}")),
+            hd.sr.QualitativeEvaluation(coded("cac_drs"), private_coded(drs_value, f"CAC-DRS {drs_value}")),
+            hd.sr.QualitativeEvaluation(coded("risk_category"),
+                                        private_coded(category, f"Category {category}: {CATEGORY_MEANINGS[category]}")),
         ]))
 
     # one group per artery
     for name, a in data["arteries"].items():
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(series_uid, content, f"group-{name}"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=make_uid(series_uid, content, f"group-{name}"),
                                                          identifier=f"{name}"),
-            finding_type=_code("segment_type"), algorithm_id=algorithm,
-            finding_sites=[hd.sr.FindingSite(_code(name))],
+            finding_type=coded("segment_type"), algorithm_id=algorithm,
+            finding_sites=[hd.sr.FindingSite(coded(name))],
             measurements=_measurements(hd, a["agatston"], a["volume_mm3"], a["mass_mg"] if calibrated else None,
                                        n_lesions=a["n_lesions"])))
 
@@ -544,54 +490,42 @@ def build_report(result: "ScanResult", datasets: list["Dataset"], seg: Optional[
                 sop_class_uid=_SEG_CLASS, sop_instance_uid=str(seg.SOPInstanceUID), segment_number=number,
                 source_images=[hd.sr.SourceImageForSegmentation(str(by_uid[u].SOPClassUID), u) for u in uids])
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=_uid(series_uid, content, f"lesion-{lesion_id}"), identifier=f"Lesion {lesion_id} ({name})"),
-                referenced_segment=referenced, finding_type=_code("segment_type"), algorithm_id=algorithm,
-                finding_sites=[hd.sr.FindingSite(_code(name))],
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=make_uid(series_uid, content, f"lesion-{lesion_id}"),
+                                                             identifier=f"Lesion {lesion_id} ({name})"),
+                referenced_segment=referenced, finding_type=coded("segment_type"), algorithm_id=algorithm,
+                finding_sites=[hd.sr.FindingSite(coded(name))],
                 measurements=_measurements(hd, sum(p.agatston for p in parts), sum(p.volume_mm3 for p in parts),
                                            mass)))
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=str(_uid("device", __version__, "observer")), name="cac-toolkit", manufacturer_name=_MANUFACTURER,
+        uid=str(make_uid("device", __version__, "observer")), name="cac-toolkit", manufacturer_name=_MANUFACTURER,
         model_name=f"cac-toolkit {__version__}")
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.cid270.Device, observer_identifying_attributes=device))
-    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=_code("procedure"),
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=coded("procedure"),
                                      imaging_measurements=groups,
                                      referenced_images=[ds for ds in datasets if str(ds.SOPInstanceUID) in library]
                                      or None)
     # TID 1500 row "Qualitative Evaluations": the warnings, as TEXT (highdicom has no argument for it)
     warnings = [str(w) for w in data.get("warnings", [])]
     if warnings:
-        container = hd.sr.ContainerContentItem(name=_code("qualitative_evaluations"), is_content_continuous=False,
+        container = hd.sr.ContainerContentItem(name=coded("qualitative_evaluations"), is_content_continuous=False,
                                                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         container.ContentSequence = hd.sr.ContentSequence([
-            hd.sr.TextContentItem(name=_code("warning"), value=_clip(w, 1024),
+            hd.sr.TextContentItem(name=coded("warning"), value=clip(w, 1024),
                                   relationship_type=hd.sr.RelationshipTypeValues.CONTAINS) for w in warnings])
         report[0].ContentSequence.append(container)
     scheme = hd.coding_schemes.CodingSchemeIdentificationItem(
         designator=PRIVATE_SCHEME, name="cac-toolkit local codes", responsible_organization="cac-toolkit developers")
     evidence = list(datasets) + ([seg] if seg is not None else [])
-    with _quiet():
+    with quiet():
         sr = hd.sr.Comprehensive3DSR(
-            evidence=evidence, content=report[0], series_instance_uid=_uid(series_uid, content, "sr-series"),
-            series_number=series_number, sop_instance_uid=_uid(series_uid, content, "sr"), instance_number=1,
+            evidence=evidence, content=report[0], series_instance_uid=make_uid(series_uid, content, "sr-series"),
+            series_number=series_number, sop_instance_uid=make_uid(series_uid, content, "sr"), instance_number=1,
             manufacturer=_MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
             series_description="Coronary calcium report (cac-toolkit)", coding_schemes=[scheme],
             manufacturer_model_name="cac-toolkit", software_versions=__version__, device_serial_number="none")
     return sr
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence highdicom's advice on the source's person names: they are copied as they are, not ours to fix."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
-        yield
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def output_paths(outdir: Path | str, scan_id: str) -> list[Path]:
