@@ -56,3 +56,16 @@ def test_triage_stays_the_function_whatever_was_imported_first():
     assert _run(code) == "True"
     code = "import cacnet; f = cacnet.triage; import cacnet.triage; print(cacnet.triage is f and callable(f))"
     assert _run(code) == "True"
+
+
+def test_the_outputs_face_loads_no_writer_until_used():
+    code = ("import sys, json, cacnet.outputs as o; "
+            "before = sorted(m for m in sys.modules if m.startswith('cacnet.')); o.write_report; "
+            "print(json.dumps([before, 'cacnet.outputs.report' in sys.modules]))")
+    before, loaded_after = json.loads(_run(code))
+    assert before == ["cacnet.outputs"] and loaded_after
+    from cacnet import outputs
+
+    for name in outputs.__all__:
+        home = importlib.import_module(f"cacnet.outputs.{outputs._HOME[name]}")
+        assert getattr(outputs, name) is getattr(home, name)

@@ -1,15 +1,10 @@
-"""What `cac score -o OUT` writes for a scored scan: files, preview, HTML report, DICOM SEG + SR, and sending them.
+"""What `cac score -o OUT` writes for a scored scan: files, preview, HTML report, DICOM SEG + SR, and sending them."""
 
-- :mod:`cacnet.outputs.write`: :func:`write_outputs`, every output of one scan (``<id>.json`` last).
-- :mod:`cacnet.outputs.preview`: the preview PNG (``--preview``) and montages of phantoms.
-- :mod:`cacnet.outputs.report`: the self-contained HTML review report (``--report``).
-- :mod:`cacnet.outputs.dicom`: DICOM SEG and SR (``--dicom``).
-- :mod:`cacnet.outputs.send`: C-STORE of the DICOM files to a node (``--send``).
-
-The names below are loaded on first use (PEP 562), so that importing this
-package loads none of the writers (the report, the DICOM writer and the
-sender are not on the plain scoring path).
-"""
+# write.py: write_outputs, every output of one scan (<id>.json last); preview.py: the preview PNG (--preview)
+# and montages of phantoms; report.py: the self-contained HTML review report (--report); dicom.py: DICOM SEG
+# and SR (--dicom); send.py: C-STORE of the DICOM files to a node (--send). The names below are loaded on
+# first use (PEP 562), so that importing this package loads none of the writers (the report, the DICOM
+# writer and the sender are not on the plain scoring path).
 
 from __future__ import annotations
 
