@@ -20,13 +20,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .triage import MIN_HEART_ML
+
 __all__ = ["AnatomyMap", "anatomical_map", "ANATOMY_FEATURES", "SAC_MARGIN_MM", "MIN_HEART_ML",
            "HEART_HU"]
 
 #: HU band (smoothed) of the heart's blood and muscle; fat is below, calcium and bone above.
 HEART_HU = (-20.0, 200.0)
-#: The smallest heart (mL, blood and muscle) the map trusts (triage's smallest heart region).
-MIN_HEART_ML = 150.0
 #: The sac: heart-region tissue within this distance (mm) of the heart's surface.
 SAC_MARGIN_MM = 25.0
 #: Per-candidate anatomical features (mm, or fractions of the heart's radii), in this order.
@@ -190,7 +190,7 @@ class AnatomyMap:
         geometry); then no candidate is ruled out by it (the second stage still
         decides, with the anatomical features it has) and the result says so.
         """
-        return self.heart_ml >= MIN_HEART_ML
+        return self.heart_ml >= MIN_HEART_ML  # triage's smallest heart region
 
     def _coords(self, z, y, x) -> np.ndarray:
         """Fine indices -> continuous cell coordinates (cell centres at integers), clipped to the grid."""
@@ -241,7 +241,7 @@ class AnatomyMap:
     def summary(self) -> dict[str, Any]:
         """Volumes (mL) of the heart and the sac, for the result's ``anatomy`` entry."""
         cell_ml = float(np.prod(self.cell_mm)) / 1000.0
-        return {"heart_ml": round(float(self.heart.sum()) * cell_ml, 1),
+        return {"heart_ml": round(self.heart_ml, 1),
                 "sac_ml": round(float(self.sac.sum()) * cell_ml, 1),
                 "sac_margin_mm": SAC_MARGIN_MM, "sac_rule_applied": self.usable}
 

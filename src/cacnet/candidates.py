@@ -48,7 +48,7 @@ from .anatomy import ANATOMY_FEATURES, AnatomyMap
 from .preprocess import CoarseGrid
 
 __all__ = ["FEATURE_NAMES", "HU_BANDS", "Candidates", "TreeModel", "SecondStage", "find_candidates",
-           "candidate_features", "decide_candidates", "densest", "mean_probabilities"]
+           "candidate_features", "accepted_candidates", "decide_candidates", "densest", "mean_probabilities"]
 
 #: HU bands of the context features: [low, high).
 HU_BANDS = ((-np.inf, -500.0), (-500.0, -200.0), (-200.0, -30.0), (-30.0, 100.0), (100.0, 130.0), (130.0, np.inf))
@@ -330,6 +330,20 @@ class SecondStage:
 RECORD_PROBABILITY = 0.1
 
 
+def accepted_candidates(p: np.ndarray, votes: np.ndarray, inside: np.ndarray, threshold: float,
+                        threshold_no_vote: Optional[float] = None) -> np.ndarray:
+    """The decision rule: inside the sac, and P(coronary) at least ``threshold`` when a U-Net voted for the
+    candidate, ``threshold_no_vote`` (``threshold`` when None) when none did. Boolean per candidate.
+
+    Examples
+    --------
+    >>> accepted_candidates(np.array([0.6, 0.6, 0.9]), np.array([2, 0, 0]), np.array([True, True, False]), 0.5, 0.7)
+    array([ True, False, False])
+    """
+    no_vote = threshold if threshold_no_vote is None else threshold_no_vote
+    return np.asarray(inside, bool) & (np.asarray(p) >= np.where(np.asarray(votes) > 0, threshold, no_vote))
+
+
 def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
                       votes: np.ndarray, stage: SecondStage, anatomy: AnatomyMap, threshold_hu: float = 130.0):
     """Label the 2D candidate components of ``hu`` with the anatomy and the second stage.
@@ -360,7 +374,7 @@ def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid
     inside = np.array([r is None for r in outside], dtype=bool)
     no_vote = stage.threshold if stage.threshold_no_vote is None else stage.threshold_no_vote
     needed = np.where(v > 0, stage.threshold, no_vote)
-    accepted = inside & (p >= needed)
+    accepted = accepted_candidates(p, v, inside, stage.threshold, stage.threshold_no_vote)
     lut = np.zeros(cands.n + 1, dtype=np.uint8)
     lut[1:][accepted] = artery[accepted]
     nz = np.nonzero(cands.comps)

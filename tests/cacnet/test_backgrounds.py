@@ -263,3 +263,29 @@ def test_second_stage_thresholds_are_chosen_on_validation_cases(fake_real_ct, tm
         cached = z["X"]
     remapped, _ = _second_stage._load_rows(path)
     np.testing.assert_array_equal(remapped, cached)  # same map code: same columns
+
+
+def test_second_stage_learns_from_lookalike_rich_phantoms(fake_real_ct, tmp_path, toy_weights, monkeypatch):
+    """Hard negatives next to the heart: extra phantoms with every look-alike kind (pericardium among them)."""
+    pytest.importorskip("sklearn", reason="the second stage is fitted with scikit-learn (train extra)")
+    from cacnet.train import _second_stage, train_second_stage
+
+    made = []
+    real_generate = __import__("cacnet.phantom", fromlist=["generate_phantom"]).generate_phantom
+
+    def spy(seed, **kw):
+        made.append(kw)
+        return real_generate(seed, **{**kw, "size": 256})
+
+    monkeypatch.setattr("cacnet.phantom.generate_phantom", spy)
+    root, tracings = fake_real_ct
+    bgs, _ = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
+    w = tmp_path / "w"
+    shutil.copytree(toy_weights, w)
+    entry = train_second_stage(w, bgs[:1], 3, phantoms=0, lookalike_phantoms=1, variants=("default",),
+                               cache=tmp_path / "cache")
+    assert entry["data"]["lookalike_phantoms_per_variant"] == 1
+    assert entry["data"]["lookalike_rich_rate"] == _second_stage.LOOKALIKE_RICH_RATE == 1.0
+    assert "phantom-default-lookalikes" in entry["data"]["rows_by_source"]
+    assert made == [{"category": "A", "variant": "default", "lookalike_rate": 1.0}]
+    assert (next((tmp_path / "cache").iterdir()) / "phantom-default-lookalikes_000.npz").exists()

@@ -30,7 +30,8 @@ from .._files import sha256_file, write_text_atomic
 from types import SimpleNamespace
 
 from ..anatomy import ANATOMY_FEATURES, anatomical_map
-from ..candidates import FEATURE_NAMES, SecondStage, TreeModel, candidate_features, find_candidates
+from ..candidates import (FEATURE_NAMES, SecondStage, TreeModel, accepted_candidates, candidate_features,
+                          find_candidates)
 from ..triage import triage
 from ..ensemble import Ensemble, load_manifest
 from ..io import read_scan
@@ -39,7 +40,7 @@ from ._backgrounds import Background
 from ._insert import iter_inserted_scans
 
 __all__ = ["CLASSIFIER", "NEGATIVES_PER_CASE", "SECOND_STAGE_SEED", "VALIDATION_SEED", "SECOND_STAGE_FILE",
-           "MAX_ZERO_SCANS_SCORED", "candidate_rows", "validation_rows", "choose_thresholds", "fit_second_stage",
+           "MAX_ZERO_SCANS_SCORED", "LOOKALIKE_RICH_RATE", "candidate_rows", "validation_rows", "choose_thresholds", "fit_second_stage",
            "train_second_stage"]
 
 #: Seed base of the second stage's cases (backgrounds: SEED * 1000 + k; phantoms: case_seed(SEED, i)).
@@ -142,6 +143,10 @@ def validation_rows(ensemble: Ensemble, hu: np.ndarray, spacing: Sequence[float]
     return X[keep], y[keep]
 
 
+#: Look-alike rate of the second stage's look-alike-rich phantoms and of its category-A validation phantoms
+#: (every kind present: aortic wall and valve, pericardium, costal cartilage, pacing lead).
+LOOKALIKE_RICH_RATE = 1.0
+
 #: The operating point: at most this share of the zero-calcium validation scans may get any score.
 MAX_ZERO_SCANS_SCORED = 0.02
 _GRID = np.round(np.concatenate([np.arange(0.05, 0.95, 0.05), [0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999]]), 3)
@@ -172,7 +177,7 @@ def choose_thresholds(stage: SecondStage, cases: Sequence[tuple[str, bool, np.nd
     for t in _GRID:
         for t0 in _GRID[_GRID >= t]:
             def acc(r):
-                return r[3] & (r[2] >= np.where(r[4], t, t0))
+                return accepted_candidates(r[2], r[4], r[3], t, t0)
             scored = sum(bool(acc(r).any()) for r in zero_cases)
             share = scored / max(len(zero_cases), 1)
             if share > max_zero_scored:
@@ -223,6 +228,7 @@ def _weights_key(weights_dir: Path) -> str:
 def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cases: int, *,
                        negatives: Sequence[Path] = (), phantoms: Optional[int] = None,
                        variants: Sequence[str] = ("default", "varied"),
+                       lookalike_phantoms: Optional[int] = None,
                        cache: Optional[Path] = None, held_out: Sequence[str] = (),
                        validation: int = 0, validation_scans: Sequence[Path] = (),
                        emit: Callable[[str, dict], None] = lambda kind, info: None) -> dict:
@@ -230,7 +236,10 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
 
     ``cases`` inserted-calcium cases per background reconstruction
     (categories A-E in turn) and ``phantoms`` (default: ``cases``) phantoms
-    of each generator variant, and every candidate-row of the real scans
+    of each generator variant, ``lookalike_phantoms`` (default: half of
+    ``phantoms``) more per variant with every look-alike kind present
+    (:data:`LOOKALIKE_RICH_RATE`: pericardium, costal cartilage, aortic wall
+    and valve, pacing lead; the hard negatives next to the heart), and every candidate-row of the real scans
     without coronary calcium in ``negatives`` (files or DICOM folders, as
     ``cac train --negatives``: every candidate is non-coronary; sampled as
     the cases' negatives). Each case's rows are cached in ``cache``
@@ -240,7 +249,7 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
     (:func:`choose_thresholds`) on cases the trees never saw: ``validation``
     inserted-calcium cases per background (other seeds; category A ones hold
     look-alikes only), ``2 * validation`` phantoms per generator (half of
-    them category A), and the real scans without coronary calcium in
+    them category A, full of look-alikes), and the real scans without coronary calcium in
     ``validation_scans`` (zero-calcium cases). Returns the manifest entry.
     """
     from ..phantom import case_seed, generate_phantom
@@ -249,6 +258,7 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
     ensemble = Ensemble(weights_dir, second_stage=False)
     slot = Path(cache) / _weights_key(weights_dir) if cache is not None else None
     phantoms = cases if phantoms is None else phantoms
+    lookalike_phantoms = phantoms // 2 if lookalike_phantoms is None else lookalike_phantoms
     t0 = time.perf_counter()
     parts: list[tuple[str, np.ndarray, np.ndarray]] = []
 
@@ -291,6 +301,14 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                 c = generate_phantom(case_seed(SECOND_STAGE_SEED, i), category="ABCDE"[i % 5], variant=variant)
                 got_one = rows(case_id, c.hu, c.spacing, c.labels)
             parts.append((f"phantom-{variant}", *got_one))
+        for i in range(lookalike_phantoms):
+            case_id = f"phantom-{variant}-lookalikes_{i:03d}"
+            got_one = cached(case_id)
+            if got_one is None:
+                c = generate_phantom(case_seed(SECOND_STAGE_SEED + 1, i), category="ABCDE"[i % 5], variant=variant,
+                                     lookalike_rate=LOOKALIKE_RICH_RATE)
+                got_one = rows(case_id, c.hu, c.spacing, c.labels)
+            parts.append((f"phantom-{variant}-lookalikes", *got_one))
     vcases: list[tuple[str, bool, np.ndarray, np.ndarray]] = []
 
     def vrows(case_id: str, zero: bool, make):
@@ -320,9 +338,10 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                 cat = "A" if i % 2 == 0 else "BCDE"[(i // 2) % 4]
 
                 def make(i=i, cat=cat, variant=variant):
-                    c = generate_phantom(case_seed(VALIDATION_SEED, i), category=cat, variant=variant)
+                    c = generate_phantom(case_seed(VALIDATION_SEED, i), category=cat, variant=variant,
+                                         lookalike_rate=LOOKALIKE_RICH_RATE if cat == "A" else 0.4)
                     return c.hu, c.spacing, c.labels
-                vrows(f"val_phantom-{variant}_{i:03d}", cat == "A", make)
+                vrows(f"val_phantom-{variant}{'-lookalikes' if cat == 'A' else ''}_{i:03d}", cat == "A", make)
         for scan_path in map(Path, validation_scans):
             def make_real(scan_path=scan_path):
                 scan = read_scan(scan_path)
@@ -333,6 +352,7 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
     data = {
         "backgrounds": sources, "cases_per_background": cases, "phantoms_per_variant": phantoms,
         "negatives": [str(n) for n in negatives],
+        "lookalike_phantoms_per_variant": lookalike_phantoms, "lookalike_rich_rate": LOOKALIKE_RICH_RATE,
         "variants": list(variants), "held_out_backgrounds": list(held_out), "seed": SECOND_STAGE_SEED,
         "rows": int(len(y)), "coronary_rows": int(y.sum()),
         "rows_by_source": {s: [int(sum(len(p[2]) for p in parts if p[0] == s)),
