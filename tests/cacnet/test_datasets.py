@@ -301,7 +301,7 @@ def test_coca_image_index_in_position_order_is_no_mismatch(coca):
 
 
 def test_coca_image_index_order_follows_the_export():
-    from cacnet.datasets import _index_order, _SeriesGeometry
+    from cacnet.datasets.coca import _index_order, _SeriesGeometry
 
     # five slices; instance numbers run opposite to position (file slice k has instance 5 - k)
     geo = _SeriesGeometry(z=np.arange(5) * 3.0, step=3.0, canonical=list(range(5)), instance=[5, 4, 3, 2, 1],
