@@ -49,7 +49,7 @@ from . import components, io
 from ._deprecated import moved
 from ._files import sha256_file, write_csv_atomic, write_image_atomic, write_text_atomic
 from .components import ARTERY_CODES, REVIEW_FORMAT, REVIEW_VERSION
-from .datasets import TRUTH_COLUMNS
+from .datasets.layout import POINTS_COLUMNS, POINTS_FILE, TRUTH_COLUMNS, TRUTH_FILE
 from .errors import ReviewError, UsageError
 from .io import canonical_to_source_index, lesion_position, read_scan, to_source_grid
 from .outputs.preview import write_result_preview
@@ -64,9 +64,6 @@ __all__ = [
     "ReviewOutcome", "read_review", "apply_review", "apply_decisions", "artery_code", "REVIEW_FORMAT",
     "REVIEW_VERSION", "ARTERY_CODES", "POINTS_COLUMNS",
 ]
-
-#: Columns of the ``points.csv`` that :func:`apply_review` writes (``cac train --data`` reads id, label, x/y/z_mm).
-POINTS_COLUMNS = ["id", "label", "artery", "x_mm", "y_mm", "z_mm", "i", "j", "k", "component", "source"]
 
 _ACTIONS = {"lesion": ("accept", "reject", "relabel"), "candidate": ("add", "reject")}
 
@@ -356,9 +353,9 @@ def apply_review(result_path: Path | str, review_path: Path | str, outdir: Optio
                          "source": "cac review"})
             pts.append((z, y, x))
             pts_labels.append(comp.label)
-    files["points"] = out / "points.csv"
+    files["points"] = out / POINTS_FILE
     _merge_csv(files["points"], POINTS_COLUMNS, rows, case_id)
-    files["truth"] = out / "truth.csv"
+    files["truth"] = out / TRUTH_FILE
     arts = new_data["arteries"]
     _merge_csv(files["truth"], TRUTH_COLUMNS, [{
         "id": case_id, "agatston": round(res.agatston, 4), "category": res.category,

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .._files import write_csv_atomic
+from ..datasets.layout import POINTS_FILE, TRUTH_FILE
 from ._generate import generate_phantom
 from ._truth import CATEGORY_TARGETS
 from ._write import POINT_COLUMNS, TRUTH_COLUMNS, write_case
@@ -61,6 +62,6 @@ def make_phantoms(
         point_rows.extend(points)
         if on_case is not None:
             on_case(case_id)
-    write_csv_atomic(outdir / "truth.csv", TRUTH_COLUMNS, truth_rows)
-    write_csv_atomic(outdir / "points.csv", POINT_COLUMNS, point_rows)
+    write_csv_atomic(outdir / TRUTH_FILE, TRUTH_COLUMNS, truth_rows)
+    write_csv_atomic(outdir / POINTS_FILE, POINT_COLUMNS, point_rows)
     return truth_rows

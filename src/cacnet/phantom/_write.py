@@ -8,20 +8,14 @@ from typing import Any
 import numpy as np
 
 from .._files import write_image_atomic
+from ..datasets.layout import PHANTOM_POINTS_COLUMNS as POINT_COLUMNS
+from ..datasets.layout import PHANTOM_TRUTH_COLUMNS as TRUTH_COLUMNS
 from ._base import ORIENTATIONS
 from ._generate import PhantomCase
 
 __all__ = ["oriented_image", "write_case", "TRUTH_COLUMNS", "POINT_COLUMNS", "truth_row"]
 
 _AXIS_XYZ = {0: np.array([0.0, 0.0, 1.0]), 1: np.array([0.0, 1.0, 0.0]), 2: np.array([1.0, 0.0, 0.0])}
-
-TRUTH_COLUMNS = [
-    "id", "agatston", "category", "volume_mm3", "LM", "LAD", "LCX", "RCA", "n_lesions", "cac_drs",
-    "target_category", "pixel_mm", "thickness_mm", "increment_mm", "n_slices", "kernel", "noise_sd",
-    "orientation", "lookalikes", "faint_lesion", "mitral_annulus", "noisy", "merged_with_lookalike", "seed",
-    "variant",
-]
-POINT_COLUMNS = ["id", "lesion", "artery", "label", "x_mm", "y_mm", "z_mm", "k", "j", "i"]
 
 
 def oriented_image(array: np.ndarray, case: PhantomCase, orientation: str):

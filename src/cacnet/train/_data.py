@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..datasets.layout import CATEGORY, I, ID, J, K, LABEL, POINTS_FILE, TRUTH_FILE, X_MM, Y_MM, Z_MM
 from ..preprocess import downsample_labels, pad_to_multiple, preprocess
 
 __all__ = ["Case", "save_case", "load_case", "phantom_cases", "phantom_case_id", "PhantomStream", "dataset_cases",
@@ -200,14 +201,14 @@ def dataset_cases(data_dir: Path) -> list[Case]:
     if not images:
         raise FileNotFoundError(f"no images/<id>.nii.gz found in {data_dir}")
     points: dict[str, list[dict]] = {}
-    if (data_dir / "points.csv").exists():
-        with open(data_dir / "points.csv", newline="") as fh:
+    if (data_dir / POINTS_FILE).exists():
+        with open(data_dir / POINTS_FILE, newline="") as fh:
             for row in csv.DictReader(fh):
-                points.setdefault(row["id"], []).append(row)
+                points.setdefault(row[ID], []).append(row)
     annotated = {}
-    if (data_dir / "truth.csv").exists():
-        with open(data_dir / "truth.csv", newline="") as fh:
-            annotated = {r["id"]: r.get("category", "").strip().upper() for r in csv.DictReader(fh)}
+    if (data_dir / TRUTH_FILE).exists():
+        with open(data_dir / TRUTH_FILE, newline="") as fh:
+            annotated = {r[ID]: r.get(CATEGORY, "").strip().upper() for r in csv.DictReader(fh)}
     out = []
     for path in images:
         case_id = path.name.split(".")[0]
@@ -219,14 +220,14 @@ def dataset_cases(data_dir: Path) -> list[Case]:
         elif case_id in points:
             pts = []
             for r in points[case_id]:
-                if r.get("x_mm"):
-                    phys = (float(r["x_mm"]), float(r["y_mm"]), float(r["z_mm"]))
+                if r.get(X_MM):
+                    phys = (float(r[X_MM]), float(r[Y_MM]), float(r[Z_MM]))
                     i, j, k = scan.image.TransformPhysicalPointToIndex(phys)
                 else:
-                    phys = scan.source_image.TransformIndexToPhysicalPoint((int(r["i"]), int(r["j"]), int(r["k"])))
+                    phys = scan.source_image.TransformIndexToPhysicalPoint((int(r[I]), int(r[J]), int(r[K])))
                     i, j, k = scan.image.TransformPhysicalPointToIndex(phys)
                 pts.append((k, j, i))
-            res = agatston.mask_from_points(scan.hu, pts, labels=[int(r["label"]) for r in points[case_id]],
+            res = agatston.mask_from_points(scan.hu, pts, labels=[int(r[LABEL]) for r in points[case_id]],
                                             spacing=scan.spacing)
             if res.missed:
                 print(f"warning: {case_id}: {len(res.missed)} annotation point(s) found no voxel >= 130 HU")
