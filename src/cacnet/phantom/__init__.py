@@ -3,8 +3,9 @@
 from ._calcium import LOOKALIKES
 from ._batch import case_seed, make_phantoms
 from ._base import ORIENTATIONS, Acquisition
-from ._generate import VARIANTS, PhantomCase, generate_phantom
+from ._generate import PhantomCase, generate_phantom
 from ._truth import CATEGORY_TARGETS
+from ._variants import VARIANTS
 
 from ._write import oriented_image, write_case
 

@@ -2,7 +2,8 @@
 
 :class:`PhantomSteps` is the default generator's way of sampling and drawing a
 case; a variant (:mod:`cacnet.phantom._varied`) subclasses it, and
-:func:`cacnet.phantom.generate_phantom` picks the steps of a variant by name.
+:func:`cacnet.phantom.generate_phantom` picks the steps of a variant by name
+from the registry :mod:`cacnet.phantom._variants`.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from scipy import ndimage
 import agatston
 
 from ._anatomy import ARTERIES
-from ._base import Acquisition, PhantomSteps, blur
+from ._base import Acquisition, blur
 from ._calcium import LOOKALIKES, Calcification, sample_plaque
 from ._canvas import Canvas
 from ._truth import CATEGORY_TARGETS, Plaques, grow_box, local_box, reach_category, truth_labels, union_box
-from ._varied import VariedSteps
+from ._variants import variant_steps
 
-__all__ = ["PhantomCase", "generate_phantom", "VARIANTS"]
+__all__ = ["PhantomCase", "generate_phantom"]
 
 
 @dataclass
@@ -63,17 +63,6 @@ class PhantomCase:
 
 class _CategoryNotReached(RuntimeError):
     pass
-
-
-#: Generator variants (see :func:`generate_phantom`): their names and steps.
-_STEPS: dict[str, type[PhantomSteps]] = {"default": PhantomSteps, "varied": VariedSteps}
-VARIANTS = tuple(_STEPS)
-
-
-def _steps(variant: str) -> PhantomSteps:
-    if variant not in _STEPS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}.")
-    return _STEPS[variant]()
 
 
 def generate_phantom(
@@ -126,7 +115,7 @@ def generate_phantom(
     -------
     PhantomCase
     """
-    steps = _steps(variant)
+    steps = variant_steps(variant)  # the registry: cacnet.phantom._variants
     for attempt in range(8):
         try:
             return _generate(seed, attempt, category=category, hard_fraction=hard_fraction,

@@ -1,7 +1,8 @@
 """The "varied" phantom generator: far more anatomy and scanner variety (private).
 
 ``generate_phantom(seed, variant="varied")`` uses the steps of this module
-instead of the default ones; plaques, the category loop, the exact truth rule
+(:class:`VariedSteps`, registered in :mod:`cacnet.phantom._variants`) instead
+of the default ones; plaques, the category loop, the exact truth rule
 and the annotation points are shared (:mod:`cacnet.phantom._truth`,
 :mod:`cacnet.phantom._generate`), so the labels follow the same rule: coronary calcium voxels >= 130 HU, 1 LM,
 2 LAD, 3 LCX, 4 RCA, everything else 0.
@@ -15,7 +16,7 @@ What varies (all drawn from the case's seed):
   back, RA on the right), septum, the atrioventricular valve plane as a
   fat-filled groove around the base, anterior and posterior interventricular
   grooves; the coronaries run in these grooves (their paths come from
-  :func:`cacnet.phantom._anatomy._sample_coronaries`, the default's).
+  :func:`cacnet.phantom._anatomy.sample_coronaries`, the default's).
   Blood is 0-12 HU below myocardium (invisible to visible septum).
 * **Fat**: epicardial fat of varying thickness over the surface (a base
   thickness from lean to obese, more in the grooves, over the RV and at the
