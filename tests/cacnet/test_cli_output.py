@@ -36,16 +36,16 @@ def bracket_batch(phantom_scans, tmp_path):
 
 
 def test_bracketed_names_and_paths_print_as_they_are(bracket_batch, toy_weights, tmp_path, monkeypatch):
-    from cacnet import cohort
+    from cacnet.cohort import _scan
 
-    real = cohort.score_scan
+    real = _scan.score_scan
 
     def with_a_warning(*args, **kwargs):  # a warning naming the scan, through the warnings route
         res = real(*args, **kwargs)
         res.data["warnings"].append("look at [bold]this[/bold]")
         return res
 
-    monkeypatch.setattr(cohort, "score_scan", with_a_warning)
+    monkeypatch.setattr(_scan, "score_scan", with_a_warning)
     out = tmp_path / "brout[x]"
     r = run("score", bracket_batch, "-o", out, "--csv", out / "s.csv", "--force", "--weights", toy_weights)
     assert r.exit_code == 4, r.output
@@ -65,12 +65,12 @@ def test_bracketed_option_values_and_internal_errors(phantom_scans, toy_weights,
     r = run("score", folder / "case21.nii.gz", "--no-such[x]")  # click's own error
     assert r.exit_code == 2 and "--no-such[x]" in r.output
 
-    from cacnet import cohort
+    from cacnet.cohort import _scan
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom [red]here[/red]")
 
-    monkeypatch.setattr(cohort, "score_scan", boom)
+    monkeypatch.setattr(_scan, "score_scan", boom)
     r = run("score", folder / "case21.nii.gz", "--force", "--weights", toy_weights)
     assert "RuntimeError('boom [red]here[/red]') (please report it)" in r.stderr and "Traceback" not in r.output
 
@@ -101,12 +101,12 @@ def test_eval_notes_keep_bracketed_ids(tmp_path):
 @pytest.fixture
 def no_scoring(monkeypatch):
     """Fail the test if a scan is scored: output problems must come first."""
-    from cacnet import cohort
+    from cacnet.cohort import _scan
 
     def scored(*args, **kwargs):
         raise AssertionError("a scan was scored")
 
-    monkeypatch.setattr(cohort, "score_scan", scored)
+    monkeypatch.setattr(_scan, "score_scan", scored)
 
 
 def _assert_output_error(r, *phrases):
@@ -185,12 +185,12 @@ def test_existing_csv_not_writable(phantom_scans, toy_weights, tmp_path, no_scor
 
 
 def test_outputs_failing_mid_run_are_an_output_error(phantom_scans, toy_weights, tmp_path, monkeypatch):
-    from cacnet import cohort
+    from cacnet.cohort import _manifest, _scan
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cohort, "write_outputs", disk_full)
+    monkeypatch.setattr(_scan, "write_outputs", disk_full)
     folder, _ = phantom_scans
     r = run("score", folder / "case21.nii.gz", "-o", tmp_path / "o", "--json", "--force", "--weights", toy_weights)
     assert r.exit_code == 7 and "internal error" not in r.output
@@ -198,18 +198,18 @@ def test_outputs_failing_mid_run_are_an_output_error(phantom_scans, toy_weights,
     assert d["exit_code"] == r.exit_code and "No space left on device" in d["error"]
     assert "case21: cannot write its outputs in" in r.stderr
 
-    monkeypatch.setattr(cohort, "write_csv_atomic", disk_full)  # the CSV, mid-run
+    monkeypatch.setattr(_manifest, "write_csv_atomic", disk_full)  # the CSV, mid-run
     r = run("score", folder / "case21.nii.gz", "--csv", tmp_path / "s.csv", "--force", "--weights", toy_weights)
     _assert_output_error(r, "cannot write the run's results", "No space left on device")
 
 
 def test_json_exit_code_is_the_exit_code(phantom_scans, toy_weights, monkeypatch):
-    from cacnet import cohort
+    from cacnet.cohort import _scan
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cohort, "score_scan", boom)
+    monkeypatch.setattr(_scan, "score_scan", boom)
     folder, _ = phantom_scans
     r = run("score", folder / "case21.nii.gz", "--json", "--force", "--weights", toy_weights)
     assert json.loads(r.stdout)["exit_code"] == r.exit_code == 1  # was: JSON 1, exit 4
@@ -276,9 +276,9 @@ def test_help_keeps_brackets():
 @pytest.fixture
 def interrupted_after_one(monkeypatch):
     """Ctrl-C while the second scan is scored."""
-    from cacnet import cohort
+    from cacnet.cohort import _scan
 
-    real, calls = cohort.score_scan, []
+    real, calls = _scan.score_scan, []
 
     def score_scan(*args, **kwargs):
         calls.append(1)
@@ -286,7 +286,7 @@ def interrupted_after_one(monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cohort, "score_scan", score_scan)
+    monkeypatch.setattr(_scan, "score_scan", score_scan)
     return monkeypatch
 
 

@@ -16,11 +16,11 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from cacnet import cohort
 from cacnet.batch import expand_inputs
 from cacnet.cli import app
 from cacnet.cohort import (EnsembleSpec, RunManifest, ScoreOptions, iter_serial, manifest_path, plan_threads,
                            run_cohort, worker_ensemble)
+from cacnet.cohort import _run, _workers
 from cacnet.errors import UsageError
 from cacnet.phantom import generate_phantom, oriented_image
 
@@ -113,7 +113,7 @@ def test_each_process_loads_the_ensemble_once(toy_weights):
 
 
 def test_option_errors_are_clear(batch, toy_weights, tmp_path, monkeypatch):
-    monkeypatch.setattr(cohort, "default_threads", lambda: 2)
+    monkeypatch.setattr(_workers, "default_threads", lambda: 2)
     cases = [
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"], 2, "not both"),
         (["--workers", "3"], 2, "use --workers 2 or fewer"),
@@ -131,7 +131,7 @@ def test_option_errors_are_clear(batch, toy_weights, tmp_path, monkeypatch):
 
 
 def test_unreachable_scheduler_exits_5(batch, toy_weights, tmp_path, monkeypatch):
-    monkeypatch.setattr(cohort, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(_run, "CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import SimpleITK as sitk
 
-from cacnet import cohort
+from cacnet.cohort import _scan
 from cacnet.cohort import EnsembleSpec, ScoreOptions, iter_serial
 from cacnet.phantom import generate_phantom, oriented_image
 
@@ -23,13 +23,13 @@ def test_models_load_while_the_first_scan_is_read(toy_weights, tmp_path, monkeyp
     before = list(iter_serial(paths, spec.load(), ScoreOptions(outdir=tmp_path / "a", force=True)))
 
     reading = threading.Event()
-    prepare = cohort.prepare_scan
+    prepare = _scan.prepare_scan
 
     def prepare_scan(*args, **kwargs):
         reading.set()
         return prepare(*args, **kwargs)
 
-    monkeypatch.setattr(cohort, "prepare_scan", prepare_scan)
+    monkeypatch.setattr(_scan, "prepare_scan", prepare_scan)
     seen = []
 
     def load():
