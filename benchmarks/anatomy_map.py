@@ -4,13 +4,13 @@ The map (heart, pericardial sac, lungs, body on the triage's smoothed grid) is
 built from the image alone. Here it is checked against:
 
 1. **TotalSegmentator labels** of LIDC-IDRI-0001 (``shared/data/real-ct/lidc-idri-0001``;
-   heart = 51, aorta = 52, ``cacnet.train._decontrast``): Dice of the map's heart
+   heart = 51, aorta = 52, ``cacnet.phantom.decontrast``): Dice of the map's heart
    (fine mask) with the labelled heart, the share of the labelled heart outside
    the sac, and the share of the labelled aorta inside the sac (split per
    axial slice into the ascending aorta and root, the descending aorta and the
    arch). The scan is contrast-enhanced, and the map is meant for non-contrast
    scans, so it is measured both as it is and de-contrasted
-   (:func:`cacnet.train._decontrast.decontrast_scan`).
+   (:func:`cacnet.phantom.decontrast.decontrast_scan`).
 2. **Traced anatomy** of the real backgrounds (``src/cacnet/train/anatomy/*.json``;
    every scan a tracing is valid for): the share of traced coronary points (LM,
    LAD, LCX, RCA) inside the sac (``outside_reason`` is None; must be 100 %),
@@ -159,7 +159,7 @@ def _contents(labels: np.ndarray, where: np.ndarray, aorta_parts: dict, vox_ml: 
 
 def totalsegmentator(data: Path, timing: dict) -> list[dict]:
     from cacnet.io import read_scan
-    from cacnet.train._decontrast import HEART_LABEL, decontrast_scan, read_mask
+    from cacnet.phantom.decontrast import HEART_LABEL, decontrast_scan, read_mask
 
     folder = data / "real-ct" / "lidc-idri-0001"
     scan = read_scan(folder / "ct.nii.gz")
@@ -208,8 +208,8 @@ def totalsegmentator(data: Path, timing: dict) -> list[dict]:
 
 def tracings(data: Path, timing: dict) -> list[dict]:
     from cacnet.io import read_scan
-    from cacnet.train._decontrast import decontrast_scan
-    from cacnet.train._insert import decontrast_mask_of, load_tracing
+    from cacnet.phantom.decontrast import decontrast_scan
+    from cacnet.phantom.insertion import decontrast_mask_of, load_tracing
 
     rows = []
     for path in sorted(TRACINGS.glob("*.json")):

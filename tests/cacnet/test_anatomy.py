@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cacnet.train._backgrounds import ANATOMY_DIR
-from cacnet.train._insert import load_tracing
+from cacnet.phantom.insertion import load_tracing
 
 TRACINGS = sorted(ANATOMY_DIR.glob("*.json"))
 CORONARIES = ("LM", "LAD", "LCX", "RCA")

@@ -1,4 +1,4 @@
-"""De-contrasting a contrast-enhanced CT for use as a non-contrast background: cacnet.train._decontrast."""
+"""De-contrasting a contrast-enhanced CT for use as a non-contrast background: cacnet.phantom.decontrast."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cacnet.train._decontrast import _tone_map, decontrast, decontrast_scan, read_mask
-from cacnet.train._insert import decontrast_mask_of, iter_inserted_scans, load_tracing
+from cacnet.phantom.decontrast import _tone_map, decontrast, decontrast_scan, read_mask
+from cacnet.phantom.insertion import decontrast_mask_of, iter_inserted_scans, load_tracing
 
 SPACING = (2.5, 0.7, 0.7)
 HEART, AORTA, RIB, LUNG = 51, 52, 95, 10

@@ -1,4 +1,4 @@
-"""Synthetic calcium inserted into a (real or phantom) scan along a tracing: cacnet.train._insert."""
+"""Synthetic calcium inserted into a (real or phantom) scan along a tracing: cacnet.phantom.insertion."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 
 import agatston
 from cacnet.phantom import generate_phantom, oriented_image
-from cacnet.train._insert import (augment_scan, estimate_psf_sigma, insert_calcium, inserted_cases, load_tracing,
-                                  resample_for_cac, validate_tracing)
+from cacnet.phantom.insertion import (augment_scan, estimate_psf_sigma, insert_calcium, load_tracing,
+                                      resample_for_cac, validate_tracing)
+from cacnet.train import inserted_cases
 
 #: sha256 of hu + labels of generate_phantom(seed, size=160, category=cat), computed before the phantom's
 #: Grid / sample_plaque(artery=) refactor: the phantom must stay bit-identical.

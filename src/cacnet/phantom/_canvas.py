@@ -21,7 +21,7 @@ class Grid:
     """The grid of a volume: index helpers and supersampled partial volume.
 
     No image is allocated, so a grid can describe a real scan (see
-    :mod:`cacnet.train._insert`) as cheaply as a phantom.
+    :mod:`cacnet.phantom.insertion`) as cheaply as a phantom.
 
     Attributes
     ----------

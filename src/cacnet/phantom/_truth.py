@@ -1,7 +1,7 @@
 """The truth rule, rendered plaques, the category loop and crop boxes (private).
 
 Shared by both phantom generators and by calcium inserted into real scans
-(:mod:`cacnet.train._insert`): what counts as coronary calcium is decided in
+(:mod:`cacnet.phantom.insertion`): what counts as coronary calcium is decided in
 one place.
 """
 
@@ -56,7 +56,7 @@ def reach_category(rng: np.random.Generator, target: str, goal: float, hi: float
     one ("small", "medium" or "large", by how far the score is from the goal);
     ``evaluate()`` renders the current plaques and ``score_of(state)`` scores
     them. Used by the phantom generator and by calcium inserted into real scans
-    (:mod:`cacnet.train._insert`).
+    (:mod:`cacnet.phantom.insertion`).
     """
     state = evaluate()
     for _ in range(rounds):

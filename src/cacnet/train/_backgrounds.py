@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ._data import Case, load_case, save_case
-from ._insert import decontrast_mask_of, iter_inserted_cases, load_tracing
+from ..phantom.insertion import decontrast_mask_of, iter_inserted_scans, load_tracing
 
 __all__ = ["ANATOMY_DIR", "BACKGROUND_SEED", "VAL_BACKGROUND_SEED", "Background", "describe_backgrounds",
-           "find_backgrounds", "make_background_cases", "validation_backgrounds"]
+           "find_backgrounds", "inserted_cases", "iter_inserted_cases", "make_background_cases",
+           "validation_backgrounds"]
 
 #: The shipped tracings (package data of cacnet.train).
 ANATOMY_DIR = Path(__file__).resolve().parent / "anatomy"
@@ -121,6 +122,50 @@ def find_backgrounds(root: Union[str, Path], *, tracings_dir: Optional[Path] = N
               "held_out": list(hold_out),
               "held_out_scans": [b.scan for b in found if b.tracing in hold_out]}
     return used, record
+
+
+# -- training cases of one traced scan (the insertion itself: cacnet.phantom.insertion) ---------------------
+
+def inserted_cases(scan_path, tracing_path, n: int, seed: int, *, augment: bool = True,
+                   resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True
+                   ) -> list:
+    """``n`` preprocessed training cases from one real scan and its tracing (categories A-E in turn).
+
+    Case ``i`` uses ``numpy.random.default_rng([seed, i])``: an augmented copy
+    of the scan (:func:`cacnet.phantom.insertion.augment_scan`, when ``augment``), calcium inserted
+    for category ``"ABCDE"[i % 5]`` (:func:`cacnet.phantom.insertion.insert_calcium`), then the
+    coarse model input and labels (:func:`cacnet.preprocess.preprocess`,
+    ``downsample_labels``), like :func:`cacnet.train.negative_case`. ``resample`` =
+    (slice_mm, pixel_mm) first brings the scan to calcium-score geometry
+    (:func:`cacnet.phantom.insertion.resample_for_cac`). :func:`iter_inserted_cases` makes any subset
+    of the indices, one at a time.
+    """
+    return list(iter_inserted_cases(scan_path, tracing_path, range(n), seed, augment=augment, resample=resample,
+                                    lookalikes=lookalikes))
+
+
+def iter_inserted_cases(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
+                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
+                        name: Optional[str] = None, decontrast_mask: Optional[Union[str, Path]] = None):
+    """The cases ``indices`` of :func:`inserted_cases` (the same cases), yielded as they are made.
+
+    The scan is read once (:func:`cacnet.phantom.insertion.iter_inserted_scans`). Case ids are
+    ``<name>_ins<seed>_<i:03d>``; ``name`` defaults to the tracing's name.
+    ``decontrast_mask``: see :func:`cacnet.phantom.insertion.iter_inserted_scans`.
+    """
+    from ..preprocess import downsample_labels, preprocess
+
+    name = name or load_tracing(tracing_path).get("name") or Path(str(scan_path)).name
+    for i, ins, params in iter_inserted_scans(scan_path, tracing_path, indices, seed, augment=augment,
+                                              resample=resample, lookalikes=lookalikes,
+                                              decontrast_mask=decontrast_mask):
+        x, grid = preprocess(ins.hu, ins.spacing)
+        y = downsample_labels(ins.labels, grid)
+        meta = {"category": ins.truth.category, "agatston": ins.truth.agatston, "inserted": True,
+                "source": str(scan_path), "tracing": str(tracing_path), "augment": params,
+                "n_plaques": ins.meta["n_plaques"], "lookalikes": ins.meta["lookalikes"],
+                "psf_sigma_mm": ins.meta["psf_sigma_mm"]}
+        yield Case(f"{name}_ins{seed}_{i:03d}", x, y, meta)
 
 
 def _slot(cache: Path, b: Background) -> Path:

@@ -37,7 +37,7 @@ from ..ensemble import Ensemble, load_manifest
 from ..io import read_scan
 from ..preprocess import preprocess
 from ._backgrounds import Background
-from ._insert import iter_inserted_scans
+from ..phantom.insertion import iter_inserted_scans
 
 __all__ = ["CLASSIFIER", "NEGATIVES_PER_CASE", "SECOND_STAGE_SEED", "VALIDATION_SEED", "SECOND_STAGE_FILE",
            "MAX_ZERO_SCANS_SCORED", "LOOKALIKE_RICH_RATE", "candidate_rows", "validation_rows", "choose_thresholds", "fit_second_stage",

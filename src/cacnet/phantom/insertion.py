@@ -1,4 +1,4 @@
-"""Synthetic coronary calcium inserted into real non-contrast CT along traced anatomy (private).
+"""Synthetic coronary calcium inserted into real non-contrast CT along traced anatomy.
 
 A real scan without coronary calcium supplies everything a phantom lacks
 (real anatomy, bone, noise texture, reconstruction kernel, artefacts); a
@@ -58,7 +58,7 @@ Physics (shared with :mod:`cacnet.phantom`, not copied)
   followed (a log-uniform goal inside the category, plaques added with a
   size chosen by the gap and removed when overshooting, until the truth
   score is in the category), so categories A-E come out balanced when
-  they are asked for in turn (:func:`inserted_cases`).
+  they are asked for in turn (:func:`cacnet.train.inserted_cases`).
 
 Not modelled: beam hardening and blooming beyond the PSF, motion, the
 vessel wall itself (the traced vessel is whatever the scan shows), sharp
@@ -86,14 +86,13 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
-from ..phantom._anatomy import resample_polyline, unit
-from ..phantom._calcium import Calcification, perpendicular, sample_plaque
-from ..phantom._canvas import Grid
-from ..phantom._truth import CATEGORY_TARGETS, Plaques, grow_box, local_box, reach_category, truth_labels, union_box
+from ._anatomy import resample_polyline, unit
+from ._calcium import Calcification, perpendicular, sample_plaque
+from ._canvas import Grid
+from ._truth import CATEGORY_TARGETS, Plaques, grow_box, local_box, reach_category, truth_labels, union_box
 
-__all__ = ["InsertedCase", "insert_calcium", "load_tracing", "validate_tracing", "inserted_cases", "augment_scan",
-           "resample_for_cac", "estimate_psf_sigma", "iter_inserted_cases", "decontrast_mask_of", "CORONARIES",
-           "STRUCTURES"]
+__all__ = ["InsertedCase", "insert_calcium", "load_tracing", "validate_tracing", "augment_scan", "resample_for_cac",
+           "estimate_psf_sigma", "iter_inserted_scans", "decontrast_mask_of", "CORONARIES", "STRUCTURES"]
 
 #: Traced coronary polylines and their labels.
 CORONARIES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
@@ -794,36 +793,18 @@ def resample_for_cac(scan, slice_mm: float = 3.0, pixel_mm: float = 0.5):
     return Scan(id=scan.id, hu=hu, spacing=(new_dz, new_px, new_px), image=out, source_image=out, meta=meta)
 
 
-# -- training cases -------------------------------------------------------------------
-
-def inserted_cases(scan_path, tracing_path, n: int, seed: int, *, augment: bool = True,
-                   resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True
-                   ) -> list:
-    """``n`` preprocessed training cases from one real scan and its tracing (categories A-E in turn).
-
-    Case ``i`` uses ``numpy.random.default_rng([seed, i])``: an augmented copy
-    of the scan (:func:`augment_scan`, when ``augment``), calcium inserted
-    for category ``"ABCDE"[i % 5]`` (:func:`insert_calcium`), then the
-    coarse model input and labels (:func:`cacnet.preprocess.preprocess`,
-    ``downsample_labels``), like :func:`negative_case`. ``resample`` =
-    (slice_mm, pixel_mm) first brings the scan to calcium-score geometry
-    (:func:`resample_for_cac`). :func:`iter_inserted_cases` makes any subset
-    of the indices, one at a time.
-    """
-    return list(iter_inserted_cases(scan_path, tracing_path, range(n), seed, augment=augment, resample=resample,
-                                    lookalikes=lookalikes))
-
+# -- inserted scans ----------------------------------------------------------------------
 
 def iter_inserted_scans(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
                         resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
                         decontrast_mask: Optional[Union[str, Path]] = None):
-    """The full-resolution scans behind :func:`iter_inserted_cases`: ``(i, InsertedCase, augment_params)``.
+    """The full-resolution scans behind :func:`cacnet.train.iter_inserted_cases`: ``(i, InsertedCase, params)``.
 
     The scan is read once; case ``i`` uses ``numpy.random.default_rng([seed, i])``
     and category ``"ABCDE"[i % 5]``. Evaluation on a held-out patient scores
     these on their own grid (``benchmarks/experiments.py --background``).
     A contrast-enhanced scan whose tracing has ``decontrast`` is de-contrasted
-    first (:func:`cacnet.train._decontrast.decontrast_scan`) with that label
+    first (:func:`cacnet.phantom.decontrast.decontrast_scan`) with that label
     map (:func:`decontrast_mask_of`; ``decontrast_mask`` overrides the path).
     """
     from ..io import read_scan
@@ -833,7 +814,7 @@ def iter_inserted_scans(scan_path, tracing_path, indices: Sequence[int], seed: i
         decontrast_mask = decontrast_mask_of(tracing, scan_path, str(tracing_path))
     scan = read_scan(scan_path)
     if decontrast_mask is not None:
-        from ._decontrast import decontrast_scan
+        from .decontrast import decontrast_scan
 
         scan = decontrast_scan(scan, decontrast_mask)
     if resample is not None:
@@ -854,28 +835,3 @@ def iter_inserted_scans(scan_path, tracing_path, indices: Sequence[int], seed: i
                 if attempt == 3:
                     raise
         yield i, ins, params
-
-
-def iter_inserted_cases(scan_path, tracing_path, indices: Sequence[int], seed: int, *, augment: bool = True,
-                        resample: Optional[tuple[float, float]] = None, lookalikes: Union[bool, float] = True,
-                        name: Optional[str] = None, decontrast_mask: Optional[Union[str, Path]] = None):
-    """The cases ``indices`` of :func:`inserted_cases` (the same cases), yielded as they are made.
-
-    The scan is read once (:func:`iter_inserted_scans`). Case ids are
-    ``<name>_ins<seed>_<i:03d>``; ``name`` defaults to the tracing's name.
-    ``decontrast_mask``: see :func:`iter_inserted_scans`.
-    """
-    from ..preprocess import downsample_labels, preprocess
-    from ._data import Case
-
-    name = name or load_tracing(tracing_path).get("name") or Path(str(scan_path)).name
-    for i, ins, params in iter_inserted_scans(scan_path, tracing_path, indices, seed, augment=augment,
-                                              resample=resample, lookalikes=lookalikes,
-                                              decontrast_mask=decontrast_mask):
-        x, grid = preprocess(ins.hu, ins.spacing)
-        y = downsample_labels(ins.labels, grid)
-        meta = {"category": ins.truth.category, "agatston": ins.truth.agatston, "inserted": True,
-                "source": str(scan_path), "tracing": str(tracing_path), "augment": params,
-                "n_plaques": ins.meta["n_plaques"], "lookalikes": ins.meta["lookalikes"],
-                "psf_sigma_mm": ins.meta["psf_sigma_mm"]}
-        yield Case(f"{name}_ins{seed}_{i:03d}", x, y, meta)

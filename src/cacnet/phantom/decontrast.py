@@ -1,7 +1,7 @@
-"""Turn a contrast-enhanced chest CT into a plausible non-contrast one (private).
+"""Turn a contrast-enhanced chest CT into a plausible non-contrast one.
 
 A contrast scan with a TotalSegmentator label map on its grid can serve as a
-non-contrast real background (:mod:`cacnet.train._insert`) once its
+non-contrast real background (:mod:`cacnet.phantom.insertion`) once its
 contrast-filled blood is brought down to the density of unenhanced blood.
 :func:`decontrast` does that with a monotone compression of the intensity
 range between fat and contrast blood, applied only inside the blood and
