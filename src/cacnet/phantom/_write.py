@@ -102,7 +102,7 @@ def write_case(case: PhantomCase, outdir: Path, preview: bool = False) -> tuple[
             "x_mm": round(x, 4), "y_mm": round(y, 4), "z_mm": round(z, 4), "k": k, "j": j, "i": i,
         })
     if preview:
-        from ..preview import write_preview
+        from ..outputs.preview import write_preview
 
         write_preview(case.hu, case.labels, outdir / "previews" / f"{case.case_id}.png")
     return truth_row(case), points
