@@ -19,6 +19,10 @@ MOVED = [
     ("cacnet.review", "scan_sha256", "cacnet.io"),
     ("cacnet.pipeline", "lesion_position", "cacnet.io"),
     ("cacnet.batch", "write_outputs", "cacnet.outputs.write"),
+    # calcium insertion moved into cacnet.phantom; the training cases made with it into cacnet.train._backgrounds
+    ("cacnet.train._insert", "insert_calcium", "cacnet.phantom.insertion"),
+    ("cacnet.train._insert", "iter_inserted_scans", "cacnet.phantom.insertion"),
+    ("cacnet.train._insert", "iter_inserted_cases", "cacnet.train._backgrounds"),
     # whole modules that moved into cacnet.outputs: a thin module at the old path serves every name
     ("cacnet.report", "write_report", "cacnet.outputs.report"),
     ("cacnet.report", "render_report", "cacnet.outputs.report"),
@@ -34,7 +38,7 @@ MOVED = [
 #: Modules that moved whole: old name -> new name.
 MOVED_MODULES = {"cacnet.report": "cacnet.outputs.report", "cacnet.preview": "cacnet.outputs.preview",
                  "cacnet._render": "cacnet.outputs._render", "cacnet.dicom_out": "cacnet.outputs.dicom",
-                 "cacnet.send": "cacnet.outputs.send"}
+                 "cacnet.send": "cacnet.outputs.send", "cacnet.train._decontrast": "cacnet.phantom.decontrast"}
 
 
 @pytest.mark.parametrize("old, name, new", MOVED)
@@ -74,6 +78,7 @@ def test_the_new_paths_do_not_warn():
     """Nothing inside the package goes through an old path: importing and using the new ones warns nothing."""
     code = ("import warnings; warnings.simplefilter('error', DeprecationWarning); "
             "import cacnet.cli, cacnet.cohort, cacnet.review, cacnet.node, cacnet.node.refusal, cacnet.batch; "
+            "import cacnet.train._backgrounds, cacnet.train._second_stage; "
             "import cacnet.outputs as o; [getattr(o, n) for n in o.__all__]; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
