@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import agatston
+
 from ._canvas import Canvas
 
 __all__ = ["Heart", "Anatomy", "sample_anatomy", "sample_coronaries", "sample_ribs", "draw_anatomy", "draw_ribs",
            "resample_polyline", "unit"]
 
-ARTERIES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
+#: Label -> artery (1 LM, 2 LAD, 3 LCX, 4 RCA): the scoring core's one artery constant.
+ARTERIES = agatston.ARTERY_NAMES
 
 
 def unit(v) -> np.ndarray:

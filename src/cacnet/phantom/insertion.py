@@ -86,6 +86,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
+import agatston
+
 from ._anatomy import resample_polyline, unit
 from ._calcium import Calcification, perpendicular, sample_plaque
 from ._canvas import Grid
@@ -94,8 +96,8 @@ from ._truth import CATEGORY_TARGETS, Plaques, grow_box, local_box, reach_catego
 __all__ = ["InsertedCase", "insert_calcium", "load_tracing", "validate_tracing", "augment_scan", "resample_for_cac",
            "estimate_psf_sigma", "iter_inserted_scans", "decontrast_mask_of", "CORONARIES", "STRUCTURES"]
 
-#: Traced coronary polylines and their labels.
-CORONARIES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
+#: Traced coronary polylines and their labels (LM 1, LAD 2, LCX 3, RCA 4: agatston.ARTERY_NAMES turned round).
+CORONARIES = {name: label for label, name in agatston.ARTERY_NAMES.items()}
 _RINGS = ("aortic_root_wall", "ascending_aorta_wall")  # lists of closed rings
 _CLOSED = ("aortic_valve_plane", "mitral_annulus")  # one closed ring each
 #: Every structure a tracing may hold.
@@ -544,8 +546,6 @@ def insert_calcium(
         When the category cannot be reached (e.g. the traced arteries lie
         outside the volume).
     """
-    import agatston
-
     structures = _structures(validate_tracing({"structures": _structures(tracing)}))
     if n_plaques is not None and target_category is not None:
         raise ValueError("insert_calcium: give n_plaques or target_category, not both.")
