@@ -18,7 +18,7 @@ import agatston
 from cacnet.cli import app
 from cacnet.datasets import DatasetLayoutError, convert_coca, convert_orcascore, fill_polygon, polygon_area
 
-from .dicom_helpers import write_series
+from ..dicom_helpers import write_series
 
 runner = CliRunner()
 SP = (3.0, 0.5, 0.5)
