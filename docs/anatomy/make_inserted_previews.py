@@ -1,4 +1,4 @@
-"""Previews of synthetic calcium inserted into the traced real scans (cacnet.train._insert).
+"""Previews of synthetic calcium inserted into the traced real scans (cacnet.phantom.insertion).
 
 For every tracing ``src/cacnet/train/anatomy/<name>.json`` whose scan is under
 ``shared/data/real-ct``: insert category-D calcium with every look-alike kind
@@ -68,8 +68,8 @@ def render(bg, ins, box_yx, out: Path, title: str, n_rows: int = 3, zoom: int = 
 
 def main() -> None:
     from cacnet.io import read_scan
-    from cacnet.train._decontrast import decontrast_scan
-    from cacnet.train._insert import augment_scan, decontrast_mask_of, estimate_psf_sigma, insert_calcium, load_tracing
+    from cacnet.phantom.decontrast import decontrast_scan
+    from cacnet.phantom.insertion import augment_scan, decontrast_mask_of, estimate_psf_sigma, insert_calcium, load_tracing
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "anatomy")

@@ -64,7 +64,7 @@ GREEN, RED, BLUE, YELLOW, MAGENTA = (40, 230, 40), (255, 50, 50), (70, 140, 255)
 
 def _tracing_for(rel: str):
     """The tracing valid for the real-CT path ``rel`` (``scan`` or ``also_valid_for``), or None."""
-    from cacnet.train._insert import load_tracing
+    from cacnet.phantom.insertion import load_tracing
 
     rel = rel.removeprefix("real-ct/")
     for path in sorted(TRACINGS.glob("*.json")):
@@ -214,8 +214,8 @@ def _title(name: str, amap, extra: str = "") -> str:
 def main() -> None:
     from cacnet.anatomy import anatomical_map
     from cacnet.io import read_scan
-    from cacnet.train._decontrast import decontrast_scan, read_mask
-    from cacnet.train._insert import decontrast_mask_of
+    from cacnet.phantom.decontrast import decontrast_scan, read_mask
+    from cacnet.phantom.insertion import decontrast_mask_of
     from cacnet.triage import triage
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
