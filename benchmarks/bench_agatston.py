@@ -5,7 +5,7 @@ lesions (3D ellipsoids of 150-900 HU, 0.5-3 mm radius) and an integer artery
 label mask around them. Both implementations must give the same score; the
 script prints the medians and the ratio.
 
-Run:  python benchmarks/bench_agatston.py [--repeat 5]
+Run:  python -m benchmarks.bench_agatston [--repeat 5]
 """
 
 from __future__ import annotations

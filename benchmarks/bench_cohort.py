@@ -18,7 +18,7 @@ serial run, the main process scores: both are the same). Scans are scored
 with ``force`` (small phantoms may fail triage's heart check). The
 CSVs of all ways must be identical; the script exits 1 if not.
 
-Run:  python benchmarks/bench_cohort.py [--n 20] [--size 512] [--scans DIR] [--weights DIR]
+Run:  python -m benchmarks.bench_cohort [--n 20] [--size 512] [--scans DIR] [--weights DIR]
           [--modes serial,prefetch,workers1,workers2]
 """
 

@@ -4,7 +4,7 @@ Generates N full-size (512 x 512) cases in memory (no disk), balanced A-E, and
 prints the generation time per case and the share of cases holding each
 look-alike and hard case.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_phantom.py [--n 40] [--seed 2024]
+Run:  OMP_NUM_THREADS=1 python -m benchmarks.bench_phantom [--n 40] [--seed 2024]
 """
 
 from __future__ import annotations

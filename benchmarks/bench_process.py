@@ -7,7 +7,7 @@ starts every run as a fresh process and times it from outside (wall clock from
 the start to the exit of the child, peak RSS from the kernel's accounting of the
 finished child, ``os.wait4``):
 
-* **plain**: ``python benchmarks/plain_pipeline.py SCAN`` - the plain version of
+* **plain**: ``python -m benchmarks.plain_pipeline SCAN`` - the plain version of
   the paper's pipeline (five onnxruntime sessions with default options on the
   2.5/3 mm grid, majority vote, 130 HU threshold, slice-loop Agatston);
 * **cac score**: ``python -m cacnet score SCAN --json`` with the shipped default
@@ -37,7 +37,7 @@ The parent process imports no numpy and makes the scans in a child process, so
 that the children's peak RSS (which counts the parent's resident set at the
 fork) is theirs.
 
-Run:  python benchmarks/bench_process.py [--repeat 5] [--weights DIR] [--real DICOM_DIR | --no-real]
+Run:  python -m benchmarks.bench_process [--repeat 5] [--weights DIR] [--real DICOM_DIR | --no-real]
           [--scans DIR (keep / reuse the phantom scans)] [--no-cold]
           [--baseline-src OLD/src (also `cac score` of another tree, e.g. from `git archive COMMIT src`)]
 """
@@ -64,7 +64,7 @@ def make_scans(folder: Path, seed: int) -> None:
     """Write scan_3mm.nii.gz (512 x 512 x 60) and scan_2.5mm.nii.gz (512 x 512 x 72) into ``folder`` (a child)."""
     import SimpleITK as sitk
 
-    from bench_score import benchmark_case, thin_scan
+    from benchmarks.bench_score import benchmark_case, thin_scan
     from cacnet.phantom import oriented_image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_process_"))
     folder = args.scans or tmp / "scans"
     if not (folder / "scan_2.5mm.nii.gz").exists():
-        subprocess.run([sys.executable, __file__, "--make-scans", str(folder), "--seed", str(args.seed)], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_process", "--make-scans", str(folder), "--seed", str(args.seed)], check=True)
     scans = [("3 mm phantom", folder / "scan_3mm.nii.gz"), ("2.5 mm phantom", folder / "scan_2.5mm.nii.gz")]
     if not args.no_real:
         if args.real.exists():
@@ -158,7 +158,7 @@ def main() -> None:
     env.pop("CAC_NO_MODEL_CACHE", None)
     weights = ["--weights", str(args.weights)] if args.weights else []
     variants = {
-        "plain pipeline": lambda s: [sys.executable, str(HERE / "plain_pipeline.py"), str(s), *weights],
+        "plain pipeline": lambda s: [sys.executable, "-m", "benchmarks.plain_pipeline", str(s), *weights],
         "cac score": lambda s: [sys.executable, "-m", "cacnet", "score", str(s), "--json", *weights],
     }
     if args.baseline_src is not None:

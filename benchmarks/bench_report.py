@@ -8,7 +8,7 @@ scoring made), rendering and writing the HTML report, and the preview PNG. With
 and a screenshot of the report, docs/report/<id>.png, taken with headless
 Chromium (Debian package ``chromium``).
 
-    python benchmarks/bench_report.py [--docs] [--repeat 3]
+    python -m benchmarks.bench_report [--docs] [--repeat 3]
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ process is its VmHWM (Linux), read in a child process at its end. With
 timed the same way.
 
 Then, since one scan says little about how often early stop fires, the first
-``--early-stop-cases`` held-out phantoms of benchmarks/experiments.py are
+``--early-stop-cases`` held-out phantoms of experiments/experiments.py are
 scored with and without it: how many models ran, the time, and a check that
 the masks are identical.
 
-Run:  python benchmarks/bench_score.py [--weights weights] [--repeat 3]
+Run:  python -m benchmarks.bench_score [--weights weights] [--repeat 3]
           [--early-stop-cases 20] [--cache DIR (held-out phantoms, as experiments.py)] [--thin 2.5]
 """
 
@@ -43,13 +43,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from plain_pipeline import plain  # noqa: E402,F401  (the plain pipeline; also a process of its own there)
-
-from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, cpu_supports_bf16, load_second_stage  # noqa: E402
-from cacnet.phantom import generate_phantom, oriented_image  # noqa: E402
-from cacnet.pipeline import score_scan  # noqa: E402
+from benchmarks.plain_pipeline import plain  # noqa: F401  (the plain pipeline; also a process of its own there)
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, cpu_supports_bf16, load_second_stage
+from cacnet.phantom import generate_phantom, oriented_image
+from cacnet.pipeline import score_scan
 
 
 def main() -> None:
@@ -183,7 +180,7 @@ def time_scan(path: Path, args, ensembles: dict, early: bool = True) -> None:
 
 def early_stop_frequency(ens: Ensemble, n: int, cache: Path | None, tmp: Path) -> None:
     """Models run and time with --early-stop on the first ``n`` held-out phantoms; masks must be identical."""
-    from experiments import held_out_case
+    from experiments.experiments import held_out_case
 
     runs, t_full, t_early = [], 0.0, 0.0
     for i in range(n):

@@ -10,8 +10,8 @@ Reported (stdout, and --json FILE): series, seconds from the node's start to the
 node's peak resident memory (VmHWM of each node process), losses (series without an outcome, or a scored /
 refused series without its objects in Orthanc) and duplicates (more than one SEG or SR per source series).
 
-    python benchmarks/orthanc_load.py --series 50 --contrast 5 --mr 5 --json runs/orthanc_load.json
-    python benchmarks/orthanc_load.py --series 50 --kill-after 10 --restart-orthanc-after 25
+    python -m benchmarks.orthanc_load --series 50 --contrast 5 --mr 5 --json runs/orthanc_load.json
+    python -m benchmarks.orthanc_load --series 50 --kill-after 10 --restart-orthanc-after 25
 
 Needs the Debian package orthanc and the test extra; uses tests/cacnet/orthanc_helpers.py.
 """
@@ -29,10 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.cacnet.orthanc_helpers import OrthancServer, phantom_volume, start_node, write_ct  # noqa: E402
+from tests.cacnet.orthanc_helpers import OrthancServer, phantom_volume, start_node, write_ct
 
 
 def _vm(pid: int, key: str = "VmHWM") -> float:

@@ -10,7 +10,7 @@ per-slice, per-component Agatston loop (``bench_agatston.naive_score``).
 one fresh process, as ``bench_process.py`` times it against ``cac score``. It
 imports only what it runs (no OpenVINO, no command-line framework).
 
-Run:  python benchmarks/plain_pipeline.py SCAN [--weights DIR]
+Run:  python -m benchmarks.plain_pipeline SCAN [--weights DIR]
       (prints {"agatston": ..., "calcium_voxels": ...} as JSON)
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_agatston import naive_score
+from benchmarks.bench_agatston import naive_score
 from cacnet.ensemble import DEFAULT_WEIGHTS, combine_votes, verify_weights
 from cacnet.io import read_scan
 from cacnet.pipeline import decide_components

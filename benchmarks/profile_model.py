@@ -4,7 +4,7 @@
 * onnxruntime's per-operator profile (mean over three runs, default threads);
 * one model with 2 threads, with 1 thread, and two 1-thread models at once.
 
-Run:  python benchmarks/profile_model.py [--weights weights] [--seed 4242]
+Run:  python -m benchmarks.profile_model [--weights weights] [--seed 4242]
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cacnet.ensemble import DEFAULT_WEIGHTS, verify_weights  # noqa: E402
-from cacnet.preprocess import coarse_grid, downsample, normalize, pad_to_multiple  # noqa: E402
+from cacnet.ensemble import DEFAULT_WEIGHTS, verify_weights
+from cacnet.preprocess import coarse_grid, downsample, normalize, pad_to_multiple
 
 
 def benchmark_input(seed: int) -> np.ndarray:

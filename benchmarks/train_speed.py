@@ -9,7 +9,7 @@ every model once) and model-steps per second, timed from the end of the first
 step to the end of the last (the one validation at the end and the checkpoint
 are left out), and seconds per model-step.
 
-Run:  python benchmarks/train_speed.py [--cache DIR (cac train's cache/train)] [--models 2] [--batch 2] [--seconds 30]
+Run:  python -m benchmarks.train_speed [--cache DIR (cac train's cache/train)] [--models 2] [--batch 2] [--seconds 30]
 """
 
 from __future__ import annotations

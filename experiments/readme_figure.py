@@ -5,7 +5,7 @@ outlined by artery: LM yellow, LAD red, LCX green, RCA blue). Right: slice 22
 of the real QRM phantom scan bundled in tests/data (calcium inserts, 120 kVp).
 Both shown with the same window (-300 to 700 HU).
 
-Run:  python examples/readme_figure.py
+Run:  python -m experiments.readme_figure
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from cacnet.outputs.preview import choose_slices, render_montage
 from cacnet.phantom import generate_phantom
 
-ROOT = Path(__file__).resolve().parent.parent
+from experiments._common import ROOT
 
 
 def main() -> None:

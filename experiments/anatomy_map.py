@@ -32,7 +32,7 @@ built from the image alone. Here it is checked against:
    :func:`cacnet.anatomy.anatomical_map`, separately, on a 512 x 512 x ~60
    phantom and on every real scan (this machine, whatever else runs on it).
 
-Run:  python benchmarks/anatomy_map.py [--data ../shared/data] [--phantoms 20] [--out docs/anatomy/map_results.json]
+Run:  python -m experiments.anatomy_map [--data ../shared/data] [--phantoms 20] [--out docs/anatomy/map_results.json]
 Prints markdown tables and writes the numbers as JSON.
 """
 
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments._common import ROOT
 TRACINGS = ROOT / "src" / "cacnet" / "train" / "anatomy"
 CORONARY = ("LM", "LAD", "LCX", "RCA")
 AORTIC_WALL = ("aortic_root_wall", "ascending_aorta_wall")

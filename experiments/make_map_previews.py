@@ -28,7 +28,7 @@ with their truth coronary calcium, as ``map_phantom_<variant>_<index>.png``.
 
 Needs pillow (``pip install pillow``; not a dependency of the package).
 
-Usage: ``python docs/anatomy/make_map_previews.py [--out docs/anatomy] [--data ../shared/data]
+Usage: ``python -m experiments.make_map_previews [--out docs/anatomy] [--data ../shared/data]
 [--only NAME ...] [--phantom varied:1]``
 """
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[2]
+from experiments._common import ROOT
 TRACINGS = ROOT / "src" / "cacnet" / "train" / "anatomy"
 CORONARY = ("LM", "LAD", "LCX", "RCA")
 #: (preview name, path under the data folder or the repository, kind)

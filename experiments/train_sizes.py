@@ -12,11 +12,11 @@ same 20 validation phantoms for every model.
 
 At the end it packs each model's best weights into ``--pack`` (at most 8 files,
 each under 16 MiB): the ``--ship-size`` models in float32 (they become the
-shipped weights after ``benchmarks/import_trained.py`` exports them to ONNX),
+shipped weights after ``experiments/import_trained.py`` exports them to ONNX),
 the others in float16 (used for the size comparison only), plus a JSON log.
 
 Run (GPU machine):
-    python benchmarks/train_sizes.py --sizes 100 300 1000 --deadline-minutes 8.5 --pack OUT
+    python -m experiments.train_sizes --sizes 100 300 1000 --deadline-minutes 8.5 --pack OUT
 It also runs on a CPU (slowly; use tiny settings to check it).
 """
 
@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-sys.path.insert(0, str(SRC))
+from experiments._common import use_source_tree
+
+use_source_tree()  # this checkout's cacnet, installed or not (also in the spawned processes)
 
 CHUNK_BYTES = 15 * 2**20
 

@@ -3,7 +3,7 @@
 Every scan is scored in this one process with both backends (``score_scan``,
 ``force=True`` so that scans triage refuses are scored too): onnxruntime
 (fp32, the reference) and OpenVINO at ``--precision`` (fp32 by default).
-Scans: the first ``--n`` held-out phantoms of benchmarks/experiments.py (from
+Scans: the first ``--n`` held-out phantoms of experiments/experiments.py (from
 ``--cache`` when there), the bundled example and the real-CT test fixtures.
 
 Printed per scan: coarse voxels where a model's argmax differs (with the
@@ -12,7 +12,7 @@ disagreement), fine-grid voxels whose label differs (the first few listed),
 the Agatston difference, and the largest |logit| and |softmax probability|
 differences over the five models. A summary follows.
 
-Run:  python benchmarks/backend_agreement.py [--n 100] [--cache DIR] [--precision fp32|bf16]
+Run:  python -m experiments.backend_agreement [--n 100] [--cache DIR] [--precision fp32|bf16]
           [--weights weights] [--no-extra] [--json out.json]
 """
 
@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes  # noqa: E402
-from cacnet.io import Scan, read_scan  # noqa: E402
-from cacnet.pipeline import score_scan  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from cacnet.ensemble import DEFAULT_WEIGHTS, Ensemble, combine_votes
+from cacnet.io import Scan, read_scan
+from cacnet.pipeline import score_scan
+from experiments._common import ROOT
 
 
 def recording(ens: Ensemble) -> list:
@@ -84,7 +80,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 def scan_from_phantom(i: int, cache: Path | None, tmp: Path) -> Scan:
     import SimpleITK as sitk
-    from experiments import held_out_case
+    from experiments.experiments import held_out_case
 
     case = held_out_case(i, cache)
     img = sitk.GetImageFromArray(case["hu"])
@@ -189,7 +185,7 @@ def main() -> None:
           f"largest |probability| difference {max(r['max_abs_prob_diff'] for r in rows):.3g}")
     print(f"  inference: onnxruntime {sum(r['inference_s_ref'] for r in rows):.1f} s, "
           f"OpenVINO {sum(r['inference_s'] for r in rows):.1f} s in all (for fp32 OpenVINO's includes "
-          "running its single models again for their logits; use bench_score.py for speed)")
+          "running its single models again for their logits; use benchmarks.bench_score for speed)")
     if args.json:
         args.json.write_text(json.dumps({"reference": ref.describe(), "tested": test.describe(), "rows": rows},
                                         indent=1))

@@ -7,7 +7,7 @@ does it, from the DICOM files only: the CT slices (pydicom, rescaled to HU) and
 the SEG (highdicom: the frames of each source slice, and each segment's
 recommended display colour), on the slice with the most of each segment.
 
-Needs the dicom extra (pip install ".[dicom]"). Run:  python examples/dicom_seg_figure.py [OUT_FOLDER]
+Needs the dicom extra (pip install ".[dicom]"). Run:  python -m experiments.dicom_seg_figure [OUT_FOLDER]
 (OUT_FOLDER keeps the series, SEG and SR; a temporary folder by default.)
 """
 
@@ -29,7 +29,7 @@ from cacnet.outputs.write import write_outputs
 from cacnet.phantom import generate_phantom
 from cacnet.pipeline import score_scan
 
-ROOT = Path(__file__).resolve().parent.parent
+from experiments._common import ROOT
 WINDOW = (-300.0, 700.0)  # HU shown black .. white, as in docs/phantom_vs_qrm.png
 
 

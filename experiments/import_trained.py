@@ -3,7 +3,7 @@
 Each training-set size becomes ``OUT/size_<n>/`` holding ``unet_<seed>.onnx``
 and ``manifest.json`` (loadable with ``cac score --weights OUT/size_<n>``).
 
-Run:  python benchmarks/import_trained.py PACK_DIR OUT
+Run:  python -m experiments.import_trained PACK_DIR OUT
 """
 
 from __future__ import annotations

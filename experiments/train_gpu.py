@@ -9,7 +9,7 @@ which writes ONNX weights and a manifest into ``--pack``/weights (no more
 ``size_<n>_part<k>.npz`` packs for ``import_trained.py``). The shipped v0.3
 weights were made with:
 
-    python benchmarks/train_gpu.py --init weights --negatives .gpu_neg --neg-per-batch 4 --batch 16 --lr 3e-4 \\
+    python -m experiments.train_gpu --init weights --negatives .gpu_neg --neg-per-batch 4 --batch 16 --lr 3e-4 \\
         --minutes 6 --val-seconds 40 --exclude-start --train 300 --val 20 --workers 14 --pack OUT
 
 which is now:
@@ -26,10 +26,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from experiments._common import use_source_tree
+
+use_source_tree()  # this checkout's cacnet, installed or not
 
 
 def main() -> None:

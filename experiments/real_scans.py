@@ -24,7 +24,7 @@ seen). Per scan: what it is, the triage verdict and measurements, the score,
 category and every lesion found (slice, position in the file's voxels,
 artery, votes), warnings, and the wall time of the forced run.
 
-Run:  python benchmarks/real_scans.py [--data ../shared/data/real-ct] [--weights DIR] [--out docs/real_scans]
+Run:  python -m experiments.real_scans [--data ../shared/data/real-ct] [--weights DIR] [--out docs/real_scans]
 Writes results.json and table.md into --out and prints the table.
 """
 
@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments._common import ROOT
 
 #: (path in the data folder, short description from its README, expected: "negative" or "contrast")
 SCANS = [

@@ -13,7 +13,7 @@ Needs pillow (``pip install pillow``; not a dependency of the package).
 A tracing with ``decontrast`` (a contrast-enhanced scan) is de-contrasted
 first, as in training; the "original" column then shows the de-contrasted scan.
 
-Usage: ``python docs/anatomy/make_inserted_previews.py [--out docs/anatomy] [--data shared/data/real-ct]
+Usage: ``python -m experiments.make_inserted_previews [--out docs/anatomy] [--data shared/data/real-ct]
 [--only NAME ...]``
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from experiments._common import ROOT
 COLORS = {1: (255, 230, 0), 2: (255, 40, 40), 3: (40, 220, 40), 4: (60, 130, 255)}
 
 

@@ -7,7 +7,7 @@ size / axis / position, aortic calcification) and prints min / median / max
 of each, the kernel families, thicknesses and look-alike kinds, and the
 generation time per case.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/phantom_variety.py --variant varied [--n 20] [--seed 7] [--size 512]
+Run:  OMP_NUM_THREADS=1 python -m experiments.phantom_variety --variant varied [--n 20] [--seed 7] [--size 512]
 """
 
 from __future__ import annotations

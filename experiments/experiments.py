@@ -30,7 +30,7 @@ Rows of an earlier run's Table 1 (other weights, scored on the same cases) can
 be carried over with ``--keep-rows results.json``, so that one run need not
 score every weight set again.
 
-Run:  python benchmarks/experiments.py [--n 100] [--weights weights] [--label shipped]
+Run:  python -m experiments.experiments [--n 100] [--weights weights] [--label shipped]
              [--compare LABEL=DIR ...] [--keep-rows OLD/results.json] [--cache DIR] [--out docs/experiments]
              [--background NAME --backgrounds ROOT] [--variant varied]
 Writes results.json, tables.md, confusion.png and overlays.png into --out.

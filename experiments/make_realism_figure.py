@@ -13,7 +13,7 @@ labels give the source, slice thickness and kernel.
 Needs pillow and pydicom (``pip install pillow pydicom``; not dependencies
 of the package).
 
-Usage: ``python docs/anatomy/make_realism_figure.py [--data ../shared/data/real-ct] [--out docs/realism.png]``
+Usage: ``python -m experiments.make_realism_figure [--data ../shared/data/real-ct] [--out docs/realism.png]``
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[2]
+from experiments._common import ROOT
 
 #: Real slices shown: file under single-slices/, crop centre (x, y) in mm from the image centre (chosen by
 #: eye on the heart), and a short label. All have identity orientation (columns = patient left, rows = back).
