@@ -44,7 +44,7 @@ def test_coronary_calcification_of_phantoms_lies_in_the_sac(variant):
             reasons = amap.outside_reason(amap.at(*(p[spine] for p in c.peak)))
             assert sum(r is not None for r in reasons) >= 0.5 * spine.sum()
     # every one in these cases (the default generator can draw a coronary through the sternum, where the
-    # map rightly finds no sac: benchmarks/anatomy_map.py measures the share over 40 phantoms)
+    # map rightly finds no sac: experiments/anatomy_map.py measures the share over 40 phantoms)
     assert total >= 10 and inside == total
 
 

@@ -802,7 +802,7 @@ def iter_inserted_scans(scan_path, tracing_path, indices: Sequence[int], seed: i
 
     The scan is read once; case ``i`` uses ``numpy.random.default_rng([seed, i])``
     and category ``"ABCDE"[i % 5]``. Evaluation on a held-out patient scores
-    these on their own grid (``benchmarks/experiments.py --background``).
+    these on their own grid (``experiments/experiments.py --background``).
     A contrast-enhanced scan whose tracing has ``decontrast`` is de-contrasted
     first (:func:`cacnet.phantom.decontrast.decontrast_scan`) with that label
     map (:func:`decontrast_mask_of`; ``decontrast_mask`` overrides the path).

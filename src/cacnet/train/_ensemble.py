@@ -22,7 +22,7 @@ from ._second_stage import train_second_stage
 __all__ = ["TRAIN_SET_SEED", "VAL_SET_SEED", "default_mix", "negative_cases", "train_ensemble"]
 
 #: Seeds of the phantom sets: training, validation. The held-out test set of
-#: the experiments uses a seed never used here (benchmarks/experiments.py).
+#: the experiments uses a seed never used here (experiments/experiments.py).
 TRAIN_SET_SEED = 1000
 VAL_SET_SEED = 1001
 
