@@ -177,7 +177,7 @@ def phantom(
     preview: bool = typer.Option(False, "--preview", help="Also write previews/<id>.png montages."),
     variant: str = typer.Option("default", "--variant",
                                 help="Generator: default (what the shipped models learned) or varied (chambers, "
-                                     "fat, fields of view, kernels, streaks, aortic calcium; see README)."),
+                                     "fat, fields of view, kernels, streaks, aortic calcium; see docs/phantoms.md)."),
 ) -> None:
     """Generate synthetic cardiac CT scans with exact coronary calcium ground truth."""
     from .phantom import make_phantoms
@@ -404,11 +404,11 @@ def train(
 _BACKEND_HELP = ("auto (OpenVINO on the CPU when installed, onnxruntime for CUDA), openvino or onnxruntime; "
                  "both give the same masks in fp32.")
 _PRECISION_HELP = ("fp32 (exact, default) or bf16 (OpenVINO on a CPU with bf16 support: faster, "
-                   "masks may differ slightly; see README, Speed).")
+                   "masks may differ slightly; see docs/performance.md).")
 
 
 _SECOND_STAGE_HELP = ("Decide each candidate with the weights' second stage when they have one (default; see "
-                      "README, Second stage); --no-second-stage: the paper's majority vote of the models alone.")
+                      "docs/validation.md); --no-second-stage: the paper's majority vote of the models alone.")
 
 
 def _check_backend(device: str, backend: str, precision: str) -> None:
@@ -530,7 +530,7 @@ def _interrupted_message(landed: list, total: int, csv_file: Optional[Path], out
 def score(
     inputs: List[Path] = typer.Argument(
         ..., help="Scans: NIfTI/NRRD/MHA files, DICOM folders or .zip, or folders of them (other files there are "
-                  "skipped with a note; inputs sharing an id are refused, see README)."),
+                  "skipped with a note; inputs sharing an id are refused, see docs/cli.md)."),
     outdir: Optional[Path] = typer.Option(None, "-o", "--outdir", help="Write <id>.json and <id>_calcium.nii.gz here."),
     as_json: bool = typer.Option(
         False, "--json",
@@ -549,11 +549,11 @@ def score(
     report: bool = typer.Option(
         False, "--report",
         help="With -o: also write <id>.html, a self-contained review report (lesion crops, rejected candidates, "
-             "accept/reject/relabel, Save review); see README, Review report."),
+             "accept/reject/relabel, Save review); see docs/review.md."),
     dicom: bool = typer.Option(
         False, "--dicom",
         help="With -o, DICOM input only: also write <id>_seg.dcm (DICOM SEG) and <id>_sr.dcm (TID 1500 SR) in the "
-             "source study; see README, PACS."),
+             "source study; see docs/dicom.md."),
     send: Optional[str] = typer.Option(
         None, "--send", metavar="HOST:PORT[:AET]",
         help="With --dicom: C-STORE the SEG and SR to this DICOM node (called AE title default ANY-SCP); "
@@ -577,7 +577,7 @@ def score(
     workers: Optional[int] = typer.Option(
         None, "--workers", min=1,
         help="Score on N local worker processes (Dask), one scan at a time each, the cores shared among them "
-             "(needs the cohort extra). With --csv, a rerun resumes: see README, Cohorts."),
+             "(needs the cohort extra). With --csv, a rerun resumes: see docs/cohorts.md."),
     scheduler: Optional[str] = typer.Option(
         None, "--scheduler",
         help="Submit the scans to a running Dask cluster: scheduler address (tcp://host:8786) or scheduler file; "

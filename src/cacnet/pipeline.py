@@ -103,7 +103,7 @@ class ScanResult:
 
         Each has ``lesion_id``, ``slice_index``, ``artery``, ``agatston``,
         ``volume_mm3``, the models' ``votes``, the ``review`` flag,
-        ``position``, ...; see the JSON report's description in the README.
+        ``position``, ...; see docs/output.md.
         """
         return [dict(lesion) for lesion in self.data["lesions"]]
 

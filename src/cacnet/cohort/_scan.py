@@ -30,13 +30,13 @@ class ScoreOptions:
     Parameters
     ----------
     outdir : path, optional
-        ``-o``: write each scan's outputs here (:func:`cacnet.batch.write_outputs`).
+        ``-o``: write each scan's outputs here (:func:`cacnet.outputs.write_outputs`).
     calibration, series, early_stop, force
         As for :func:`cacnet.pipeline.score_scan`.
     skip_existing : bool
         Skip scans whose ``<id>.json`` exists in ``outdir`` (their row says ``skipped``).
     outputs : mapping
-        Keyword arguments of :func:`cacnet.batch.write_outputs` beyond the
+        Keyword arguments of :func:`cacnet.outputs.write_outputs` beyond the
         result and the folder (``preview``, and whatever output options it
         takes); values must pickle, since they go to the workers.
     """

@@ -8,7 +8,7 @@
 - :mod:`cacnet.node.refusal`: the "not scored" SR.
 - :mod:`cacnet.node.status`: ``cac orthanc status``.
 
-See README, "Orthanc node", and docs/deployment.md.
+See docs/dicom.md and docs/deployment.md.
 """
 
 from .client import Credentials, OrthancClient, load_credentials
