@@ -1,24 +1,14 @@
 """cacnet: reading scans, synthetic phantoms, the U-Net ensemble and the `cac` command.
 
-Scores always come from the :mod:`agatston` package. The names below are the
-public face; each is loaded on first use (PEP 562), so that ``import cacnet``
-(and `cac --help`) imports neither numpy nor SimpleITK nor a model runtime::
+Scores always come from the :mod:`agatston` package. The names of ``__all__`` are the public
+face, each loaded on first use (PEP 562) so that ``import cacnet`` stays cheap::
 
     from cacnet import Ensemble, score_scan
 
     result = score_scan("scan.nii.gz", Ensemble())
     result.agatston, result.category, result.arteries
 
-- reading: :func:`read_scan`, :class:`Scan` (:mod:`cacnet.io`);
-- scoring: :func:`score_scan`, :func:`prepare_scan`, :class:`ScanResult`
-  (:mod:`cacnet.pipeline`), :class:`Ensemble` (:mod:`cacnet.ensemble`),
-  :func:`triage` (:mod:`cacnet.triage`);
-- phantoms: :func:`generate_phantom` (:mod:`cacnet.phantom`);
-- errors: :class:`CacError` and its subclasses (:mod:`cacnet.errors`), each with the exit code of `cac`;
-- what `cac score -o` writes: :mod:`cacnet.outputs`.
-
-``cacnet.triage`` is the function :func:`cacnet.triage.triage`; its module
-stays importable by its full name (``from cacnet.triage import ...``).
+See docs/python-api.md for every name, its home module and the rest of the API.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """OpenVINO's model cache: compile the models once, not in every process (private).
 
-Where: ``$CAC_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/cac-toolkit`` (an
-absolute ``XDG_CACHE_HOME`` only, as the XDG specification says), else
-``~/.cache/cac-toolkit``; the compiled models go to
-``openvino/<key>/<graph>/`` there. ``<key>`` is the first 16 hex digits of the
-sha256 of the OpenVINO version and the models' sha256 (in the manifest's
-order), so other weights or another OpenVINO never see a blob compiled for
-different ones. ``<graph>`` names what was compiled (the one-graph vote, the
-soft vote, a single model; with the precision). OpenVINO (``CACHE_DIR``)
-writes one ``.blob`` per compiled model and loads it in later processes
-instead of compiling again. The folder can be deleted at any time.
+:func:`cache_root` (``$CAC_CACHE_DIR``, else ``$XDG_CACHE_HOME/cac-toolkit``, else
+``~/.cache/cac-toolkit``), :func:`model_cache_dir` (keyed by the OpenVINO version and the models'
+sha256), :func:`cache_disabled` (``CAC_NO_MODEL_CACHE=1``) and :func:`compile_cached`, which checks every
+blob against its ``.sha256`` sidecar and falls back to compiling in memory when the cache fails.
 
-Off switch: ``CAC_NO_MODEL_CACHE=1`` in the environment, or
-``cac score --no-model-cache`` (``Ensemble(model_cache=False)``).
-
-Integrity: OpenVINO checks a blob's header, not its content (a flipped bit in
-a cached weight loads silently and changes the output). So every blob gets a
-sidecar ``<blob>.sha256`` once OpenVINO has written it, and before compiling,
-a blob without its sidecar, or whose sha256 differs, is deleted: OpenVINO
-then compiles again and writes a new one. Any failure of the cache itself (a
-folder that cannot be created or written, an OpenVINO error while compiling
-with the cache) falls back to compiling in memory without it.
+See docs/performance.md ("OpenVINO's model cache") for the layout and the integrity rule.
 """
 
 from __future__ import annotations

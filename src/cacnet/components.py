@@ -1,57 +1,12 @@
 """The component table of a scored scan: its lesions and candidates, with stable ids.
 
-The report (:mod:`cacnet.outputs.report`) and the preview (:mod:`cacnet.outputs.preview`) show
-the table; a review (:mod:`cacnet.review`) decides about its components.
-:func:`find_components` computes it from the scan, the result's mask and the
-result JSON, identically when the report is written and when the review is
-applied.
+:func:`find_components` computes it from the scan, the result's mask and the result JSON, identically
+when the report (:mod:`cacnet.outputs.report`) or the preview is written and when a review
+(:mod:`cacnet.review`) is applied; :class:`ComponentTable` holds the parts, lesions (U... uncounted),
+candidates (C... rejected, H... unvoted) and the digest that makes a review of another result stale.
+:data:`REVIEW_FORMAT` and :data:`REVIEW_VERSION` are the review file's contract, kept here below both.
 
-Components and their ids
-------------------------
-:func:`find_components` from the scan, the result's mask and the result JSON,
-identically when the report is written and when the review is applied:
-
-* **Parts** are the 2D connected components of candidate voxels (>= the
-  result's ``threshold_hu``, in-plane ``connectivity`` of its settings) of one
-  mask label on one axial slice, exactly the components ``agatston.score``
-  sums over. A part's id is ``"z-y-x"``, its first voxel in C order on the
-  canonical LPS grid of :func:`cacnet.io.read_scan` (slice z, row y, column
-  x): it names the voxels without ambiguity, since the part is the connected
-  component that holds that voxel.
-* A **lesion** is a 3D lesion of the mask: the parts of one artery label that
-  are 26-connected (as ``agatston.score`` numbers its ``lesion_id``) holding at
-  least one counted part, so that the table's lesions are the result's
-  ``n_lesions``. A 3D group of mask parts none of which is counted (below the
-  minimum area or voxels of ``agatston.score``: it adds nothing) is an
-  **uncounted** component (:attr:`ComponentTable.uncounted`), numbered
-  ``U1``, ``U2``, ...: in the mask, not a lesion.
-* A **candidate** is a group of unlabelled parts (26-connected among
-  themselves) that the reader may add: the parts the models voted for without
-  a majority (the result's ``rejected_candidates``, including lesions a reader
-  rejected), and dense parts in the heart region that no model voted for: parts
-  of at least the minimum area whose centroid lies in the heart region of
-  :mod:`cacnet.triage` (heart, pericardial fat, roots of the great vessels,
-  found again from the image) grown by one 3.5 mm cell, so that ribs, costal
-  cartilage, sternum and spine stay out; where triage finds no heart, the
-  result's heart bounding box, else the middle half of the image in-plane;
-  in groups of at most
-  :data:`MAX_QUIET_CANDIDATE_MM3` (larger ones are bone), the
-  :data:`MAX_QUIET_CANDIDATES` largest by Agatston contribution. Candidates
-  holding a part of the result's ``rejected_candidates`` are numbered ``C1``,
-  ``C2``, ... (:attr:`ComponentTable.rejected`), the others ``H1``, ``H2``, ...
-  (:attr:`ComponentTable.unvoted`), so that what the result rejected and what
-  no model voted for are never counted together.
-* A component's id is the id of its first part (its first voxel in C order).
-
-The table's **digest** (sha256 of every component's id, kind, label and parts
-with their sizes, plus the grid shape and the settings) goes into the review
-(:mod:`cacnet.review`), so that a review is refused when the result it was made on is no longer the
-one it is applied to (the scan was scored again with other weights, or the
-mask was edited): a *stale* review.
-
-The review file that the report page saves carries :data:`REVIEW_FORMAT` and
-:data:`REVIEW_VERSION`: the contract between the page and :mod:`cacnet.review`,
-kept here, below both.
+See docs/review.md ("Components and their ids", "The review file") for the definitions.
 """
 
 from __future__ import annotations
@@ -250,7 +205,7 @@ class ComponentTable:
         Lesions first (by number), then uncounted mask parts, then
         candidates (the result's rejected ones, then those no model voted for).
     digest : str
-        sha256 of the table (see the module docstring).
+        sha256 of the table (see docs/review.md, "Components and their ids").
     shape : tuple of int
         The canonical volume's shape.
     settings : dict
@@ -398,7 +353,7 @@ def _in_heart(hu: np.ndarray, spacing: Sequence[float], data: dict[str, Any], z:
 
 def find_components(hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray,
                     data: dict[str, Any], triaged: Any = None) -> ComponentTable:
-    """The lesions and rejected candidates of a result, with stable ids (see the module docstring).
+    """The lesions and rejected candidates of a result, with stable ids (see docs/review.md).
 
     Parameters
     ----------

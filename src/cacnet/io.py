@@ -1,65 +1,13 @@
 """Reading CT scans (NIfTI, NRRD, MetaImage, DICOM folders and zips) with SimpleITK.
 
-Every scan is brought to one canonical orientation for the model: LPS with
-identity direction (``SimpleITK.DICOMOrient(image, "LPS")``), as a float32
-(z, y, x) array in HU. The source geometry is kept so that outputs are
-written back on the input grid exactly (:func:`to_source_grid`), and
-positions on the canonical grid can be given in the file's own voxel indices
-(:func:`canonical_to_source_index`).
+:func:`read_scan` returns a :class:`Scan`: a float32 (z, y, x) array in HU on one canonical LPS grid,
+with the source geometry kept (:func:`to_source_grid`, :func:`canonical_to_source_index`) and the
+acquisition recorded. Spacing comes from the file's own header, orientation is decided by geometry,
+geometry no CT of a patient has, cut-short DICOM slices and multi-component images are
+:class:`~cacnet.errors.InvalidScanError`; whether a readable scan suits calcium scoring is
+:mod:`cacnet.triage`'s question.
 
-Voxel spacing is taken from the file's own metadata, never from a default:
-ITK silently fills in 1 mm where a header gives no spacing or a zero one, so
-the header is checked first. DICOM: PixelSpacing (0028,0030), or
-ImagerPixelSpacing (0018,1164) only where PixelSpacing is absent, must be two
-positive numbers; the slice increment is the median step of the slice
-positions and must agree with what ITK reports. NIfTI: the column norms of the
-sform matrix when ``sform_code > 0``, else ``pixdim[1..3]``; where both are
-given they must agree (1 %). MetaImage: ``ElementSpacing`` (or
-``ElementSize``); NRRD: ``space directions`` or ``spacings``. A missing, zero or
-non-finite spacing is an :class:`~cacnet.errors.InvalidScanError` naming the
-field.
-
-Geometry rule (decided by geometry alone): the direction matrix must be a
-signed permutation within 0.01, i.e. every voxel axis runs along a patient
-axis (else the grid is "oblique or tilted"). Any of the 48 axis orders and
-flips is accepted: after reorientation to LPS the slices lie along patient z,
-which holds for every signed permutation, and the scan is scored identically
-whatever order the file stores its voxels in. A NIfTI, NRRD or MetaImage file
-cannot say whether the volume was *acquired* axially; the reader only checks
-that its grid is axis-aligned. DICOM series keep a stricter rule: the slice
-normal from ImageOrientationPatient must run along patient z, because a
-sagittal or coronal DICOM series is a reconstruction from an axial
-acquisition, not an axial one (Agatston scoring is defined on axial slices).
-
-Physical bounds (reader errors, never overridden): geometry that no CT of a
-patient has means the header is wrong (spacing in cm or m, a typo, a
-resampled copy), and every score computed on it would be wrong by the same
-factor, so it is an :class:`~cacnet.errors.InvalidScanError` naming the value.
-The slice increment (spacing along patient z) must be 0.1-20 mm (the thinnest
-detector rows are 0.2-0.25 mm, so overlapping reconstructions reach about
-0.1 mm; the widest clinical increments, interspaced HRCT, are 10-20 mm); the
-pixel 0.05-5.0 mm (1024 pixels over the smallest, 50 mm, display field give
-0.05 mm; 256 over a PET/CT's 700 mm field give 2.7 mm, and copies downsampled to
-the models' 2.5-3 mm grid are read too); the scan length
-(slices x increment) at most 2000 mm (the longest table travel of any CT), and
-the in-plane field at most 1000 mm (no CT bore is wider than about 900 mm).
-Whether a plausible scan suits calcium scoring (a heart in it, its size, HU
-that look rescaled) is judged by :mod:`cacnet.triage`, whose refusals
-``--force`` overrides. A multi-component (vector, RGB) image is an error too:
-CT holds one grey level per voxel, and ITK would silently mix the components
-into one when reading as float.
-
-Gzipped DICOM slices (``*.dcm.gz``) in a folder are decompressed into a
-temporary folder and read like plain ones; a folder must not mix gzipped and
-uncompressed DICOM files.
-
-DICOM slices cut short are errors naming the file: GDCM reads a slice whose
-uncompressed PixelData is shorter than its header's Rows x Columns x
-SamplesPerPixel x ceil(BitsAllocated/8) x NumberOfFrames with garbage for the
-missing pixels, and silently leaves out of the series a file that ends inside
-an element (a cut first or last slice would vanish). Each file's own bytes
-are parsed up to PixelData (:func:`_pixel_data_extent`, no pydicom);
-compressed pixel data is left to the decoder, which refuses a cut stream.
+See docs/cli.md ("What `cac score` checks on reading") for every rule and bound.
 """
 
 from __future__ import annotations
@@ -1055,7 +1003,7 @@ def _check_geometry(image, label: str) -> None:
     if abs(abs(np.linalg.det(d)) - 1) > 1e-3:
         raise InvalidScanError(f"{label}: direction matrix is not orthonormal.")
     # A signed permutation (any of the 48 axis orders and flips) is accepted: after reorientation to LPS the
-    # slices run along patient z. The decision is by geometry alone (see the module docstring).
+    # slices run along patient z. The decision is by geometry alone (see docs/cli.md).
     if np.abs(d - np.round(d)).max() > 0.01:
         raise InvalidScanError(f"{label}: the grid is oblique or tilted (direction "
                                f"{np.round(d, 3).ravel().tolist()} is not a signed permutation within 0.01); "
@@ -1063,7 +1011,7 @@ def _check_geometry(image, label: str) -> None:
 
 
 def _check_extent(image, label: str) -> None:
-    """The physical bounds of a CT of a patient (see the module docstring); ``image`` has an axis-aligned grid."""
+    """The physical bounds of a CT of a patient (see docs/cli.md); ``image`` has an axis-aligned grid."""
     sp, size = image.GetSpacing(), image.GetSize()
     d = np.abs(np.array(image.GetDirection()).reshape(3, 3))
     along = [int(np.argmax(d[:, p])) for p in range(3)]  # patient axis (0 x, 1 y, 2 z) of each file axis

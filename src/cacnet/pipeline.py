@@ -1,19 +1,10 @@
 """Scoring a scan end to end: read, preprocess, ensemble, post-process, score.
 
-The CLI (`cac score`) is a thin layer over :func:`score_scan`.
+The CLI (`cac score`) is a thin layer over :func:`score_scan` (:func:`prepare_scan` for the reading and
+triage part, :class:`ScanResult` for what comes back). Post-processing decides every 2D component of
+>= 130 HU voxels as a whole, by the vote at the coarse voxel holding its densest voxel.
 
-Post-processing rule (whole 2D components)
------------------------------------------
-The ensemble votes on the coarse grid. On the original grid, every 2D
-connected component (8-connected, per axial slice) of voxels >= 130 HU is
-decided as a whole: it is calcium when the coarse voxel holding its
-**densest voxel** is calcium by majority vote, and it takes that coarse
-voxel's artery. Because the preprocessing gives a coarse voxel the maximum
-HU of its footprint when that reaches 130 HU, this is the coarse voxel that
-"saw" the lesion's peak; a lesion is never cut along coarse voxel borders.
-Each lesion reports how many models voted for it; a lesion that not every
-model voted for is flagged for review, and components that a minority of
-models voted for are listed as rejected candidates.
+See docs/scoring.md ("How a scan is scored", step 4) for the post-processing rule.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """The paper's preprocessing, shared by inference and training.
 
-A CT volume (z, y, x) in HU on its own grid is reduced to a coarse, nearly
-isotropic grid of 2.5 mm (slice increment below 2.75 mm) or 3 mm, where
+:func:`preprocess` reduces a CT volume (z, y, x) in HU to a coarse, nearly isotropic 2.5 or 3 mm grid
+(:class:`CoarseGrid`): footprint means, the footprint's maximum where it holds a voxel >= 130 HU,
+clipped to [-300, 800] HU and scaled to [0, 1]. :func:`upsample` maps a coarse prediction back to the
+fine grid; :func:`downsample_labels` reduces label volumes. See docs/scoring.md (step 2).
 
-* every coarse voxel covers a block of whole fine voxels (its *footprint*:
-  the fine voxels whose centres fall inside it), and takes their **mean**;
-* **enhancement**: a coarse voxel whose footprint holds any voxel >= 130 HU
-  takes the **maximum** HU of its footprint instead, so that a small or
-  faint calcification, which averaging over ~50 fine voxels would erase,
-  keeps its peak in the coarse image;
-* intensities are clipped to [-300, 800] HU and scaled linearly to [0, 1].
-
-The footprints partition the fine grid exactly, so a coarse prediction maps
-back to the fine grid by nearest assignment (:func:`upsample`), with no voxel
-left out or counted twice. Label volumes are reduced with
-:func:`downsample_labels` (the most frequent non-zero label of the
-footprint, 0 when it has none).
-
-Examples
---------
 >>> import numpy as np
 >>> hu = np.zeros((6, 30, 30), np.float32); hu[2, 10, 10] = 400.0
 >>> x, grid = preprocess(hu, (3.0, 0.5, 0.5))

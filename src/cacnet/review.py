@@ -1,36 +1,11 @@
 """Reviewing a scored scan: review files, and applying a review exactly.
 
-A reader checks what the models found in the HTML report (:mod:`cacnet.outputs.report`):
-per lesion *accept*, *reject* or *change artery*; per rejected candidate *add
-as LM/LAD/LCX/RCA*. The page saves the decisions as ``<id>_review.json``;
-:func:`apply_review` (``cac review apply``) turns them into a new mask and
-recomputes every score with :func:`agatston.score` (never the page's sums).
+:func:`apply_review` (``cac review apply``) turns the decisions of a ``<id>_review.json`` saved by the
+HTML report (:mod:`cacnet.outputs.report`) into a new mask, recomputes every score with
+:func:`agatston.score` (never the page's sums), and writes the reviewed result and training data in the
+layout ``cac train --data`` reads. The unit of a decision is a component of :mod:`cacnet.components`.
 
-The unit of a decision is a **component** of the scan's component table
-(:mod:`cacnet.components`: its lesions and candidates, their stable ids, and
-the table's digest that makes a review of another result *stale*).
-
-The review file
----------------
-``{"format": "cac-review", "version": 1, "id", "scan_sha256",
-"components_sha256", "reviewer", "saved", "decisions": {component id:
-{"kind": "lesion" | "candidate", "action": ..., "artery": ...}}}``. Actions:
-a lesion ``accept`` (kept, artery unchanged), ``reject`` (removed) or
-``relabel`` (kept as ``artery``); a candidate ``add`` (as ``artery``) or
-``reject`` (stays out). Components without a decision stay as scored.
-``scan_sha256`` is the sha256 of the scan's bytes (:func:`cacnet.io.scan_sha256`),
-recorded by :func:`cacnet.pipeline.score_scan` in the result under
-``source``; a review of another scan is refused.
-
-Applying a review writes the reviewed result (``<id>.json``,
-``<id>_calcium.nii.gz``, ``<id>.html``) and training data in the layout
-``cac train --data`` reads: ``images/<id>.nii.gz`` (the scan, int16 HU when its
-values are integers, on its own grid), ``points.csv`` (one point per part of
-the reviewed mask, at its densest voxel, with its artery; the paper's
-ground-truth rule, :func:`agatston.mask_from_points`, turns them back into a
-mask) and ``truth.csv`` (the reviewed scores). Rows of other scans in
-``points.csv`` and ``truth.csv`` are kept, so one folder collects every
-reviewed scan.
+See docs/review.md for the review file's format, what is written and what is refused.
 """
 
 from __future__ import annotations

@@ -1,86 +1,12 @@
 """Triage: is this a calcium-scoring scan? Checks from the image, not only the tags.
 
-:func:`triage` measures a few things on a scan that has been read and gives a
-verdict per check; :func:`cacnet.pipeline.score_scan` refuses the scan
-(:class:`~cacnet.errors.UnsuitableScanError`, exit 3) when a check says
-``"refuse"``, unless ``force=True`` (``cac score --force``), and reports every
+:func:`triage` measures a few things on a scan that has been read (hu_scale, heart, field_of_view,
+contrast, noise, kernel, slices, kvp; most in the heart region it finds) and gives a verdict per check;
+:func:`cacnet.pipeline.score_scan` refuses the scan (:class:`~cacnet.errors.UnsuitableScanError`,
+exit 3) when a check says ``"refuse"``, unless ``force=True`` (``cac score --force``), and reports every
 check in its result (``triage``) and, where not ok, in ``warnings``.
 
-Heart region (the measurement the image checks rely on)
--------------------------------------------------------
-On a copy of the scan block-averaged to about 3.5 mm voxels (the smoothing):
-air is < -400 HU; the body is the largest 3D connected component of the rest.
-The lungs are the air regions (per slice) that are holes of the body, or that
-touch the image edge or the padding outside the reconstruction circle (lungs
-cut by a small field of view) with fewer than half their voxels below -930 HU
-and body behind them (outside air and the mattress under the patient are
-darker, or have no body behind). In each slice the two largest lung regions
-(>= 5 cm2) are the right and left lung; a lung region is right or left by the
-side of the halfway point between their centroids. The spine's front is the
-front of the most anterior run of bone (> 150 HU) along y, near the midline
-(+-25 mm), that starts behind the body's centre and is 20-50 mm long (a
-vertebral body; contrast-filled blood touching it makes a longer run), the
-median over the slices. The **core** of the heart region is, on each row in
-front of the spine where both lungs are at least 20 mm thick next to the
-mediastinum, the tissue between the two lungs; in the slices that hold a core,
-rows where only the left lung is (the heart lies against the chest wall and the
-liver there) extend from the core's right edge to the left lung. Of the soft
-tissue (> -200 HU) there, after an in-plane opening (2 voxels), the largest 3D
-connected component is the heart region: heart, pericardial fat and the roots of
-the great vessels, sometimes a little liver under the heart. It takes about
-0.05-0.3 s on a 512 x 512 x 130 scan.
-
-Checks (verdict, and what gives it)
------------------------------------
-hu_scale
-    refuse "HU look un-rescaled" when even the 1st percentile of the image is
-    above -200 HU (:func:`cacnet.io.unrescaled_hu`): an image that can hold a
-    heart holds air (-1000 HU) or lung (-900 to -500 HU), so its values are
-    stored values without the RescaleIntercept (e.g. uint16 HU + 1024). Checked
-    before the heart is looked for (which assumes HU); "unknown" on an image
-    too small to hold a heart (a small field may hold no air).
-heart
-    refuse "too small to hold a heart" when the image is under 100 mm in-plane
-    or 30 mm along z: the heart is not looked for, and a score of 0 (A) there
-    would claim "no calcium" about a heart the image does not show. Refuse
-    "heart not found" when the heart region is smaller than 150 mL, and refuse
-    when it is larger than 3000 mL (:data:`MAX_HEART_ML`): the heart is
-    250-900 mL with its fat, the region (fat, great vessels, a little liver)
-    measured 530-1100 mL on real scans and up to 2350 mL on 200 synthetic
-    phantoms (512 x 512), and a larger one means a wrong voxel spacing or a
-    region that is not a heart.
-field_of_view
-    warn "whole-body field of view" when the pixel is larger than 1.0 mm or the
-    in-plane field of view exceeds 500 mm: small calcium cannot be resolved.
-contrast
-    refuse when the blood pool measures >= 120 HU: the upper quartile of the
-    smoothed heart-region voxels at -50..800 HU (non-contrast blood and
-    myocardium are 30-60 HU; contrast-filled chambers 200-500 HU). The upper
-    quartile, not the median, so that myocardium, fat or a little liver in
-    the region do not hide the enhanced blood.
-noise
-    refuse when the high-frequency noise reaches 28 HU: the robust standard
-    deviation (1.4826 MAD / sqrt 2) of the differences between horizontally
-    adjacent pixels in the heart region (soft tissue when there is none), on
-    up to 8 slices. It is the pixel noise where noise is uncorrelated and less
-    for a soft kernel, so a sharp (lung, bone) kernel stands out.
-kernel
-    refuse when the DICOM ConvolutionKernel (0018,1210) is a known sharp
-    kernel (:data:`SHARP_KERNELS`); "unknown" (no verdict) when absent.
-slices
-    warn when the slice thickness or increment lies outside 2.5-3 mm
-    (Agatston scoring is defined on 2.5-3 mm slices).
-kvp
-    warn when the tube voltage is known and not 120 kVp.
-
-The slice and kVp warnings are the reader's (``Scan.warnings``); triage adds
-its own for the other checks. The overall verdict is "refuse" when a check
-refuses, else "warn" when one warns, else "ok".
-
-Geometry no CT of a patient has (a slice increment outside 0.1-20 mm, pixels
-outside 0.05-2.0 mm, a scan longer than 2000 mm) is not a triage question: the
-header is wrong, and the reader refuses it always (:mod:`cacnet.io`), where
-triage refusals can be overridden (``--force``).
+See docs/triage.md for how the heart region is found and each check's measure and thresholds.
 """
 
 from __future__ import annotations
@@ -237,7 +163,7 @@ class ChestParts:
     """What the heart search finds on the smoothed grid (booleans of its shape; all may be empty).
 
     ``body``: the patient; ``lung``: both lungs, ``right``/``left`` each;
-    ``heart``: the heart region (see the module docstring); ``spine_front``:
+    ``heart``: the heart region (see docs/triage.md); ``spine_front``:
     the row (smoothed y index) of the front of the vertebral bodies, or the
     grid's height when no spine was found.
     """
@@ -251,7 +177,7 @@ class ChestParts:
 
 
 def find_heart(v: np.ndarray, cell_mm) -> np.ndarray:
-    """The heart region on the smoothed grid ``v`` (see the module docstring); may be empty."""
+    """The heart region on the smoothed grid ``v`` (see docs/triage.md); may be empty."""
     return chest_parts(v, cell_mm).heart
 
 
@@ -384,7 +310,7 @@ def _noise(hu: np.ndarray, mask: np.ndarray, f, slices: int = 8) -> tuple[Option
 def triage(scan) -> Triage:
     """Check that ``scan`` (a :class:`cacnet.io.Scan`) looks like a non-contrast calcium-scoring CT.
 
-    See the module docstring for each check and its threshold.
+    See docs/triage.md for each check and its threshold.
     """
     hu, spacing, meta = scan.hu, tuple(float(s) for s in scan.spacing), scan.meta or {}
     checks: dict[str, dict[str, Any]] = {}

@@ -1,72 +1,13 @@
 """Converting the gated part of COCA into the layout `cac train --data` reads (`cac dataset coca`).
 
-**COCA** (Stanford AIMI, "COCA - Coronary Calcium and chest CTs", gated part):
-``SRC/patient/<id>/<series folder>/*.dcm`` (one calcium-scoring series per
-patient) and ``SRC/calcium_xml/<id>.xml``, an OsiriX ROI export (an Apple
-plist). SRC may also be the folder that holds ``Gated_release_final/``. The
-top-level ``Images`` array holds, per annotated slice, ``ImageIndex`` and
-``ROIs``; each ROI has ``Name`` (the vessel), ``Point_px`` (polygon vertices
-"(x, y)" in pixels of the slice), ``Point_mm`` and ``Center`` ("(x, y, z)"
-patient mm), ``Area`` (cm^2) and ``Max`` (HU). Rules:
+:func:`convert_coca` reads ``SRC/patient/<id>/<series folder>/*.dcm`` and the OsiriX ROI exports
+``SRC/calcium_xml/<id>.xml``: each ROI's polygon, placed on its slice by z (``ImageIndex`` checked
+against the order the export follows), filled and intersected with >= 130 HU, labelled by vessel
+(1 LM, 2 LAD, 3 LCX, 4 RCA), checked against the annotation (:data:`PX_MM_TOLERANCE_PX`,
+:data:`MAX_HU_TOLERANCE`) in report.csv. Case ids are ``coca_<id>``.
 
-* Vessel: "Left Coronary Artery" (left main) -> 1 LM, "Left Anterior
-  Descending Artery" -> 2 LAD, "Left Circumflex Artery" -> 3 LCX, "Right
-  Coronary Artery" -> 4 RCA (case-insensitive; the abbreviations LM, LAD, LCX,
-  RCA are accepted too). Any other name: an error row in report.csv, the ROI
-  is left out.
-* Slice: found by the ROI's z in patient mm (the median z of ``Point_mm``,
-  else the z of ``Center``), matched against the z of the slices' positions
-  (ImagePositionPatient) within half a slice increment, whatever order the
-  files are in. ``ImageIndex`` is the 0-based index of the image in the
-  OsiriX 2D viewer the ROIs were exported from (the ExportROIs plugin writes
-  ``ImageIndex = i`` while walking ``[viewerController pixList]``; its comment:
-  "order in the series, start by zero"). That order is the viewer's: by
-  instance number by default, by slice location where OsiriX's preference
-  says so, reversed after "Flip series"; COCA's exports count in position
-  order (increasing z). So the order an export follows is found from its ROIs
-  that have a z (the order most of them agree with, among position, instance
-  and their reverses; position order when none has a z or on a tie), and
-  each ROI's ``ImageIndex`` is checked against that order: only an index that
-  names another slice than the z is a mismatch (the z is used). Without any
-  z the slice comes from ``ImageIndex`` in that order; the report's
-  ``slice_from`` says which was used, and the case row which order. A z that
-  matches no slice is an error row: the ROI is left out, the case is
-  converted without it and its ``labels_note`` in truth.csv says so.
-* Pixels: OsiriX pixel coordinates put the centre of pixel ``c`` at
-  ``c + 0.5`` (``DCMPix convertPixX:pixY:toDICOMCoords:`` subtracts 0.5
-  before adding ``c * spacing`` to the position of the first pixel's centre),
-  so a vertex ``(x, y)`` is at index ``(x - 0.5, y - 0.5)``. Where
-  ``Point_mm`` gives every vertex, the two are compared and a difference of
-  more than :data:`PX_MM_TOLERANCE_PX` pixel is reported.
-* Mask: the filled polygon (:func:`cacnet.datasets.fill_polygon`: pixel centres inside by
-  the even-odd rule, plus every pixel the outline passes through; one point:
-  its pixel; two points: the segment's pixels) intersected with >= 130 HU,
-  labelled by vessel. A pixel already labelled by an earlier ROI keeps its
-  label (reported where two vessels claim it).
-* Checks (report.csv): the maximum HU against ``Max`` (ok within
-  :data:`MAX_HU_TOLERANCE` HU, over the filled pixels or the pixels whose
-  centre is inside). A ROI without a pixel >= 130 HU is reported too.
-  Mismatching ROIs are kept in the mask. ``Area`` is recorded
-  (``area_cm2_annotation``) next to the filled pixels' area (``area_cm2``) and
-  the outline's geometric area (``polygon_area_cm2``), for information, and is
-  not checked: it is OsiriX's ``AreaCM2`` of the ROI (``ROI -dataString``: its
-  ``-Area`` times both pixel spacings / 100, or square pixels without a pixel
-  spacing), and ``-Area`` is the number of pixels of a brush ROI's mask
-  (``Type`` 20, ``-plainArea``) or the shoelace area of a polygon's outline,
-  spline-smoothed where OsiriX's spline option is on (``-Area:
-  splinePoints``). The exported ``Point_px`` of a brush ROI is an outline of
-  its mask, which does not give back its pixel count, so ``Area`` differs
-  from either recomputed area on correct annotations and says nothing about
-  the voxels converted.
-* Patients without ``calcium_xml/<id>.xml``: COCA ships annotations only
-  for patients with coronary calcium (the xml holds the calcium ROIs; the
-  community loaders read a missing xml as "no calcifications"), so by
-  default such a patient gets an all-zero label (category A) and a
-  ``labels_note`` saying it was assumed. ``missing_xml="skip"`` leaves them
-  out instead. An xml without a patient folder is a failed case.
-* Case ids are ``coca_<id>``.
-
-The output folder: :mod:`cacnet.datasets._output`.
+See docs/datasets.md (COCA, and "The conversion rules in detail") for every rule. The output folder:
+:mod:`cacnet.datasets._output`.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """Converting orCaScore into the layout `cac train --data` reads (`cac dataset orcascore`).
 
-**orCaScore** (MICCAI 2014 challenge): MetaImage non-contrast CT images with
-reference label images (1 = LAD, left main included, 2 = LCX, 3 = RCA;
-lesions are 3D 6-connected components > 130 HU). Images are the ``*.mhd``
-files anywhere under SRC whose name does not contain "label", "reference" or
-"ref" and that do not lie in a reference folder (a folder whose name starts
-with "reference" or "label", any case). The reference of ``<stem>.mhd`` is,
-in this order of search (all matches are collected; exactly one must be
-found): ``<stem>_label.mhd`` or ``<stem>-label.mhd`` next to it, or
-``<stem>.mhd`` anywhere inside a reference folder that is a sub-folder of the
-image's folder or of its parent. Images without a reference (the CTA scans
-of the challenge, the test set) are listed as ignored, not failed. Labels map
-1 -> 2 (LAD), 2 -> 3 (LCX), 3 -> 4 (RCA); the mask is the reference
-intersected with >= 130 HU. LM is merged into LAD: ``labels_note`` says so
-and ``OUT/labels_meta.json`` holds ``{id: {"lm_merged_into_lad": true}}``.
-report.csv has one row per reference lesion (6-connected component of one
-label): voxels below 130 HU, and a >= 130 HU region reaching beyond the
-labelled voxels, are reported. Case ids are the file stems (characters other
-than letters, digits, ``_`` and ``-`` become ``_``).
+:func:`convert_orcascore` pairs each MetaImage image under SRC with its reference label image, maps
+the labels 1 -> 2 (LAD, left main merged in), 2 -> 3 (LCX), 3 -> 4 (RCA) intersected with >= 130 HU,
+and reports each reference lesion in report.csv.
 
-The output folder: :mod:`cacnet.datasets._output`.
+See docs/datasets.md (orCaScore, and "The conversion rules in detail") for the accepted names and
+rules. The output folder: :mod:`cacnet.datasets._output`.
 """
 
 from __future__ import annotations
@@ -195,7 +181,7 @@ def convert_orcascore(src: Path | str, out: Path | str, *,
     ----------
     src : path
         Folder searched recursively for ``*.mhd`` images and their reference
-        label images (see the module docstring for the accepted names).
+        label images (see docs/datasets.md for the accepted names).
     out : path
         Output folder (created; rerunning skips the cases already converted).
     on_start, on_case : callable, optional

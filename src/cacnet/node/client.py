@@ -1,20 +1,11 @@
 """A small client of Orthanc's REST API (standard library only): what the node needs, and its failures sorted.
 
-Failures are sorted into what the node does about them:
+Failures are sorted into what the node does about them: :class:`OrthancUnavailable` (wait and retry),
+:class:`OrthancAuthError` (stop, exit 6), :class:`OrthancNotFound` and :class:`OrthancError`.
+:func:`load_credentials` reads credentials from the environment or a file, never the command line;
+:class:`Credentials` hides the password. TLS certificates are always verified.
 
-- :class:`OrthancUnavailable`: Orthanc cannot be reached (connection refused or reset, no answer within the
-  timeout, a 502/503/504 of a proxy, a 500 while it starts or stops). The node waits and tries again, with
-  backoff; nothing is lost.
-- :class:`OrthancAuthError`: HTTP 401 or 403 (wrong or missing credentials), or a TLS certificate that is not
-  trusted. Trying again cannot help: the node stops with one clear message (exit 6) instead of hammering.
-- :class:`OrthancNotFound`: HTTP 404 (the resource was deleted meanwhile).
-- :class:`OrthancError`: any other refusal (e.g. HTTP 400 for a file Orthanc cannot parse).
-
-Credentials never come from the command line (``ps`` shows it to every user): :func:`load_credentials`
-reads them from the environment (``CAC_ORTHANC_USER`` and ``CAC_ORTHANC_PASSWORD``) or from a file holding
-``user:password``. They only ever go into the ``Authorization`` header; :class:`Credentials` hides the password
-from ``repr`` and messages name the URL without it. TLS certificates are verified (the system's CA store, or
-``ca_file`` for a private CA); there is no switch to turn that off.
+See docs/deployment.md ("Faults, and what the node does") for each class and the credentials rules.
 """
 
 from __future__ import annotations

@@ -1,32 +1,11 @@
 """The Orthanc node: follow Orthanc's change feed, score each stable CT series, store the results in its study.
 
-What it does with each ``StableSeries`` change of ``/changes``:
+Each ``StableSeries`` change of ``/changes`` is left alone (our own objects), skipped, scored (SEG and
+SR stored into the study, the HTML report attached, metadata 4200/4201), refused (a "not scored" SR,
+:mod:`cacnet.node.refusal`) or failed (retried); a series whose instances change is scored again and
+its earlier objects deleted. Orthanc unreachable: wait with backoff; refused credentials: exit 6.
 
-1. **Our own objects** (Manufacturer ``cac-toolkit``: the SEG and SRs stored here) are left alone.
-2. **Skipped** (recorded with the reason, nothing written to Orthanc): not CT (MR, SR, SEG, PT...), not a
-   single-frame CT image (SOP class), a localizer (ImageType LOCALIZER), not axial (slice normal not along
-   the patient's z: a sagittal or coronal reconstruction).
-3. **Scored**: the series is downloaded, triaged and scored as ``cac score --dicom --report`` would (same
-   pipeline, same weights); the DICOM SEG (when there is calcium) and the TID 1500 SR are stored into the
-   same study with ``POST /instances``; the HTML review report is attached to the source series (attachment
-   4210, ``/series/{id}/attachments/4210/data``); the source series gets metadata 4200 (a one-line status)
-   and 4201 (the result as JSON).
-4. **Refused** (triage refuses it: contrast, sharp kernel, no heart...; or it cannot be read as one
-   calcium-scoring CT: missing slices, a corrupt instance, gantry tilt...): a short "not scored" SR with
-   the reason is stored into the study (:mod:`cacnet.node.refusal`), metadata 4200 says ``refused: reason``,
-   and the node's log says it.
-5. **Failed** (anything else: a bug, a full disk, Orthanc refusing our objects): recorded with the reason;
-   retried up to ``retries`` times in the same run (after 30 s, 60 s, ...), and by every rerun.
-
-A series handled once is not handled again unless its instances change (a new StableSeries event with a
-different set of instances: a series completed after Orthanc first called it stable): it is then scored
-again, and our objects of its earlier version are deleted once the new ones are stored, so that the study
-holds one result per series. Objects are found for that by what they reference (their referenced series),
-not only by the state, so a lost state folder does not leave stale results behind.
-
-When Orthanc cannot be reached the node waits and tries again (1 s, 2 s, 4 s ... up to ``max_backoff_s``);
-the series it was on stays queued. Refused credentials or an untrusted TLS certificate stop it at once
-(exit 6): retrying cannot help, and a storm of failed logins would lock accounts or flood Orthanc's log.
+See docs/deployment.md ("What the node does", "Faults, and what the node does") for the details.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
-"""The node's durable state: one SQLite file, ``STATE/node.sqlite``.
+"""The node's durable state: one SQLite file, ``STATE/node.sqlite`` (tables ``meta``, ``queue``, ``series``).
 
-Tables
-------
-``meta``
-    ``seq``: the last change of Orthanc's feed (``/changes``) that was read and queued; ``url``: the Orthanc it
-    belongs to (without credentials).
-``queue``
-    Series waiting to be handled (one row per series: a second StableSeries event of a queued series changes
-    nothing), with ``not_before`` (a failed series retried later in the same run).
-``series``
-    The last outcome of every series handled: ``status`` (``scored``, ``refused``, ``skipped`` or ``failed``),
-    the reason, the ``fingerprint`` of the instances it was handled with (a hash of Orthanc's instance ids), the
-    objects stored for it (``outputs``: Orthanc ids and SOP Instance UIDs), the score, attempts and timings.
+Reading the feed and queueing its series is one transaction, and so is recording an outcome and
+taking the series off the queue: a node killed at any point resumes without losing a series.
 
-Reading the feed and queueing its series is one transaction (``seq`` moves with them), and so is recording an
-outcome and taking the series off the queue: a node killed at any point resumes without losing a series, and
-redoes at most the series it was working on (whose objects have reproducible UIDs, so storing them again
-replaces them instead of duplicating them). SQLite's WAL journal lets ``cac orthanc status`` read while the
-node writes.
+See docs/deployment.md ("What the node does", the state) for the tables and what they hold.
 """
 
 from __future__ import annotations

@@ -1,71 +1,12 @@
 """DICOM outputs for PACS: a Segmentation (SEG) and a measurement report (SR, TID 1500).
 
-For a scan read from DICOM, :func:`write_dicom_outputs` writes, next to the
-JSON result and the NIfTI mask:
+For a scan read from DICOM, :func:`write_dicom_outputs` writes, next to the JSON result and the NIfTI
+mask, ``<id>_seg.dcm`` (a binary DICOM SEG on the source series' grid, one segment per artery with
+calcium; not written without calcium) and ``<id>_sr.dcm`` (a Comprehensive 3D SR holding a TID 1500
+Measurement Report), both new series (9901, 9902) of the source study, with reproducible UIDs. Every
+code used is in :data:`CODES`.
 
-``<id>_seg.dcm``
-    A binary DICOM Segmentation (highdicom) on the source series' own grid:
-    one frame per source slice that holds calcium and per artery, each frame
-    referencing its source image (SOP Instance UID) and carrying its plane
-    position, so any viewer overlays it on the CT voxel for voxel. One
-    segment per artery with calcium (LM, LAD, LCX, RCA, numbered 1..n in that
-    order), coloured as in the PNG preview. Not written when no calcium was
-    found (a SEG needs at least one segment); the SR then says 0.
-``<id>_sr.dcm``
-    A Comprehensive 3D SR holding a TID 1500 Measurement Report (highdicom
-    ``MeasurementReport``): one measurement group for the whole coronary
-    tree (total Agatston score, volume, mass when calibrated, number of
-    lesions, the 130 HU threshold and the CAC-DRS grade and risk category as
-    qualitative evaluations), one per artery, and one per 3D lesion that
-    references its SEG segment and the source images it lies on (those
-    slices form the report's image library). The scoring warnings (triage, acquisition) are TEXT items of the
-    report's "Qualitative Evaluations" container. The report is marked
-    COMPLETE, UNVERIFIED and PRELIMINARY: an automatic result, for a
-    physician to confirm.
-
-Both objects join the source study (same Study Instance UID, Frame of
-Reference UID for the SEG) as new series (series number 9901 for the SEG,
-9902 for the SR). Patient, study and clinical trial attributes are copied
-from the source (highdicom copies the Patient, General Study and Patient Study
-modules); none is made up. Source files without a Study Instance UID, SOP
-Instance UID or a matching geometry are refused.
-
-UIDs are derived from the source series, the result (mask and scores), the
-model hashes and the package version: scoring the same series again with the
-same models gives the same SOP Instance UIDs, so sending again replaces the
-objects in a PACS instead of duplicating them.
-
-Codes
------
-(code value, coding scheme, meaning); all in :data:`CODES`.
-
-- SEG segment category: (49755003, SCT, "Morphologically abnormal structure");
-  segment type: (18115005, SCT, "Pathologic calcification"); anatomic region
-  of each segment, also the finding site of the SR groups: LM (3227004, SCT,
-  "Left main coronary artery"), LAD (59438005, SCT, "Left anterior descending
-  coronary artery"), LCX (57396003, SCT, "Circumflex coronary artery"), RCA
-  (13647002, SCT, "Right coronary artery"); the whole tree (41801008, SCT,
-  "Coronary artery"). Algorithm family (123110, DCM, "Artificial
-  Intelligence"), name ``cac-toolkit``, the package version, and the sha256 of
-  every model file and the HU threshold as algorithm parameters.
-- SR: procedure reported (426005005, SCT, "Cardiac CT for calcium scoring");
-  observer a device (121007, DCM, "Device") named ``cac-toolkit``; finding
-  (18115005, SCT, "Pathologic calcification").
-- Measurements, with UCUM units: Agatston score (450360000, SCT, "Coronary
-  artery calcium score"), unit ``1`` (no units), method (112055, DCM,
-  "Agatston scoring method"); volume (122660, DCM, "Calcium Volume"), ``mm3``;
-  mass (122661, DCM, "Calcium Mass"), ``mg``, only with a calibration factor;
-  number of 3D lesions (111038, DCM, "Number of calcifications"), ``1``; the
-  HU threshold (122657, DCM, "Agatston Score Threshold"), ``[hnsf'U]``; the
-  calibration factor (122659, DCM, "Calcium Scoring Calibration"),
-  ``mg/cm3/[hnsf'U]``.
-- Qualitative evaluations, which have no standard code and use the private
-  coding scheme ``99CACTK`` (declared in the SR's Coding Scheme
-  Identification Sequence): CAC-DRS (CACDRS, 99CACTK, "CAC-DRS") with values
-  such as (A2/N3, 99CACTK, "CAC-DRS A2/N3"); the risk category (RISKCAT,
-  99CACTK, "Agatston risk category") with values A-E; each warning a TEXT
-  item (WARNING, 99CACTK, "Scoring warning") in the container (C0034375,
-  UMLS, "Qualitative Evaluations").
+See docs/dicom.md for their contents, the codes and the UIDs.
 """
 
 from __future__ import annotations

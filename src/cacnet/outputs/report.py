@@ -1,38 +1,11 @@
 """The HTML review report of a scored scan (``cac score ... -o OUT --report``).
 
-One self-contained file, ``OUT/<id>.html``: images embedded as base64 PNG, CSS
-and JavaScript inline, no network access; it opens from disk in any browser
-and prints on A4. What it shows:
+:func:`write_report` writes one self-contained file, ``OUT/<id>.html`` (images embedded, no network
+access): the scores, triage and models, one card per lesion and per candidate of the component table
+(:mod:`cacnet.components`), and the controls that save ``<id>_review.json`` for ``cac review apply``
+(:func:`cacnet.review.apply_review`).
 
-* a header: the scan's id and acquisition, the total Agatston score, risk
-  category and CAC-DRS, a per-artery table (Agatston, volume, mass, lesions),
-  the triage checks and warnings, the models and versions, and the notice
-  that the shipped models are not validated on patients;
-* an overview: a maximum-intensity projection (calcium window) of the heart
-  region with every lesion and candidate marked and numbered;
-* one card per lesion (a 3D lesion of the mask holding a counted part,
-  :mod:`cacnet.review`; as many as the result's ``n_lesions``):
-  crops of about 40 mm (more for a longer lesion) of every slice it spans, in
-  the calcium window (-200..800 HU), outlined in the artery's colour (LM
-  yellow, LAD red, LCX green, RCA blue; other lesions in the crop thinner),
-  with slice number, z (mm, patient LPS), DICOM instance number when known
-  and orientation markers (R/L/A/P: radiological view, the patient's right on
-  the left); its Agatston, volume and mass, the models' votes and the review
-  flag;
-* a short list of the mask's parts too small to count (below the minimum
-  area or voxels of ``agatston.score``): not lesions, they add nothing;
-* the same cards for the result's rejected candidates (its
-  ``rejected_candidates``: parts a minority of models voted for, or that a
-  reader rejected; C1, C2, ...) and, apart, for dense parts in the heart
-  region no model voted for (H1, H2, ...; dashed outlines), so that a miss is
-  visible. The counts are :meth:`cacnet.components.ComponentTable.counts`, as in
-  the preview.
-
-In the page a reader accepts, rejects or relabels each lesion and adds
-candidates; the totals follow live from the per-component contributions
-embedded in the page (computed by :func:`agatston.score`), and "Save review"
-downloads ``<id>_review.json`` for ``cac review apply``, which recomputes the
-scores exactly (:func:`cacnet.review.apply_review`).
+See docs/review.md for what the page shows and how a review is made.
 """
 
 from __future__ import annotations

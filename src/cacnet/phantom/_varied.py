@@ -1,47 +1,12 @@
 """The "varied" phantom generator: far more anatomy and scanner variety (private).
 
-``generate_phantom(seed, variant="varied")`` uses the steps of this module
-(:class:`VariedSteps`, registered in :mod:`cacnet.phantom._variants`) instead
-of the default ones; plaques, the category loop, the exact truth rule
-and the annotation points are shared (:mod:`cacnet.phantom._truth`,
-:mod:`cacnet.phantom._generate`), so the labels follow the same rule: coronary calcium voxels >= 130 HU, 1 LM,
-2 LAD, 3 LCX, 4 RCA, everything else 0.
+``generate_phantom(seed, variant="varied")`` uses the steps of this module (:class:`VariedSteps`,
+registered in :mod:`cacnet.phantom._variants`) instead of the default ones: heart, fat, body and field
+of view, scanner and look-alikes all drawn from the case's seed. Plaques, the category loop, the exact
+truth rule and the annotation points are shared (:mod:`cacnet.phantom._truth`,
+:mod:`cacnet.phantom._generate`), so the labels follow the same rule (1 LM, 2 LAD, 3 LCX, 4 RCA).
 
-What varies (all drawn from the case's seed):
-
-* **Heart**: size (cardiomegaly included), position (10-45 mm left of the
-  midline, retrosternal space 3-25 mm), long axis 35-70 degrees from the
-  sagittal plane and 12-45 degrees below the axial plane, roll. Ventricles
-  (LV with a thick wall, crescent RV), atria bulging at the base (LA at the
-  back, RA on the right), septum, the atrioventricular valve plane as a
-  fat-filled groove around the base, anterior and posterior interventricular
-  grooves; the coronaries run in these grooves (their paths come from
-  :func:`cacnet.phantom._anatomy.sample_coronaries`, the default's).
-  Blood is 0-12 HU below myocardium (invisible to visible septum).
-* **Fat**: epicardial fat of varying thickness over the surface (a base
-  thickness from lean to obese, more in the grooves, over the RV and at the
-  apex, with low-frequency unevenness), pericardium, paracardiac fat pads,
-  mediastinal and subcutaneous fat that follow the same adiposity.
-* **Body and field of view**: heart-zoomed (150-250 mm) or whole-chest
-  (340-480 mm) fields; chest size and shape, breasts, arms at the side,
-  scapulae, trachea and bronchi, branching lung vessels, a dependent lung
-  density gradient, liver and stomach, the couch.
-* **Scanner**: kernels from very soft to sharp lung kernels (Gaussian
-  point-spread with edge overshoot, the default's ``blur``) with matching
-  noise: noise with a CT-like (ramp-shaped) power spectrum through the same
-  kernel, correlated along z for overlapping slices; noise 5-90 HU by
-  kernel; slices 2.5, 3, 4 or 5 mm (sometimes overlapping); vendor HU
-  offsets up to +-22 HU; beam hardening (dark bands between dense bones)
-  and streaks (photon starvation through the shoulders, arms, dense bone and
-  metal) from a coarse projection / filtered back-projection of the whole
-  body.
-* **Look-alikes** (labelled 0): aortic wall calcification of the ascending,
-  arch and descending aorta as patches, arcs, rings and bulky plaques,
-  aortic root (sinus) calcification near the coronary ostia, the aortic
-  valve and mitral annulus (the default's shapes), pericardial
-  calcification on the varied pericardium, calcified costal cartilage,
-  pacing leads and sternal wires (metal, with their streaks). Their
-  frequency follows a sampled "vascular age".
+See docs/phantoms.md ("A generator that varies far more") for what varies and by how much.
 """
 
 from __future__ import annotations
@@ -973,7 +938,7 @@ def _resample_linear(img: np.ndarray, src: Canvas, dst: Canvas) -> np.ndarray:
 # -- the variant's steps ------------------------------------------------------------------
 
 class VariedSteps(PhantomSteps):
-    """The steps of the ``"varied"`` generator (see the module docstring)."""
+    """The steps of the ``"varied"`` generator (see docs/phantoms.md)."""
 
     name = "varied"
     vascular_age = 0.5

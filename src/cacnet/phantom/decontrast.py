@@ -1,62 +1,11 @@
 """Turn a contrast-enhanced chest CT into a plausible non-contrast one.
 
-A contrast scan with a TotalSegmentator label map on its grid can serve as a
-non-contrast real background (:mod:`cacnet.phantom.insertion`) once its
-contrast-filled blood is brought down to the density of unenhanced blood.
-:func:`decontrast` does that with a monotone compression of the intensity
-range between fat and contrast blood, applied only inside the blood and
-vessel regions (and their partial-volume rim), keeping the scan's own noise
-texture; fat, lung, air, bone, cartilage and everything away from the blood
-stay as they are. :func:`decontrast_scan` applies it to a
-:class:`cacnet.io.Scan` and a label-map file (what a tracing's
-``"decontrast": {"mask": ...}`` key names).
+:func:`decontrast` brings contrast-filled blood (the :data:`BLOOD_LABELS` of a TotalSegmentator label
+map, and the contrast-dense components that belong to them) down to unenhanced blood with a monotone
+map, keeping the scan's noise texture and leaving everything else as it is; :func:`decontrast_scan`
+applies it to a :class:`cacnet.io.Scan` and a label-map file, for :mod:`cacnet.phantom.insertion`.
 
-Method
-------
-1. **Blood regions.** The mask's cardiovascular labels (:data:`BLOOD_LABELS`:
-   heart, aorta, pulmonary veins, great vessels, left atrial appendage,
-   venae cavae, portal/splenic and iliac vessels), plus every connected
-   component (>= 3 voxels) of contrast-dense voxels (HU lightly smoothed
-   in-plane >= ``vessel_hu`` = 130, or HU >= ``vessel_hu`` + 40 for 1-pixel
-   vessels) outside the dilated skeleton that
-   touches those labels, lies mostly in the lungs or another organ label
-   (pulmonary and hepatic vessels, enhancing spleen or gastric wall) or lies
-   within ``pericardial_mm`` of the heart label (the coronary arteries and
-   the pulmonary trunk and arteries, which the label map does not hold,
-   mediastinal veins). Contrast-dense voxels elsewhere (the table,
-   unlabelled bone) are left alone.
-2. **Map.** Inside those regions, dilated by ``rim_mm`` for the
-   partial-volume edge, every voxel goes through a monotone
-   piecewise-linear map: identity up to ``knee_hu`` (fat, lung and their
-   partial volumes), enhanced myocardium ``myocardium_hu`` ->
-   ``myocardium_out_hu``, contrast blood ``blood_hu`` -> ``blood_out_hu``,
-   and above ``blood_hu`` a saturating tail that never exceeds
-   ``blood_out_hu + 15`` (undiluted contrast in the veins, swirls in the
-   right heart). Enhanced myocardium and contrast blood both end at
-   35-50 HU, as in non-contrast CT; edges between fat and blood get values
-   between fat and soft tissue.
-3. **Noise.** The map flattens the scan's noise where it compresses; the
-   noise (HU minus the local level, a Gaussian of sigma 0.7 pixel in-plane,
-   so edges barely leak into it), clipped at +-2.5 x the blood's pixel
-   noise (robust SD of adjacent pixel differences / sqrt 2) and faded out
-   where the level curves much more than noise makes it (small vessels and
-   edges are structure: their residual is not noise), is added back
-   in proportion to 1 - the map's slope at the local level: not at all
-   where the map is the identity (those voxels stay exactly as they were),
-   almost whole in the blood.
-4. **Blending.** The region is feathered (Gaussian, sigma 1 pixel), so the
-   map fades out over about two pixels outside the rim. Skeleton voxels
-   (:data:`SKELETON_LABELS`, dilated by one pixel) are never changed, except
-   voxels that the mask labels as a blood structure; unlabelled dense voxels
-   within ``bone_mm`` of the skeleton are taken for bone.
-
-Not modelled: beam-hardening streaks from dense contrast (bright and dark
-streaks near the superior vena cava stay), enhanced parenchyma of abdominal
-organs outside the dense components (liver), the true non-contrast
-difference between blood and myocardium (a few HU), calcium hidden in
-contrast-filled lumens (it is compressed with the blood), and the
-low-frequency part of the noise inside the blood (the local level keeps
-it, and the map flattens it: the blood is smoother than the scan's fat).
+See docs/phantoms.md ("A contrast scan made non-contrast") for the method and what is not modelled.
 """
 
 from __future__ import annotations
@@ -149,7 +98,7 @@ def decontrast(hu: np.ndarray, mask: np.ndarray, spacing: Sequence[float], *, ve
                knee_hu: float = -50.0, myocardium_hu: float = 120.0, myocardium_out_hu: float = 38.0,
                blood_hu: float = 350.0, blood_out_hu: float = 45.0, rim_mm: float = 1.5, bone_mm: float = 3.0,
                pericardial_mm: float = 15.0, return_region: bool = False):
-    """Replace contrast-filled blood by plausible non-contrast values (see the module docstring).
+    """Replace contrast-filled blood by plausible non-contrast values (see docs/phantoms.md).
 
     Parameters
     ----------

@@ -1,77 +1,13 @@
 """Synthetic coronary calcium inserted into real non-contrast CT along traced anatomy.
 
-A real scan without coronary calcium supplies everything a phantom lacks
-(real anatomy, bone, noise texture, reconstruction kernel, artefacts); a
-*tracing* of its anatomy (``src/cacnet/train/anatomy/<name>.json``, LPS mm:
-polylines LM, LAD, LCX, RCA; rings of the aortic root and ascending aorta
-wall; closed rings of the aortic valve plane and the mitral annulus) says
-where calcium can go. :func:`insert_calcium` draws plaques on the traced
-coronaries (labelled with their artery) and calcified look-alikes on the
-traced rings (labelled 0), renders them into the scan with the phantom's
-physics and labels them with the phantom's exact truth rule.
+:func:`load_tracing` / :func:`validate_tracing` read a tracing (``src/cacnet/train/anatomy/<name>.json``:
+the coronaries, the aortic rings, the valve and annulus, LPS mm); :func:`insert_calcium` draws plaques
+on the traced coronaries and look-alikes on the rings and renders them with the phantom's physics and
+exact truth rule; :func:`estimate_psf_sigma` matches the scan's sharpness; :func:`augment_scan` moves
+scan and tracing together before insertion; :func:`iter_inserted_scans` yields the cases.
 
-Physics (shared with :mod:`cacnet.phantom`, not copied)
--------------------------------------------------------
-* **Shapes and densities** are the phantom's (:func:`cacnet.phantom._calcium.sample_plaque`):
-  spotty (1-3 balls), elongated (balls along the centreline, 1.5-16 mm),
-  ring-like (around the circumference); radii 0.45-1.9 mm, density
-  log-normal around 480 HU (170-1700), sometimes a faint sub-mm speck
-  (180-330 HU); placed on the vessel wall at 0.85 x the vessel radius
-  (1.0-1.7 mm from the traced centreline, vessel radius tapering from
-  ~1.9 mm proximally to ~1.1 mm after 120 mm), more often proximal
-  (Beta(1.2, 3.2) along the artery). The traced polyline is interpolated
-  with a chord-length cubic spline and resampled every 0.6 mm.
-* **Partial volume on the scan's own grid**: each ball's occupancy of each
-  voxel is supersampled over the pixel (3 x 3) and through a box slice
-  profile of the scan's slice *thickness* (6 samples;
-  :meth:`cacnet.phantom._canvas.Grid.ball_occupancy`). Thickness comes from
-  the scan's meta (DICOM SliceThickness), else the slice increment.
-* **Excess density**: calcium replaces the tissue in its voxel fraction, so
-  a plaque adds ``occupancy x (plaque HU - local background HU)``. The local
-  background is the scan smoothed in-plane (Gaussian, sigma 1 mm), so the
-  scan's own noise stays on top of the plaque (no noise is added; the
-  ``plaque_noise`` option adds white noise proportional to the added HU,
-  off by default).
-* **Blur**: the added density is blurred in-plane by a Gaussian PSF that
-  matches the scan's sharpness (:func:`estimate_psf_sigma`: the width of the
-  skin-air edge at the body's lateral sides, minus the pixel's own box
-  blur, 10th percentile of the profiles; clipped to FWHM 0.7-1.3 mm, the
-  soft/standard kernel range; FWHM 1.06 mm when the scan shows too few
-  edges; ``psf_sigma_mm`` overrides it). Through the
-  slice the box profile above is the blur. Sharp-kernel overshoot is not
-  modelled (triage refuses sharp kernels anyway).
-* **Exact labels** (:func:`cacnet.phantom._truth.truth_labels`): a voxel is
-  coronary calcium when it is >= 130 HU in the final image, in a
-  26-connected >= 130 HU component that a plaque reaches (blurred
-  contribution >= 20 HU), the plaques still contribute >= 0.5 HU to it and
-  at least as much as "other things": the look-alikes' contribution plus,
-  for a voxel that was already >= 130 HU before insertion (bone, noise,
-  a look-alike), its whole HU. So bone or noise voxels stay 0 unless a
-  plaque supplies most of their density.
-* **Look-alikes** (label 0): arcs of calcium on a traced aortic root or
-  ascending aorta wall ring (0.3-1.6 rad, balls 0.7-1.8 mm, 300-1100 HU),
-  1-3 clusters of aortic valve cusp calcium inside the traced valve ring
-  (1.0-2.8 mm balls, 350-1200 HU), and an arc of mitral annulus calcium
-  along the traced annulus (40-130 degrees, 1.0-2.4 mm, 400-1200 HU): the
-  phantom's look-alike shapes, placed on the traced structures.
-* **Risk category**: with ``target_category`` the phantom's loop is
-  followed (a log-uniform goal inside the category, plaques added with a
-  size chosen by the gap and removed when overshooting, until the truth
-  score is in the category), so categories A-E come out balanced when
-  they are asked for in turn (:func:`cacnet.train.inserted_cases`).
-
-Not modelled: beam hardening and blooming beyond the PSF, motion, the
-vessel wall itself (the traced vessel is whatever the scan shows), sharp
-kernel overshoot, calcium inside the myocardium or the valve leaflets'
-true shape, calibration of the calcium itself (``hu_gain`` augmentation
-scales only the background).
-
-Augmentation (:func:`augment_scan`) is applied to the whole real volume
-**before** insertion, with the tracing moved consistently, so the labels
-stay exact: rotation about z (+-10 deg) and in-plane scaling (0.9-1.1)
-about the heart, an optional smooth in-plane elastic deformation (cubic
-B-spline, a few mm), HU offset (+-15) and gain (+-3 %) of the background.
-The coarse cases then also get the usual patch augmentation in training.
+See docs/phantoms.md ("Calcium inserted into real scans") for the physics, what is not modelled and
+the augmentation.
 """
 
 from __future__ import annotations
