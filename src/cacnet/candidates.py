@@ -48,7 +48,7 @@ from .anatomy import ANATOMY_FEATURES, AnatomyMap
 from .preprocess import CoarseGrid
 
 __all__ = ["FEATURE_NAMES", "HU_BANDS", "Candidates", "TreeModel", "SecondStage", "find_candidates",
-           "candidate_features", "accepted_candidates", "decide_candidates", "densest", "mean_probabilities"]
+           "candidate_features", "accepted_candidates", "needed_probability", "decide_candidates", "densest", "mean_probabilities"]
 
 #: HU bands of the context features: [low, high).
 HU_BANDS = ((-np.inf, -500.0), (-500.0, -200.0), (-200.0, -30.0), (-30.0, 100.0), (100.0, 130.0), (130.0, np.inf))
@@ -279,6 +279,9 @@ class SecondStage:
     meta: dict = field(default_factory=dict)
     #: P(coronary) needed by a candidate that no U-Net voted for (stronger evidence); None: ``threshold``.
     threshold_no_vote: Optional[float] = None
+    #: P(coronary) needed by a candidate that a majority of the U-Nets voted for (the paper's own rule already
+    #: accepts it); None: ``threshold``. ``threshold`` then applies to a minority's vote.
+    threshold_majority: Optional[float] = None
     #: The model's input columns, by name (a subset of :data:`FEATURE_NAMES`, in the model's order).
     feature_names: list = field(default_factory=lambda: list(FEATURE_NAMES))
 
@@ -291,7 +294,8 @@ class SecondStage:
         """Write atomically; returns the path."""
         path = Path(path)
         meta = {**self.meta, "feature_names": list(self.feature_names), "threshold": self.threshold,
-                "threshold_no_vote": self.threshold_no_vote, "format": "cac-toolkit second stage v1"}
+                "threshold_no_vote": self.threshold_no_vote, "threshold_majority": self.threshold_majority,
+                "format": "cac-toolkit second stage v1"}
         tmp = path.with_name(f".{path.name}.tmp.npz")
         m = self.model
         np.savez_compressed(tmp, feature=m.feature, threshold=m.threshold, left=m.left, right=m.right,
@@ -323,35 +327,58 @@ class SecondStage:
                              f"({', '.join(unknown) or 'none named'}); use the weights released with this version "
                              f"or retrain (cac train --second-stage-cases).")
         no_vote = meta.get("threshold_no_vote")
-        return cls(model, float(meta["threshold"]), meta, None if no_vote is None else float(no_vote), list(names))
+        majority = meta.get("threshold_majority")
+        return cls(model, float(meta["threshold"]), meta, threshold_no_vote=None if no_vote is None else float(no_vote),
+                   threshold_majority=None if majority is None else float(majority), feature_names=list(names))
 
 
 #: Candidates with at least this P(coronary) that are not accepted are recorded (``rejected_candidates``).
 RECORD_PROBABILITY = 0.1
 
 
-def accepted_candidates(p: np.ndarray, votes: np.ndarray, inside: np.ndarray, threshold: float,
-                        threshold_no_vote: Optional[float] = None) -> np.ndarray:
-    """The decision rule: inside the sac, and P(coronary) at least ``threshold`` when a U-Net voted for the
-    candidate, ``threshold_no_vote`` (``threshold`` when None) when none did. Boolean per candidate.
+def needed_probability(votes: np.ndarray, n_models: int, threshold: float, threshold_no_vote: Optional[float] = None,
+                       threshold_majority: Optional[float] = None) -> np.ndarray:
+    """P(coronary) each candidate needs, by how many of the ``n_models`` U-Nets voted for it.
+
+    A majority's vote: ``threshold_majority``; a minority's vote: ``threshold``;
+    no vote: ``threshold_no_vote`` (the stronger evidence). None means ``threshold``.
 
     Examples
     --------
-    >>> accepted_candidates(np.array([0.6, 0.6, 0.9]), np.array([2, 0, 0]), np.array([True, True, False]), 0.5, 0.7)
+    >>> needed_probability(np.array([5, 2, 0]), 5, 0.8, 0.9, 0.4).tolist()
+    [0.4, 0.8, 0.9]
+    """
+    v = np.asarray(votes)
+    no_vote = threshold if threshold_no_vote is None else threshold_no_vote
+    majority = threshold if threshold_majority is None else threshold_majority
+    return np.where(v * 2 > n_models, majority, np.where(v > 0, threshold, no_vote)).astype(np.float64)
+
+
+def accepted_candidates(p: np.ndarray, votes: np.ndarray, inside: np.ndarray, n_models: int, threshold: float,
+                        threshold_no_vote: Optional[float] = None,
+                        threshold_majority: Optional[float] = None) -> np.ndarray:
+    """The decision rule: inside the sac, and P(coronary) at least :func:`needed_probability`. Boolean.
+
+    Examples
+    --------
+    >>> accepted_candidates(np.array([0.6, 0.6, 0.9]), np.array([2, 0, 0]), np.array([True, True, False]), 5,
+    ...                     0.5, 0.7)
     array([ True, False, False])
     """
-    no_vote = threshold if threshold_no_vote is None else threshold_no_vote
-    return np.asarray(inside, bool) & (np.asarray(p) >= np.where(np.asarray(votes) > 0, threshold, no_vote))
+    needed = needed_probability(votes, n_models, threshold, threshold_no_vote, threshold_majority)
+    return np.asarray(inside, bool) & (np.asarray(p) >= needed)
 
 
 def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
-                      votes: np.ndarray, stage: SecondStage, anatomy: AnatomyMap, threshold_hu: float = 130.0):
+                      votes: np.ndarray, stage: SecondStage, anatomy: AnatomyMap, threshold_hu: float = 130.0,
+                      n_models: int = 5):
     """Label the 2D candidate components of ``hu`` with the anatomy and the second stage.
 
     A component is coronary when its densest voxel lies inside the
     pericardial sac (:meth:`cacnet.anatomy.AnatomyMap.outside_reason`) and
-    its P(coronary) reaches ``stage.threshold`` when a U-Net voted for it,
-    ``stage.threshold_no_vote`` when none did; its artery is the most
+    its P(coronary) reaches ``stage.threshold_majority`` when a majority of the
+    ``n_models`` U-Nets voted for it, ``stage.threshold`` when a minority did,
+    ``stage.threshold_no_vote`` when none did (:func:`needed_probability`); its artery is the most
     probable one (mean probabilities of LM, LAD, LCX, RCA) at the coarse
     voxel of its densest voxel.
 
@@ -372,9 +399,8 @@ def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid
     v = votes[ci]
     outside = anatomy.outside_reason(X[:, len(FEATURE_NAMES) - len(ANATOMY_FEATURES):])
     inside = np.array([r is None for r in outside], dtype=bool)
-    no_vote = stage.threshold if stage.threshold_no_vote is None else stage.threshold_no_vote
-    needed = np.where(v > 0, stage.threshold, no_vote)
-    accepted = accepted_candidates(p, v, inside, stage.threshold, stage.threshold_no_vote)
+    needed = needed_probability(v, n_models, stage.threshold, stage.threshold_no_vote, stage.threshold_majority)
+    accepted = inside & (p >= needed)
     lut = np.zeros(cands.n + 1, dtype=np.uint8)
     lut[1:][accepted] = artery[accepted]
     nz = np.nonzero(cands.comps)

@@ -377,7 +377,8 @@ def train(
                 err.print(f"second stage validation: {info['case']}: {info['rows']} candidates"
                           + (" (zero calcium)" if info["zero_calcium"] else ""))
             elif kind == "second_stage_thresholds":
-                err.print(f"second stage thresholds: {info['threshold']:g} with a U-Net's vote, "
+                err.print(f"second stage thresholds: {info['threshold_majority']:g} with a majority's vote, "
+                          f"{info['threshold']:g} with a minority's, "
                           f"{info['threshold_no_vote']:g} without; {info['zero_calcium_scored']} of "
                           f"{info['zero_calcium_cases']} zero-calcium validation cases scored, "
                           f"{info['coronary_accepted']} of {info['coronary_candidates']} coronary candidates found")

@@ -630,9 +630,15 @@ class Ensemble:
 
     def describe(self) -> dict:
         """What runs the models, for reports: backend, provider, device, precision, threads, and what decides."""
-        return {"backend": self.backend, "provider": self.provider, "device": self.device,
-                "precision": self.precision, "threads": self.threads,
-                "decision": "second stage" if self.stage is not None else "majority vote"}
+        out = {"backend": self.backend, "provider": self.provider, "device": self.device,
+               "precision": self.precision, "threads": self.threads,
+               "decision": "second stage" if self.stage is not None else "majority vote"}
+        if self.stage is not None:  # the P(coronary) each candidate needed, by the U-Nets' votes for it
+            st = self.stage
+            out["thresholds"] = {"majority_vote": st.threshold if st.threshold_majority is None else st.threshold_majority,
+                                 "minority_vote": st.threshold,
+                                 "no_vote": st.threshold if st.threshold_no_vote is None else st.threshold_no_vote}
+        return out
 
     def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False,
              irrelevant: Optional[Callable[[np.ndarray], bool]] = None) -> Vote:

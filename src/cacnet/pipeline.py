@@ -352,7 +352,8 @@ def segment(hu: np.ndarray, spacing, grid: CoarseGrid, x: np.ndarray, coarse_hu:
         timings["inference"] = time.perf_counter()
         if anatomy is None:
             raise ValueError("segment: the second stage needs the scan's anatomy (cacnet.anatomy.anatomical_map)")
-        labels, records = decide_candidates(hu, spacing, grid, probs, vote.votes, ensemble.stage, anatomy)
+        labels, records = decide_candidates(hu, spacing, grid, probs, vote.votes, ensemble.stage, anatomy,
+                                            n_models=vote.n_models)
         timings["postprocess"] = time.perf_counter()
         return labels, records, vote
     candidates = coarse_hu >= 130.0

@@ -247,12 +247,16 @@ def test_second_stage_thresholds_are_chosen_on_validation_cases(fake_real_ct, tm
     cases = [(p.stem, p.stem.startswith("val_real") or p.stem.endswith("_000"), *_second_stage._load_rows(p))
              for p in sorted((tmp_path / "cache").glob("*/val_*.npz"))]
     assert len(cases) == 3
+    assert entry["threshold_majority"] <= entry["threshold"] <= entry["threshold_no_vote"]
+    assert stage.threshold_majority == entry["threshold_majority"] and v["n_models"] == 5
     zero_scored = 0
     for _, zero, X, y in cases:
         p = stage.predict(X)
-        voted = X[:, _second_stage.FEATURE_NAMES.index("votes")] > 0
+        votes = X[:, _second_stage.FEATURE_NAMES.index("votes")]
         inside = X[:, _second_stage.FEATURE_NAMES.index("sac_sdist_mm")] <= 0
-        acc = inside & (p >= np.where(voted, stage.threshold, stage.threshold_no_vote))
+        needed = np.where(votes >= 3, stage.threshold_majority,
+                          np.where(votes > 0, stage.threshold, stage.threshold_no_vote))  # 5 models: 3 is a majority
+        acc = inside & (p >= needed)
         zero_scored += bool(zero and acc.any())
     assert zero_scored == v["zero_calcium_scored"]
     # a changed anatomical map recomputes only the anatomy columns of cached rows, without making any case

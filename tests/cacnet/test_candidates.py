@@ -210,6 +210,17 @@ def test_decision_rejects_outside_the_sac_and_asks_more_without_a_vote():
     # ... while a vote brings the usual threshold back
     labels, _ = decide_candidates(hu, spacing, grid, probs, votes + 1, stage, _inside_map(hu.shape, half))
     assert labels[:, :, :half].any() and not labels[:, :, half:].any()
+    # three tiers: a minority's vote needs ``threshold``, a majority's ``threshold_majority``
+    stage.threshold, stage.threshold_majority = 0.99, 0.9
+    for n_votes, found in ((1, False), (2, False), (3, True), (5, True)):
+        labels, records = decide_candidates(hu, spacing, grid, probs, votes + n_votes, stage,
+                                            _inside_map(hu.shape, half), n_models=5)
+        assert labels[:, :, :half].any() == found and not labels[:, :, half:].any()
+        if not found:
+            assert any(r[7] == "P(coronary) 0.950 below 0.99" for r in records)
+    # with 7 models, 3 votes are a minority
+    labels, _ = decide_candidates(hu, spacing, grid, probs, votes + 3, stage, _inside_map(hu.shape, half), n_models=7)
+    assert not labels.any()
 
 
 def test_second_stage_file_round_trip_and_checks(tmp_path):
@@ -220,6 +231,10 @@ def test_second_stage_file_round_trip_and_checks(tmp_path):
     X[:, 0] = [100, 401, 900]
     np.testing.assert_array_equal(back.model.predict_proba(X), stage.model.predict_proba(X))
     assert back.threshold == 0.5 and back.meta["note"] == "test"
+    assert back.threshold_no_vote is None and back.threshold_majority is None
+    stage.threshold_no_vote, stage.threshold_majority = 0.8, 0.3
+    back = SecondStage.load(stage.save(tmp_path / "s3.npz"))
+    assert (back.threshold_majority, back.threshold, back.threshold_no_vote) == (0.3, 0.5, 0.8)
     # a file trained on features this version does not compute is refused
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
@@ -255,6 +270,8 @@ def test_ensemble_loads_and_checks_the_second_stage(toy_weights, tmp_path):
     w = _weights_with_stage(toy_weights, tmp_path / "w", _peak_stage())
     ens = Ensemble(w, backend="onnxruntime")
     assert ens.stage is not None and ens.describe()["decision"] == "second stage"
+    # results say which P(coronary) each vote tier needed (no tier thresholds saved: all the one threshold)
+    assert ens.describe()["thresholds"] == {"majority_vote": 0.5, "minority_vote": 0.5, "no_vote": 0.5}
     assert Ensemble(w, backend="onnxruntime", second_stage=False).stage is None
     (w / "second_stage.npz").write_bytes((w / "second_stage.npz").read_bytes() + b"x")
     with pytest.raises(WeightsError, match="does not match the manifest"):

@@ -153,46 +153,55 @@ _GRID = np.round(np.concatenate([np.arange(0.05, 0.95, 0.05), [0.95, 0.97, 0.98,
 
 
 def choose_thresholds(stage: SecondStage, cases: Sequence[tuple[str, bool, np.ndarray, np.ndarray]],
-                      max_zero_scored: float = MAX_ZERO_SCANS_SCORED) -> dict:
-    """Pick ``threshold`` (a U-Net voted) and ``threshold_no_vote`` (>= it) on validation cases.
+                      max_zero_scored: float = MAX_ZERO_SCANS_SCORED, n_models: int = 5) -> dict:
+    """Pick the three thresholds (a majority of the U-Nets voted / a minority / none) on validation cases.
 
-    ``cases``: ``(id, zero_calcium, X, y)``. Among the threshold pairs of a
-    fixed grid for which at most ``max_zero_scored`` of the zero-calcium
-    cases have an accepted candidate inside the sac, the pair that accepts
-    the most coronary candidates of the calcium cases (then the fewest
-    non-coronary ones, then the higher thresholds). Sets the thresholds on
-    ``stage`` and returns what was measured.
+    ``cases``: ``(id, zero_calcium, X, y)``. Among the threshold triples of a
+    fixed grid (majority <= minority <= no vote) for which at most
+    ``max_zero_scored`` of the zero-calcium cases have an accepted candidate
+    inside the sac, the triple that accepts the most coronary candidates of
+    the calcium cases (then the fewest non-coronary ones, then the higher
+    thresholds). Sets the thresholds on ``stage`` and returns what was measured.
     """
     a0 = len(FEATURE_NAMES) - len(ANATOMY_FEATURES)
     rows = []
     for cid, zero, X, y in cases:
         p = stage.predict(X) if len(y) else np.zeros(0)
         inside = X[:, a0 + 1] <= 0 if len(y) else np.zeros(0, bool)
-        voted = X[:, FEATURE_NAMES.index("votes")] > 0 if len(y) else np.zeros(0, bool)
-        rows.append((cid, zero, p, inside, voted, np.asarray(y)))
+        votes = X[:, FEATURE_NAMES.index("votes")] if len(y) else np.zeros(0)
+        rows.append((cid, zero, p, inside, votes, np.asarray(y)))
     zero_cases = [r for r in rows if r[1]]
     calc = [r for r in rows if not r[1]]
     n_pos = sum(int(r[5].sum()) for r in calc)
     best = None
-    for t in _GRID:
-        for t0 in _GRID[_GRID >= t]:
-            def acc(r):
-                return accepted_candidates(r[2], r[4], r[3], t, t0)
-            scored = sum(bool(acc(r).any()) for r in zero_cases)
-            share = scored / max(len(zero_cases), 1)
-            if share > max_zero_scored:
-                continue
-            tp = sum(int((acc(r) & (r[5] == 1)).sum()) for r in calc)
-            fp = sum(int((acc(r) & (r[5] == 0)).sum()) for r in calc)
-            key = (tp, -fp, t, t0)
-            if best is None or key > best[0]:
-                best = (key, t, t0, scored, share, fp)
-    if best is None:  # nothing meets the operating point: accept nothing without a vote, the top threshold with one
-        t = t0 = float(_GRID[-1])
-        best = ((0, 0, t, t0), t, t0, None, None, None)
-    _, t, t0, scored, share, fp = best
-    stage.threshold, stage.threshold_no_vote = float(t), float(t0)
-    out = {"threshold": float(t), "threshold_no_vote": float(t0), "max_zero_scans_scored": max_zero_scored,
+    for tm in _GRID:
+        for t in _GRID[_GRID >= tm]:
+            for t0 in _GRID[_GRID >= t]:
+                def acc(r):
+                    return accepted_candidates(r[2], r[4], r[3], n_models, t, t0, tm)
+                scored = 0
+                for r in zero_cases:
+                    scored += bool(acc(r).any())
+                    if scored / max(len(zero_cases), 1) > max_zero_scored:
+                        break
+                share = scored / max(len(zero_cases), 1)
+                if share > max_zero_scored:
+                    continue
+                tp = fp = 0
+                for r in calc:
+                    a = acc(r)
+                    tp += int((a & (r[5] == 1)).sum())
+                    fp += int((a & (r[5] == 0)).sum())
+                key = (tp, -fp, t, t0, tm)
+                if best is None or key > best[0]:
+                    best = (key, tm, t, t0, scored, share, fp)
+    if best is None:  # nothing meets the operating point: the top threshold for every tier
+        tm = t = t0 = float(_GRID[-1])
+        best = ((0, 0, t, t0, tm), tm, t, t0, None, None, None)
+    _, tm, t, t0, scored, share, fp = best
+    stage.threshold_majority, stage.threshold, stage.threshold_no_vote = float(tm), float(t), float(t0)
+    out = {"threshold_majority": float(tm), "threshold": float(t), "threshold_no_vote": float(t0),
+           "n_models": n_models, "max_zero_scans_scored": max_zero_scored,
            "zero_calcium_cases": len(zero_cases), "zero_calcium_scored": scored,
            "calcium_cases": len(calc), "coronary_candidates": n_pos,
            "coronary_accepted": int(best[0][0]), "non_coronary_accepted_in_calcium_cases": fp,
@@ -364,12 +373,12 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                                                  for k, v in CLASSIFIER.items()},
                                     "data": data, "ensemble": _weights_key(weights_dir)})
     if vcases:
-        chosen = choose_thresholds(stage, vcases)
+        chosen = choose_thresholds(stage, vcases, n_models=ensemble.n_models)
         chosen["real_scans"] = [str(p) for p in validation_scans]
         emit("second_stage_thresholds", {k: v for k, v in chosen.items() if not k.endswith("_ids")})
     path = stage.save(weights_dir / SECOND_STAGE_FILE)
     entry = {"file": SECOND_STAGE_FILE, "sha256": sha256_file(path), "threshold": stage.threshold,
-             "threshold_no_vote": stage.threshold_no_vote, "validation": stage.meta.get("validation"),
+             "threshold_no_vote": stage.threshold_no_vote, "threshold_majority": stage.threshold_majority, "validation": stage.meta.get("validation"),
              "features": list(FEATURE_NAMES), "classifier": stage.meta["classifier"],
              "settings": stage.meta["settings"], "data": data,
              "numpy_vs_sklearn_max_prob_diff": stage.meta["numpy_vs_sklearn_max_prob_diff"],
