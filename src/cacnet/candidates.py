@@ -1,28 +1,12 @@
-"""The second stage: one decision per calcium candidate from the ensemble's soft output and local anatomy.
+"""The second stage: one decision per 2D calcium candidate (>= 130 HU) from the ensemble's soft output and anatomy.
 
-The paper's rule accepts a 2D candidate component (>= 130 HU) when a
-majority of the five U-Nets label the coarse voxel of its densest voxel as
-coronary. On real patients the U-Nets trained on our phantoms give most real
-plaques no vote at all, while their soft output still carries a signal, and
-the anatomy around a candidate (fat, soft tissue, lung, bone at 3-27 mm)
-says much of what separates a plaque in the epicardial fat from a rib, the
-sternum or an aortic wall. The second stage is a small gradient-boosted tree
-model over per-candidate features (:data:`FEATURE_NAMES`):
-
-* the candidate itself: peak and mean HU, log area (mm^2);
-* the ensemble: mean coronary probability at the peak's coarse voxel and its
-  maximum over 3, 7 and 13 coarse voxels around it, the number of models
-  voting coronary there, the mean probability of each artery;
-* context: the share of fine voxels in six HU bands (air/lung, lung edge,
-  fat, soft tissue, dense soft tissue, >= 130 HU) in cubes of 3, 5 and 9
-  coarse voxels (9, 15, 27 mm at 3 mm) around the peak.
-
-Nothing in it depends on slice thickness, field of view or position in the
-volume. It is trained by ``cac train --second-stage-cases`` (real
-backgrounds with inserted calcium, and phantoms) and shipped in the weights
-folder (``second_stage.npz``, named in the manifest); :func:`decide_candidates`
-applies it. The tree model is evaluated here in numpy (:class:`TreeModel`),
-equal to scikit-learn's ``HistGradientBoostingClassifier`` that trained it.
+:func:`find_candidates` finds the components, :func:`candidate_features` measures them
+(:data:`FEATURE_NAMES`: the candidate, the U-Nets' probabilities and votes, the HU bands
+around it, the anatomical map), :class:`SecondStage` holds the trained tree model
+(:class:`TreeModel`, numpy, equal to the scikit-learn model that fitted it) and its three
+thresholds, and :func:`decide_candidates` applies the rule (:func:`needed_probability`).
+See docs/validation.md ("The second stage") and docs/anatomy.md for the features, the
+training and the thresholds.
 
 Examples
 --------
@@ -176,7 +160,7 @@ def _band_shares(hu: np.ndarray, grid: CoarseGrid) -> list[np.ndarray]:
 
 def candidate_features(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
                        votes: np.ndarray, cands: Candidates, anatomy: AnatomyMap) -> np.ndarray:
-    """The feature matrix (n, len(FEATURE_NAMES)) float64 of the candidates (see the module docstring).
+    """The feature matrix (n, len(FEATURE_NAMES)) float64 of the candidates (see docs/validation.md).
 
     ``probs``: the ensemble's mean class probabilities (5, z, y, x) on the
     coarse grid (:func:`mean_probabilities`); ``votes``: models voting coronary
