@@ -50,9 +50,11 @@ def test_shipped_ensemble_scores_the_bundled_example():
     assert (res.scan.hu[res.labels > 0] >= 130).all()
     rep = agatston.detection_report(res.labels, t, res.scan.spacing)
     assert rep.sensitivity_count == 1.0
-    # the truth's LAD Agatston is all there; what v0.7 adds on top is the pericardial look-alike (0-1 votes),
-    # a known false positive (weights/README.md): no other lesion
-    assert d["arteries"]["LAD"]["agatston"] >= truth["LAD"] - 0.05
-    extra = [les for les in d["lesions"] if not (t[les["slice_index"]] > 0).any() or les["votes"] <= 1]
-    assert {les["slice_index"] for les in extra} <= {19, 20}
+    # the ship rule: exactly the truth (score, category, lesions); the pericardial look-alike on slices 19-20
+    # (0-1 votes, which v0.6 and v0.7 called LAD) is not a lesion
+    assert d["agatston"] == pytest.approx(truth["agatston"], abs=0.05)
+    assert d["arteries"]["LAD"]["agatston"] == pytest.approx(truth["LAD"], abs=0.05)
+    assert d["n_lesions"] == truth["n_lesions"] == 2
+    assert all((t[les["slice_index"]] > 0).any() for les in d["lesions"])
+    assert all(r["reason"] for r in d["rejected_candidates"] if r["slice_index"] in (19, 20))
     assert np.isfinite(d["agatston"])
