@@ -19,8 +19,8 @@ from cacnet.cli import EXIT_SEND, app
 from cacnet.errors import SendError, UsageError
 from cacnet.outputs.send import DicomNode, parse_node, send_files
 
-from .conftest import make_weights
-from .dicom_out_helpers import (PATIENT, banded_weights, free_port, phantom_hu, read_header, rest, running_orthanc,
+from ..conftest import make_weights
+from ..dicom_out_helpers import (PATIENT, banded_weights, free_port, phantom_hu, read_header, rest, running_orthanc,
                                 write_ct_series)
 
 runner = CliRunner()
@@ -94,7 +94,7 @@ def test_real_qrm_slices_round_trip(orthanc, tmp_path):
     """The real Toshiba slices (gzipped, implicit VR, private tags): scored, written, sent, found in the study."""
     qrm = tmp_path / "qrm"
     qrm.mkdir()
-    for f in sorted((Path(__file__).resolve().parents[1] / "data" / "qrm-canon-large-rep1").glob("*.dcm.gz"))[:7]:
+    for f in sorted((Path(__file__).resolve().parents[2] / "data" / "qrm-canon-large-rep1").glob("*.dcm.gz"))[:7]:
         shutil.copy(f, qrm / f.name)
     toy = make_weights(tmp_path / "w", thresholds=(400, 400, 400))  # calls calcium the inserts and bone
     r = runner.invoke(app, ["score", str(qrm), "-o", str(tmp_path / "out"), "--dicom", "--force", "--weights", str(toy),

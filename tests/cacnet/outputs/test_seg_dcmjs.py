@@ -30,10 +30,10 @@ from cacnet.outputs.preview import ARTERY_COLORS
 from cacnet.outputs.write import write_outputs
 from cacnet.pipeline import score_scan
 
-from .dicom_out_helpers import banded_weights, phantom_hu, read_header, write_ct_series
-from .fetch_dcmjs import VERSION, fetch
+from ..dicom_out_helpers import banded_weights, phantom_hu, read_header, write_ct_series
+from ..fetch_dcmjs import VERSION, fetch
 
-SCRIPT = Path(__file__).with_name("dcmjs_read_seg.js")
+SCRIPT = Path(__file__).resolve().parents[1] / "dcmjs_read_seg.js"
 ARTERIES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
 
 

@@ -110,7 +110,7 @@ def test_counts_agree_on_a_synthetic_case(tmp_path, monkeypatch):
     from cacnet.outputs.report import render_report
     from cacnet.pipeline import ScanResult
 
-    from .test_review import SPACING, synthetic
+    from ..test_review import SPACING, synthetic
 
     monkeypatch.setattr(components, "MAX_QUIET_CANDIDATE_MM3", 500.0)  # the bone block stays out
     hu, labels, data = synthetic()
@@ -201,7 +201,7 @@ def test_report_of_a_scan_without_findings(phantom_scans, tmp_path):
     from cacnet.outputs.write import write_outputs
     from cacnet.pipeline import score_scan
 
-    from .conftest import make_weights
+    from ..conftest import make_weights
 
     folder, _ = phantom_scans
     weights = make_weights(tmp_path / "w", thresholds=(5000,) * 5)  # no model votes for anything

@@ -40,7 +40,7 @@ from cacnet.node.client import Credentials, OrthancClient, check_url, load_crede
 from cacnet.node.runner import classify_series, fingerprint
 from cacnet.outputs.send import parse_node, send_files
 
-from .orthanc_helpers import (PASSWORD, USER, CountingProxy, OrthancServer, node_env, phantom_volume, run_node,
+from ..orthanc_helpers import (PASSWORD, USER, CountingProxy, OrthancServer, node_env, phantom_volume, run_node,
                               sr_texts, sr_total, start_node, wait_for_log, write_ct)
 
 pytestmark = pytest.mark.slow

@@ -24,8 +24,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from .fetch_ohif import ohif_dist
-from .orthanc_helpers import OhifServer, OrthancServer, phantom_volume, run_node, write_ct
+from ..fetch_ohif import ohif_dist
+from ..orthanc_helpers import OhifServer, OrthancServer, phantom_volume, run_node, write_ct
 
 pytestmark = pytest.mark.slow
 
