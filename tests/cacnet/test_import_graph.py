@@ -75,3 +75,42 @@ def test_no_import_cycle_through_the_split_packages():
 def test_each_module_imports_on_its_own(module):
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _module_graph() -> dict[str, list[str]]:
+    graph = {}
+    for module in MODULES:
+        deps = set()
+        for target, name in _imports(module, module_level=True):
+            deps |= {target, f"{target}.{name}"}
+        graph[module] = sorted(d for d in deps if d in MODULES and d != module)
+    return graph
+
+
+def test_no_module_anywhere_imports_another_modules_private_name():
+    """The whole package (issue 26's rule), not only the split packages: shared helpers have public names."""
+    found = [f"{module}: from {target} import {name}" for module in MODULES
+             for target, name in _imports(module, module_level=False)
+             if name.startswith("_") and not name.startswith("__") and f"{target}.{name}" not in MODULES
+             and target.startswith("cacnet") and target != module]
+    assert not found
+
+
+def test_no_import_cycle_anywhere():
+    graph = _module_graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                cycles.append(path[path.index(d):] + [d] if d in path else [m, d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in MODULES:
+        if m not in state:
+            visit(m, [m])
+    assert not cycles
