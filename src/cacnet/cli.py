@@ -702,6 +702,7 @@ def evaluate_cmd(
     on it, e.g. cac eval --dataset coca_out --weights=runs/coca/weights --split val.
     """
     from .errors import CacError
+    from .datasets.layout import TRUTH_FILE
     from .evaluate import (SPLITS, dataset_scans, evaluate_predictions, manifest_split_ids, predictions_from_csv,
                            predictions_from_scans, read_ids, read_truth)
 
@@ -748,7 +749,7 @@ def evaluate_cmd(
                         raise _fail(f"none of the {len(wanted)} ids of {ids_file} is in the {split} split "
                                     f"({source}).", EXIT_INVALID)
             scans = dataset_scans(dataset, ids)
-            truth_rows = read_truth(dataset / "truth.csv")
+            truth_rows = read_truth(dataset / TRUTH_FILE)
             no_truth = [i for i in scans if i not in truth_rows]
             if no_truth:
                 raise _fail(f"{len(no_truth)} cases have no row in {dataset / 'truth.csv'}: "

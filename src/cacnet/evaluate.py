@@ -12,6 +12,7 @@ import numpy as np
 
 import agatston
 
+from .datasets.layout import TRUTH_FILE
 from .errors import InvalidScanError
 
 __all__ = ["read_truth", "read_ids", "manifest_split_ids", "dataset_scans", "predictions_from_csv",
@@ -264,7 +265,7 @@ def dataset_scans(dataset: Path, ids: Optional[Sequence[str]] = None) -> dict[st
     if not images.is_dir():
         raise InvalidScanError(f"{dataset}: no images/ folder; expected a converted data set (cac dataset): "
                                f"images/<id>.nii.gz, labels/<id>.nii.gz and truth.csv.")
-    if not (dataset / "truth.csv").is_file():
+    if not (dataset / TRUTH_FILE).is_file():
         raise InvalidScanError(f"{dataset}: no truth.csv; expected a converted data set (cac dataset).")
     found = {scan_id(p): p for p in sorted(images.iterdir()) if not p.name.startswith(".") and is_scan_path(p)}
     if ids is None:

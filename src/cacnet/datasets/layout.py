@@ -13,6 +13,8 @@ and :data:`CATEGORY` in ``truth.csv``.
 
 from __future__ import annotations
 
+from agatston import ARTERY_NAMES
+
 __all__ = [
     "TRUTH_FILE", "POINTS_FILE", "ID", "CATEGORY", "LABEL", "X_MM", "Y_MM", "Z_MM", "I", "J", "K", "ARTERIES",
     "LABEL_NAMES", "TRUTH_COLUMNS", "PHANTOM_TRUTH_COLUMNS", "POINTS_COLUMNS", "PHANTOM_POINTS_COLUMNS",
@@ -35,7 +37,7 @@ X_MM, Y_MM, Z_MM = "x_mm", "y_mm", "z_mm"
 I, J, K = "i", "j", "k"
 
 #: The labels of ``labels/<id>.nii.gz`` and ``points.csv``, and the artery columns of ``truth.csv``.
-LABEL_NAMES = {1: "LM", 2: "LAD", 3: "LCX", 4: "RCA"}
+LABEL_NAMES = dict(ARTERY_NAMES)  # the one artery map: agatston's
 ARTERIES = tuple(LABEL_NAMES.values())
 
 #: truth.csv of `cac dataset` and `cac review apply`.
