@@ -13,10 +13,11 @@ See docs/python-api.md for every name, its home module and the rest of the API.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from ._lazy import attach
 
 _NAMES = {
     "io": ["Scan", "read_scan"],
@@ -28,9 +29,9 @@ _NAMES = {
                "ReviewError", "SendError", "SeriesSelectionError", "UnsuitableScanError", "UsageError",
                "WeightsError"],
 }
-_HOME = {name: module for module, names in _NAMES.items() for name in names}
+_served_getattr, _served_dir, _served = attach(__name__, _NAMES, globals())
 
-__all__: list[str] = sorted(_HOME) + ["__version__"]
+__all__: list[str] = _served + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -39,16 +40,11 @@ def __getattr__(name: str) -> Any:
         from agatston._version import __version__
 
         return __version__
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+    return _served_getattr(name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(_served_dir()) | {"__version__"})
 
 
 class _Face(types.ModuleType):
@@ -61,7 +57,7 @@ class _Face(types.ModuleType):
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _HOME.get(name) == name:
+        if isinstance(value, types.ModuleType) and name in _NAMES.get(name, ()):
             return  # not bound: the face's object (cached, or given by __getattr__ on first use) stays
         super().__setattr__(name, value)
 

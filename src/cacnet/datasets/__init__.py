@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 _NAMES = {
     "_output": ["DatasetLayoutError", "REPORT_COLUMNS", "THRESHOLD_HU"],
@@ -19,8 +20,6 @@ _NAMES = {
     "layout": ["TRUTH_COLUMNS"],
     "orcascore": ["convert_orcascore"],
 }
-_HOME = {name: module for module, names in _NAMES.items() for name in names}
-
 __all__ = [
     "DatasetLayoutError", "convert_coca", "convert_orcascore", "fill_polygon", "polygon_area",
     "TRUTH_COLUMNS", "REPORT_COLUMNS", "COCA_VESSELS", "MAX_HU_TOLERANCE", "PX_MM_TOLERANCE_PX",
@@ -28,17 +27,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, _served = attach(__name__, _NAMES, globals())
+assert sorted(__all__) == _served, "datasets: __all__ and the served names differ"
 
 
 if TYPE_CHECKING:  # pragma: no cover - what type checkers and editors see

@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 _NAMES = {
     "write": ["write_outputs"],
@@ -18,22 +19,7 @@ _NAMES = {
     "dicom": ["DicomOutputs", "write_dicom_outputs"],
     "send": ["DicomNode", "parse_node", "send_files"],
 }
-_HOME = {name: module for module, names in _NAMES.items() for name in names}
-
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = attach(__name__, _NAMES, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover - what type checkers and editors see

@@ -15,8 +15,9 @@ and :mod:`._ensemble` need it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 #: The public names, by the module that defines them (relative to this package).
 _NAMES = {
@@ -34,22 +35,7 @@ _NAMES = {
     "._second_stage": ["CLASSIFIER", "SECOND_STAGE_FILE", "SECOND_STAGE_SEED", "candidate_rows", "fit_second_stage",
                        "train_second_stage"],
 }
-_HOME = {name: module for module, names in _NAMES.items() for name in names}
-
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = attach(__name__, _NAMES, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover - what type checkers and editors see
