@@ -214,3 +214,14 @@ def rest(url: str, data: Optional[bytes] = None):
 
 def read_header(path: Path) -> Dataset:
     return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def source_order(folder: Path) -> dict[str, int]:
+    """SOP Instance UID -> slice index k of the source grid: the files sorted along their slice normal."""
+    pos = {}
+    for f in folder.iterdir():
+        ds = read_header(f)
+        iop = np.array(ds.ImageOrientationPatient, float)
+        pos[str(ds.SOPInstanceUID)] = float(np.dot(np.array(ds.ImagePositionPatient, float),
+                                                   np.cross(iop[:3], iop[3:])))
+    return {uid: k for k, uid in enumerate(sorted(pos, key=pos.get))}

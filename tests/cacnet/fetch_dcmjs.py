@@ -12,14 +12,14 @@ file before the tests.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import os
 import sys
-import tarfile
-import urllib.request
 from pathlib import Path
+
+if __package__:
+    from .npm_tarball import cache_root, fetch_npm_tarball
+else:  # run as a script (.ci/run): this folder is on sys.path
+    from npm_tarball import cache_root, fetch_npm_tarball
 
 VERSION = "0.52.0"
 TARBALL = f"https://registry.npmjs.org/dcmjs/-/dcmjs-{VERSION}.tgz"
@@ -27,7 +27,7 @@ INTEGRITY = "sha512-0/mT9NACKnwnOnkUx7JAqmWxRcUr7HiCoptw1KhN2StNYE0Hy6+tmpI7CU+l
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CAC_OHIF_CACHE") or Path.home() / ".cache" / "cac-toolkit") / f"dcmjs-{VERSION}"
+    return cache_root() / f"dcmjs-{VERSION}"
 
 
 def dcmjs_path() -> Path:
@@ -41,15 +41,7 @@ def fetch() -> Path:
     path = dcmjs_path()
     if path.is_file():
         return path
-    with urllib.request.urlopen(TARBALL, timeout=300) as r:
-        data = r.read()
-    digest = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
-    if digest != INTEGRITY:
-        raise SystemExit(f"{TARBALL}: sha512 {digest} is not the registry's {INTEGRITY}")
-    target = cache_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(target, filter="data")
+    fetch_npm_tarball(TARBALL, INTEGRITY, cache_dir())
     return path
 
 

@@ -10,14 +10,14 @@ against the registry's sha512 integrity, and unpacked to ``$CAC_OHIF_CACHE`` (de
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import os
 import sys
-import tarfile
-import urllib.request
 from pathlib import Path
+
+if __package__:
+    from .npm_tarball import cache_root, fetch_npm_tarball
+else:  # run as a script (.ci/run): this folder is on sys.path
+    from npm_tarball import cache_root, fetch_npm_tarball
 
 VERSION = "3.13.2"
 TARBALL = f"https://registry.npmjs.org/@ohif/app/-/app-{VERSION}.tgz"
@@ -25,7 +25,7 @@ INTEGRITY = "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CAC_OHIF_CACHE") or Path.home() / ".cache" / "cac-toolkit") / f"ohif-app-{VERSION}"
+    return cache_root() / f"ohif-app-{VERSION}"
 
 
 def ohif_dist() -> Path:
@@ -39,15 +39,7 @@ def fetch() -> Path:
     dist = ohif_dist()
     if (dist / "index.html").is_file():
         return dist
-    with urllib.request.urlopen(TARBALL, timeout=300) as r:
-        data = r.read()
-    digest = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
-    if digest != INTEGRITY:
-        raise SystemExit(f"{TARBALL}: sha512 {digest} is not the registry's {INTEGRITY}")
-    target = cache_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(target, filter="data")
+    fetch_npm_tarball(TARBALL, INTEGRITY, cache_dir())
     return dist
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from ..browser_helpers import chromium
 from ..fetch_ohif import ohif_dist
 from ..orthanc_helpers import OhifServer, OrthancServer, phantom_volume, run_node, write_ct
 
@@ -36,25 +37,10 @@ _COLOURS = {"LM": lambda r, g, b: (r > 200) & (g > 160) & (b < 90),
 
 
 def _browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is missing: pip install '.[test]'")
-    binary = os.environ.get("CAC_CHROMIUM") or next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = os.environ.get("CAC_CHROMEDRIVER") or shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.fail("the OHIF test needs Chromium and chromedriver: apt-get install -y chromium chromium-driver "
-                    "(or set CAC_CHROMIUM and CAC_CHROMEDRIVER); .ci/run installs them")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
     # WebGL without a GPU: SwiftShader (OHIF's cornerstone renders with WebGL)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000",
-                "--enable-unsafe-swiftshader", "--use-angle=swiftshader"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=opts)
+    return chromium("the OHIF test", ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                                      "--window-size=1600,1000", "--enable-unsafe-swiftshader",
+                                      "--use-angle=swiftshader"))
 
 
 def _wait(fn, timeout: float = 60.0, what: str = ""):

@@ -1,9 +1,7 @@
 """The HTML review report and the quick-look preview, checked as files and in a real (headless) browser."""
 
 import json
-import os
 import re
-import shutil
 import time
 
 import numpy as np
@@ -19,6 +17,8 @@ from cacnet.outputs._render import encode_png
 from cacnet.outputs.preview import TILE_PX, preview_caption
 from cacnet.outputs.report import NOT_VALIDATED_NOTICE
 from cacnet.review import apply_review
+
+from ..browser_helpers import chromium
 
 runner = CliRunner()
 
@@ -220,29 +220,10 @@ def test_report_of_a_scan_without_findings(phantom_scans, tmp_path):
 
 
 def _browser(download_dir):
-    """Headless Chromium through selenium and chromedriver (Debian: apt-get install chromium chromium-driver).
-
-    Fails, never skips, when they are missing: CI installs them (.ci/run).
-    """
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is missing: pip install '.[test]'")
-    binary = os.environ.get("CAC_CHROMIUM") or next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = os.environ.get("CAC_CHROMEDRIVER") or shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.fail("the browser test needs Chromium and chromedriver: apt-get install -y chromium chromium-driver "
-                    "(or set CAC_CHROMIUM and CAC_CHROMEDRIVER); .ci/run installs them")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1600"):
-        opts.add_argument(arg)
-    opts.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
-                                           "download.prompt_for_download": False})
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(driver), options=opts)
+    """Headless Chromium (:func:`browser_helpers.chromium`) that downloads into ``download_dir``."""
+    d = chromium("the browser test", ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                      "--window-size=1200,1600"),
+                 prefs={"download.default_directory": str(download_dir), "download.prompt_for_download": False})
     d.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)})
     return d
 

@@ -30,7 +30,7 @@ from cacnet.outputs.preview import ARTERY_COLORS
 from cacnet.outputs.write import write_outputs
 from cacnet.pipeline import score_scan
 
-from ..dicom_out_helpers import banded_weights, phantom_hu, read_header, write_ct_series
+from ..dicom_out_helpers import banded_weights, phantom_hu, source_order, write_ct_series
 from ..fetch_dcmjs import VERSION, fetch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "dcmjs_read_seg.js"
@@ -56,17 +56,6 @@ def _dcmjs() -> Path:
         pytest.fail(f"dcmjs {VERSION} could not be fetched (python tests/cacnet/fetch_dcmjs.py; .ci/run runs it): {e}")
 
 
-def _source_order(folder: Path) -> dict[str, int]:
-    """SOP Instance UID -> slice index k of the mask: the files sorted along their slice normal."""
-    pos = {}
-    for f in folder.iterdir():
-        ds = read_header(f)
-        iop = np.array(ds.ImageOrientationPatient, float)
-        pos[str(ds.SOPInstanceUID)] = float(np.dot(np.array(ds.ImagePositionPatient, float),
-                                                   np.cross(iop[:3], iop[3:])))
-    return {uid: k for k, uid in enumerate(sorted(pos, key=pos.get))}
-
-
 @pytest.mark.parametrize("orientation", ["LPS", "PRI"])
 def test_dcmjs_reads_our_seg_into_our_mask(orientation, banded, tmp_path):
     node, dcmjs = _node(), _dcmjs()
@@ -83,7 +72,7 @@ def test_dcmjs_reads_our_seg_into_our_mask(orientation, banded, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"dcmjs_read_seg.js exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
     got = json.loads((read / "result.json").read_text())
-    order = _source_order(folder)
+    order = source_order(folder)
     rows, cols = got["rows"], got["columns"]
     assert (len(got["imageIds"]), rows, cols) == mask.shape
     assert sorted(got["imageIds"]) == sorted(order)
