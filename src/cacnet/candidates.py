@@ -32,7 +32,8 @@ from .anatomy import ANATOMY_FEATURES, AnatomyMap
 from .preprocess import CoarseGrid
 
 __all__ = ["FEATURE_NAMES", "HU_BANDS", "Candidates", "TreeModel", "SecondStage", "find_candidates",
-           "candidate_features", "accepted_candidates", "needed_probability", "decide_candidates", "densest", "mean_probabilities"]
+           "candidate_features", "accepted_candidates", "needed_probability", "decide_candidates", "densest",
+           "mean_probabilities"]
 
 #: HU bands of the context features: [low, high).
 HU_BANDS = ((-np.inf, -500.0), (-500.0, -200.0), (-200.0, -30.0), (-30.0, 100.0), (100.0, 130.0), (130.0, np.inf))
@@ -274,6 +275,12 @@ class SecondStage:
         cols = [FEATURE_NAMES.index(n) for n in self.feature_names]
         return self.model.predict_proba(np.asarray(X)[:, cols])
 
+    def tier_thresholds(self) -> tuple[float, float, float]:
+        """The P(coronary) needed with a majority's vote, a minority's, none; an unset tier needs ``threshold``."""
+        t = self.threshold
+        return (t if self.threshold_majority is None else self.threshold_majority, t,
+                t if self.threshold_no_vote is None else self.threshold_no_vote)
+
     def save(self, path: Path | str) -> Path:
         """Write atomically; returns the path."""
         path = Path(path)
@@ -320,37 +327,34 @@ class SecondStage:
 RECORD_PROBABILITY = 0.1
 
 
-def needed_probability(votes: np.ndarray, n_models: int, threshold: float, threshold_no_vote: Optional[float] = None,
-                       threshold_majority: Optional[float] = None) -> np.ndarray:
+def needed_probability(votes: np.ndarray, n_models: int, majority: float, minority: float,
+                       no_vote: float) -> np.ndarray:
     """P(coronary) each candidate needs, by how many of the ``n_models`` U-Nets voted for it.
 
-    A majority's vote: ``threshold_majority``; a minority's vote: ``threshold``;
-    no vote: ``threshold_no_vote`` (the stronger evidence). None means ``threshold``.
+    ``majority`` with a majority's vote, ``minority`` with a minority's, ``no_vote``
+    (the stronger evidence) with none: :meth:`SecondStage.tier_thresholds`.
 
     Examples
     --------
-    >>> needed_probability(np.array([5, 2, 0]), 5, 0.8, 0.9, 0.4).tolist()
+    >>> needed_probability(np.array([5, 2, 0]), 5, 0.4, 0.8, 0.9).tolist()
     [0.4, 0.8, 0.9]
     """
     v = np.asarray(votes)
-    no_vote = threshold if threshold_no_vote is None else threshold_no_vote
-    majority = threshold if threshold_majority is None else threshold_majority
-    return np.where(v * 2 > n_models, majority, np.where(v > 0, threshold, no_vote)).astype(np.float64)
+    return np.where(v * 2 > n_models, majority, np.where(v > 0, minority, no_vote)).astype(np.float64)
 
 
-def accepted_candidates(p: np.ndarray, votes: np.ndarray, inside: np.ndarray, n_models: int, threshold: float,
-                        threshold_no_vote: Optional[float] = None,
-                        threshold_majority: Optional[float] = None) -> np.ndarray:
+def accepted_candidates(p: np.ndarray, votes: np.ndarray, inside: np.ndarray, n_models: int, majority: float,
+                        minority: float, no_vote: float) -> np.ndarray:
     """The decision rule: inside the sac, and P(coronary) at least :func:`needed_probability`. Boolean.
 
     Examples
     --------
     >>> accepted_candidates(np.array([0.6, 0.6, 0.9]), np.array([2, 0, 0]), np.array([True, True, False]), 5,
-    ...                     0.5, 0.7)
+    ...                     0.5, 0.5, 0.7)
     array([ True, False, False])
     """
-    needed = needed_probability(votes, n_models, threshold, threshold_no_vote, threshold_majority)
-    return np.asarray(inside, bool) & (np.asarray(p) >= needed)
+    return np.asarray(inside, bool) & (np.asarray(p) >= needed_probability(votes, n_models, majority, minority,
+                                                                           no_vote))
 
 
 def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid, probs: np.ndarray,
@@ -383,7 +387,7 @@ def decide_candidates(hu: np.ndarray, spacing: Sequence[float], grid: CoarseGrid
     v = votes[ci]
     outside = anatomy.outside_reason(X[:, len(FEATURE_NAMES) - len(ANATOMY_FEATURES):])
     inside = np.array([r is None for r in outside], dtype=bool)
-    needed = needed_probability(v, n_models, stage.threshold, stage.threshold_no_vote, stage.threshold_majority)
+    needed = needed_probability(v, n_models, *stage.tier_thresholds())
     accepted = inside & (p >= needed)
     lut = np.zeros(cands.n + 1, dtype=np.uint8)
     lut[1:][accepted] = artery[accepted]

@@ -634,10 +634,7 @@ class Ensemble:
                "precision": self.precision, "threads": self.threads,
                "decision": "second stage" if self.stage is not None else "majority vote"}
         if self.stage is not None:  # the P(coronary) each candidate needed, by the U-Nets' votes for it
-            st = self.stage
-            out["thresholds"] = {"majority_vote": st.threshold if st.threshold_majority is None else st.threshold_majority,
-                                 "minority_vote": st.threshold,
-                                 "no_vote": st.threshold if st.threshold_no_vote is None else st.threshold_no_vote}
+            out["thresholds"] = dict(zip(("majority_vote", "minority_vote", "no_vote"), self.stage.tier_thresholds()))
         return out
 
     def vote(self, x: np.ndarray, candidates: Optional[np.ndarray] = None, early_stop: bool = False,

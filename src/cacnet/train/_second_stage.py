@@ -40,8 +40,8 @@ from ._backgrounds import Background
 from ..phantom.insertion import iter_inserted_scans
 
 __all__ = ["CLASSIFIER", "NEGATIVES_PER_CASE", "SECOND_STAGE_SEED", "VALIDATION_SEED", "SECOND_STAGE_FILE",
-           "MAX_ZERO_SCANS_SCORED", "LOOKALIKE_RICH_RATE", "candidate_rows", "validation_rows", "choose_thresholds", "fit_second_stage",
-           "train_second_stage"]
+           "MAX_ZERO_SCANS_SCORED", "LOOKALIKE_RICH_RATE", "candidate_rows", "validation_rows", "choose_thresholds",
+           "fit_second_stage", "train_second_stage"]
 
 #: Seed base of the second stage's cases (backgrounds: SEED * 1000 + k; phantoms: case_seed(SEED, i)).
 SECOND_STAGE_SEED = 7000
@@ -178,7 +178,7 @@ def choose_thresholds(stage: SecondStage, cases: Sequence[tuple[str, bool, np.nd
         for t in _GRID[_GRID >= tm]:
             for t0 in _GRID[_GRID >= t]:
                 def acc(r):
-                    return accepted_candidates(r[2], r[4], r[3], n_models, t, t0, tm)
+                    return accepted_candidates(r[2], r[4], r[3], n_models, tm, t, t0)
                 scored = 0
                 for r in zero_cases:
                     scored += bool(acc(r).any())
@@ -347,8 +347,8 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
                 cat = "A" if i % 2 == 0 else "BCDE"[(i // 2) % 4]
 
                 def make(i=i, cat=cat, variant=variant):
-                    c = generate_phantom(case_seed(VALIDATION_SEED, i), category=cat, variant=variant,
-                                         lookalike_rate=LOOKALIKE_RICH_RATE if cat == "A" else 0.4)
+                    rich = {"lookalike_rate": LOOKALIKE_RICH_RATE} if cat == "A" else {}  # else the default
+                    c = generate_phantom(case_seed(VALIDATION_SEED, i), category=cat, variant=variant, **rich)
                     return c.hu, c.spacing, c.labels
                 vrows(f"val_phantom-{variant}{'-lookalikes' if cat == 'A' else ''}_{i:03d}", cat == "A", make)
         for scan_path in map(Path, validation_scans):
@@ -378,7 +378,8 @@ def train_second_stage(weights_dir: Path, backgrounds: Sequence[Background], cas
         emit("second_stage_thresholds", {k: v for k, v in chosen.items() if not k.endswith("_ids")})
     path = stage.save(weights_dir / SECOND_STAGE_FILE)
     entry = {"file": SECOND_STAGE_FILE, "sha256": sha256_file(path), "threshold": stage.threshold,
-             "threshold_no_vote": stage.threshold_no_vote, "threshold_majority": stage.threshold_majority, "validation": stage.meta.get("validation"),
+             "threshold_no_vote": stage.threshold_no_vote, "threshold_majority": stage.threshold_majority,
+             "validation": stage.meta.get("validation"),
              "features": list(FEATURE_NAMES), "classifier": stage.meta["classifier"],
              "settings": stage.meta["settings"], "data": data,
              "numpy_vs_sklearn_max_prob_diff": stage.meta["numpy_vs_sklearn_max_prob_diff"],
