@@ -29,7 +29,7 @@ import numpy as np
 from .._files import sha256_file, write_text_atomic
 from types import SimpleNamespace
 
-from ..anatomy import ANATOMY_FEATURES, anatomical_map
+from ..anatomy import ANATOMY_FEATURES, MAP_VERSION, anatomical_map
 from ..candidates import (FEATURE_NAMES, SecondStage, TreeModel, accepted_candidates, candidate_features,
                           find_candidates)
 from ..triage import triage
@@ -110,10 +110,6 @@ def _load_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if str(z["map_version"]) != MAP_VERSION or old != list(ANATOMY_FEATURES):
             X = _remap(X, z["peaks"], z["v"], z["block"], z["cell"], len(old))
     return X, y
-
-
-#: The anatomical map's version: cached rows of another version get their anatomy columns recomputed.
-MAP_VERSION = "3"
 
 
 def candidate_rows(ensemble: Ensemble, hu: np.ndarray, spacing: Sequence[float], labels: np.ndarray,

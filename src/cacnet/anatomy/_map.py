@@ -1,29 +1,19 @@
-"""An anatomical map of a chest CT from the image alone: where coronary calcium can be.
-
-Coronary arteries run in the epicardial fat on the heart's surface, inside
-the pericardial sac. :func:`anatomical_map` finds, on the smoothed grid of
-:mod:`cacnet.triage` (block means of about 3.5 mm), the heart (blood and
-muscle: one soft-tissue mass), the pericardial sac around it (the heart
-region between the lungs within :data:`SAC_MARGIN_MM` of the heart), the
-lungs and the body, and measures signed distances (mm, negative inside) to
-the heart's and the sac's surfaces. :meth:`AnatomyMap.at` reads them at
-fine-grid positions (trilinear), and :meth:`AnatomyMap.outside_reason`
-says why a position cannot hold coronary calcium (outside the sac), or None. See docs/anatomy.md for the
-rules, their thresholds and what they were measured against.
-"""
+"""The anatomical map of one scan: heart, pericardial sac, aortas, lungs, body (see docs/anatomy.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from .triage import MIN_HEART_ML
+from ..triage import MIN_HEART_ML
+from ._aorta import AortaTrack, find_aortas
 
-__all__ = ["AnatomyMap", "anatomical_map", "ANATOMY_FEATURES", "SAC_MARGIN_MM", "MIN_HEART_ML",
-           "HEART_HU"]
+__all__ = ["AnatomyMap", "anatomical_map", "ANATOMY_FEATURES", "AORTA_MEASURES", "MAP_VERSION", "SAC_MARGIN_MM",
+           "MIN_HEART_ML", "HEART_HU"]
 
 #: HU band (smoothed) of the heart's blood and muscle; fat is below, calcium and bone above.
 HEART_HU = (-20.0, 200.0)
@@ -32,6 +22,13 @@ SAC_MARGIN_MM = 25.0
 #: Per-candidate anatomical features (mm, or fractions of the heart's radii), in this order.
 ANATOMY_FEATURES = ("heart_sdist_mm", "sac_sdist_mm", "lung_dist_mm", "front_depth_mm",
                     "rel_z", "rel_y", "rel_x")
+#: The map's version: results record it, and cached training rows of another version get their anatomy columns
+#: recomputed (cacnet.train). 4: both lungs stand in for a right lung triage found on few slices.
+MAP_VERSION = "4"
+#: What :meth:`AnatomyMap.aorta_at` reads, in this order (not features of the second stage: docs/anatomy.md).
+AORTA_MEASURES = ("asc_aorta_sdist_mm", "desc_aorta_sdist_mm", "root_dz_mm")
+#: What a distance or a height reads where the structure was not found.
+_FAR_MM = 1e3
 
 _S2 = np.zeros((3, 3, 3), bool)
 _S2[1] = ndimage.generate_binary_structure(2, 1)
@@ -46,6 +43,8 @@ _UNDER_LUNG_MM = 12.0
 #: Below the reference slice the heart only narrows; a slice this much wider than the narrowest above it
 #: is the liver (and so is everything below it).
 _GROWTH = 1.2
+#: Triage's right lung stands for the liver dome's level only where it is found on this share of the heart's slices.
+_RIGHT_LUNG_SHARE = 2.0 / 3.0
 #: Above the reference slice the heart ends where its area falls under this share of the reference's ...
 _BASE_SHARE = 0.35
 #: ... and the aortic root and coronary ostia lie within this many mm above that level.
@@ -89,7 +88,7 @@ def _under_lung(lung: np.ndarray, cell: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, cell: Sequence[float]) -> np.ndarray:
+def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, lung: np.ndarray, cell: Sequence[float]) -> np.ndarray:
     """Cut the liver below the heart and the great vessels above it (see :data:`_TAPER_MM`, :data:`_BASE_MM`).
 
     The reference slice is the heart's widest among the slices where the
@@ -100,11 +99,16 @@ def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, cell: Sequence[float]
     it, the heart ends where its area falls under :data:`_BASE_SHARE` of the
     reference's (the atria end; only the great vessels go on); the aortic
     root and the coronary ostia lie within :data:`_BASE_MM` above that.
+    Where triage found the right lung on fewer than :data:`_RIGHT_LUNG_SHARE`
+    of the heart's slices (the lungs meet in front of the heart and are one
+    region), both lungs stand in for it.
     """
     area = heart.sum(axis=(1, 2))
     if not area.any():
         return heart
     rl = right_lung.sum(axis=(1, 2))
+    if np.count_nonzero(rl[area > 0]) < _RIGHT_LUNG_SHARE * np.count_nonzero(area):
+        rl = lung.sum(axis=(1, 2))
     eligible = (rl >= 0.5 * rl.max()) & (area > 0) if rl.any() else area > 0
     if not eligible.any():
         eligible = area > 0
@@ -129,12 +133,17 @@ def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, cell: Sequence[float]
 
 
 def _sdist(mask: np.ndarray, cell: Sequence[float]) -> np.ndarray:
-    """Signed distance (mm) to the surface of ``mask``: positive outside, negative inside."""
+    """Signed distance (mm) to the surface of ``mask``: positive outside, negative inside (exact EDTs)."""
     if not mask.any():
         return np.full(mask.shape, np.inf, np.float32)
     out = ndimage.distance_transform_edt(~mask, sampling=cell)
-    inside = ndimage.distance_transform_edt(mask, sampling=cell)
-    return (out - inside).astype(np.float32)
+    # inside, the nearest outside cell lies within the mask's bounding box grown by one cell (clamping any
+    # other outside cell into that box brings it closer and keeps it outside): measure there only
+    idx = np.nonzero(mask)
+    box = tuple(slice(max(0, int(i.min()) - 1), min(n, int(i.max()) + 2)) for i, n in zip(idx, mask.shape))
+    inside = ndimage.distance_transform_edt(mask[box], sampling=cell)
+    out[box] -= inside
+    return out.astype(np.float32)
 
 
 @dataclass
@@ -157,6 +166,10 @@ class AnatomyMap:
     heart_center_mm, heart_radii_mm : numpy.ndarray
         Centroid (z, y, x) of the heart in grid mm, and its half-extents
         (2 standard deviations) along each axis.
+    aorta_inputs : tuple or None
+        What :attr:`asc_aorta` and :attr:`desc_aorta` are found from, when
+        first asked for (the decision does not use them: scoring does not
+        pay for them).
     """
 
     block: tuple[int, int, int]
@@ -171,6 +184,55 @@ class AnatomyMap:
     skin_dist: np.ndarray = field(repr=False)
     heart_center_mm: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
     heart_radii_mm: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    aorta_inputs: Optional[tuple] = field(default=None, repr=False)
+    _aortas: Optional[dict] = field(default=None, init=False, repr=False, compare=False)
+
+    def _aorta(self) -> dict:
+        """The aortas, found on first use from :attr:`aorta_inputs` (see :func:`cacnet.anatomy.find_aortas`)."""
+        if self._aortas is None:
+            empty = AortaTrack.empty()
+            out: dict[str, Any] = {"asc": empty, "desc": empty, "asc_sdist": None, "desc_sdist": None,
+                                   "root_z_mm": float("nan")}
+            if self.aorta_inputs is not None:
+                vb, local_parts, heart, region, midline, box = self.aorta_inputs
+                found = find_aortas(vb, local_parts, heart, region, midline, self.cell_mm)
+                for key, t in zip(("asc", "desc"), found):
+                    if not t.found:
+                        continue
+                    d = np.full(self.heart.shape, _FAR_MM, np.float32)
+                    d[box] = _sdist(t.mask(vb.shape, self.cell_mm), self.cell_mm)  # in the box
+                    out[f"{key}_sdist"] = d
+                    out[key] = AortaTrack(t.z + box[0].start, t.y + box[1].start, t.x + box[2].start,
+                                          t.radius_mm, t.score)
+                if out["asc"].found:
+                    out["root_z_mm"] = float(out["asc"].z.min()) * self.cell_mm[0]
+            self._aortas = out
+        return self._aortas
+
+    @property
+    def asc_aorta(self) -> AortaTrack:
+        """The ascending aorta down to its root: circles followed slice by slice (empty when not found)."""
+        return self._aorta()["asc"]
+
+    @property
+    def desc_aorta(self) -> AortaTrack:
+        """The descending aorta: circles followed slice by slice (empty when not found)."""
+        return self._aorta()["desc"]
+
+    @property
+    def root_z_mm(self) -> float:
+        """Height (grid mm) of the aortic root: the ascending aorta's lowest circle (NaN when not found)."""
+        return self._aorta()["root_z_mm"]
+
+    def aorta_at(self, z, y, x) -> np.ndarray:
+        """The :data:`AORTA_MEASURES` at fine-grid positions: float64 (n, 3); 1000 where not found."""
+        pts = self._coords(z, y, x)
+        a = self._aorta()
+        far = np.full(pts.shape[1], _FAR_MM)
+        cols = [far if a[k] is None else ndimage.map_coordinates(a[k], pts, order=1, mode="nearest")
+                for k in ("asc_sdist", "desc_sdist")]
+        cols.append(far if np.isnan(a["root_z_mm"]) else pts[0] * self.cell_mm[0] - a["root_z_mm"])
+        return np.stack(cols, axis=1).astype(np.float64)
 
     @property
     def found(self) -> bool:
@@ -204,8 +266,8 @@ class AnatomyMap:
         pts = self._coords(z, y, x)
         n = pts.shape[1]
         if not self.found:
-            big = np.full(n, 1e3)
-            return np.stack([big, big, np.zeros(n), np.zeros(n), big, big, big], axis=1)
+            far = np.full(n, _FAR_MM)
+            return np.stack([far, far, np.zeros(n), np.zeros(n), far, far, far], axis=1)
         cols = [ndimage.map_coordinates(d, pts, order=1, mode="nearest")
                 for d in (self.heart_sdist, self.sac_sdist, self.lung_dist, self.skin_dist)]
         mm = pts * np.asarray(self.cell_mm)[:, None]
@@ -229,8 +291,11 @@ class AnatomyMap:
         return out
 
     def fine_mask(self, which: str, shape: Sequence[int]) -> np.ndarray:
-        """A boolean map (``"heart"``, ``"sac"``, ``"lung"``, ``"body"``) on the fine grid of ``shape``."""
+        """A boolean map (``"heart"``, ``"sac"``, ``"lung"``, ``"body"``, ``"asc_aorta"``, ``"desc_aorta"``) on
+        the fine grid of ``shape``."""
         m = getattr(self, which)
+        if isinstance(m, AortaTrack):
+            m = m.mask(self.heart.shape, self.cell_mm)
         full = m
         for a, k in enumerate(self.block):
             full = np.repeat(full, k, axis=a)
@@ -243,7 +308,7 @@ class AnatomyMap:
         cell_ml = float(np.prod(self.cell_mm)) / 1000.0
         return {"heart_ml": round(self.heart_ml, 1),
                 "sac_ml": round(float(self.sac.sum()) * cell_ml, 1),
-                "sac_margin_mm": SAC_MARGIN_MM, "sac_rule_applied": self.usable}
+                "sac_margin_mm": SAC_MARGIN_MM, "sac_rule_applied": self.usable, "map_version": MAP_VERSION}
 
 
 def anatomical_map(checked: Any) -> AnatomyMap:
@@ -284,7 +349,7 @@ def anatomical_map(checked: Any) -> AnatomyMap:
     soft = ndimage.binary_fill_holes(np.pad(soft, ((1, 1), (0, 0), (0, 0))), structure=_S2)[1:-1] & ~lung
     soft = ndimage.binary_opening(soft, structure=_S2, iterations=1)
     heart = _largest(soft) if soft.any() else soft
-    heart = _trim_heart(heart, parts.right[box], cell)
+    heart = _trim_heart(heart, parts.right[box], lung, cell)
     if not heart.any():
         heart = region.copy()
     # the sac: tissue reached from the heart within SAC_MARGIN_MM without crossing lung, air or bone
@@ -313,6 +378,11 @@ def anatomical_map(checked: Any) -> AnatomyMap:
         out[box] = a
         return out
 
+    cols = parts.body.any(axis=1)[box[0]]  # (z, x): the body's columns per slice; the midline is their centre
+    midline = np.array([float(np.flatnonzero(c).mean()) if c.any() else shape[2] / 2.0 for c in cols]) - box[2].start
+    aorta_inputs = (vb, SimpleNamespace(body=body, lung=lung, spine_front=parts.spine_front - box[1].start),
+                    heart, region, midline, box)
+
     heart_full, sac_full = paste(heart, False), paste(sac, False)
     heart_sdist, sac_sdist = paste(heart_sdist, 1e3), paste(sac_sdist, 1e3)
     lung_dist, skin_dist = paste(lung_dist, 1e3), paste(skin_dist, 1e3)
@@ -322,4 +392,4 @@ def anatomical_map(checked: Any) -> AnatomyMap:
     center = mm.mean(axis=1)
     radii = 2.0 * mm.std(axis=1)
     return AnatomyMap(f, cell, heart, sac_full, parts.lung, parts.body, heart_sdist, sac_sdist, lung_dist,
-                      skin_dist, center, radii)
+                      skin_dist, center, radii, aorta_inputs)
