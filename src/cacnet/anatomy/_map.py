@@ -23,7 +23,7 @@ SAC_MARGIN_MM = 25.0
 ANATOMY_FEATURES = ("heart_sdist_mm", "sac_sdist_mm", "lung_dist_mm", "front_depth_mm",
                     "rel_z", "rel_y", "rel_x")
 #: The map's version: results record it, and cached training rows of another version get their anatomy columns
-#: recomputed (cacnet.train). 4: both lungs stand in for a right lung triage found on few slices.
+#: recomputed (cacnet.train). 4: the heart's top is found relative to at most _MAX_HEART_CM2.
 MAP_VERSION = "4"
 #: What :meth:`AnatomyMap.aorta_at` reads, in this order (not features of the second stage: docs/anatomy.md).
 AORTA_MEASURES = ("asc_aorta_sdist_mm", "desc_aorta_sdist_mm", "root_dz_mm")
@@ -43,8 +43,11 @@ _UNDER_LUNG_MM = 12.0
 #: Below the reference slice the heart only narrows; a slice this much wider than the narrowest above it
 #: is the liver (and so is everything below it).
 _GROWTH = 1.2
-#: Triage's right lung stands for the liver dome's level only where it is found on this share of the heart's slices.
-_RIGHT_LUNG_SHARE = 2.0 / 3.0
+#: ... unless within this many mm above it the area grows back over this share of the reference's.
+_RETURN_MM = 30.0
+_RETURN_SHARE = 0.5
+#: The widest axial section (cm^2) of a heart with its epicardial fat: 83-106 on the real scans, 39-69 on phantoms.
+_MAX_HEART_CM2 = 120.0
 #: Above the reference slice the heart ends where its area falls under this share of the reference's ...
 _BASE_SHARE = 0.35
 #: ... and the aortic root and coronary ostia lie within this many mm above that level.
@@ -88,7 +91,7 @@ def _under_lung(lung: np.ndarray, cell: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, lung: np.ndarray, cell: Sequence[float]) -> np.ndarray:
+def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, cell: Sequence[float]) -> np.ndarray:
     """Cut the liver below the heart and the great vessels above it (see :data:`_TAPER_MM`, :data:`_BASE_MM`).
 
     The reference slice is the heart's widest among the slices where the
@@ -97,18 +100,17 @@ def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, lung: np.ndarray, cel
     slice keeps what lies under the slice above (grown by :data:`_TAPER_MM`):
     the heart narrows to its apex while the liver widens to the right. Above
     it, the heart ends where its area falls under :data:`_BASE_SHARE` of the
-    reference's (the atria end; only the great vessels go on); the aortic
-    root and the coronary ostia lie within :data:`_BASE_MM` above that.
-    Where triage found the right lung on fewer than :data:`_RIGHT_LUNG_SHARE`
-    of the heart's slices (the lungs meet in front of the heart and are one
-    region), both lungs stand in for it.
+    reference's (the atria end; only the great vessels go on) and does not grow
+    back over :data:`_RETURN_SHARE` of it within :data:`_RETURN_MM`; the aortic
+    root and the coronary ostia lie within :data:`_BASE_MM` above that. A
+    reference wider than :data:`_MAX_HEART_CM2` holds more than the heart (the
+    liver, where triage found the right lung on a few slices only): that share
+    is taken of :data:`_MAX_HEART_CM2` instead.
     """
     area = heart.sum(axis=(1, 2))
     if not area.any():
         return heart
     rl = right_lung.sum(axis=(1, 2))
-    if np.count_nonzero(rl[area > 0]) < _RIGHT_LUNG_SHARE * np.count_nonzero(area):
-        rl = lung.sum(axis=(1, 2))
     eligible = (rl >= 0.5 * rl.max()) & (area > 0) if rl.any() else area > 0
     if not eligible.any():
         eligible = area > 0
@@ -125,10 +127,14 @@ def _trim_heart(heart: np.ndarray, right_lung: np.ndarray, lung: np.ndarray, cel
             out[:z + 1] = False
             break
         smallest = min(smallest, a)
-    above = np.flatnonzero((out.sum(axis=(1, 2)) < _BASE_SHARE * area[ref]) & (np.arange(len(area)) > ref))
-    if above.size:
-        top = int(above[0]) - 1 + int(round(_BASE_MM / cell[0]))
-        out[top + 1:] = False
+    widest = min(float(area[ref]), _MAX_HEART_CM2 * 100.0 / (cell[1] * cell[2]))
+    kept = out.sum(axis=(1, 2))
+    ahead = max(1, int(round(_RETURN_MM / cell[0])))
+    for z in np.flatnonzero((kept < _BASE_SHARE * widest) & (np.arange(len(area)) > ref)):
+        if kept[z + 1:z + 1 + ahead].max(initial=0) > _RETURN_SHARE * widest:
+            continue  # the heart widens again above: the liver's narrow top under the heart, not the atria's end
+        out[int(z) + int(round(_BASE_MM / cell[0])):] = False
+        break
     return _largest(out) if out.any() else out
 
 
@@ -349,7 +355,7 @@ def anatomical_map(checked: Any) -> AnatomyMap:
     soft = ndimage.binary_fill_holes(np.pad(soft, ((1, 1), (0, 0), (0, 0))), structure=_S2)[1:-1] & ~lung
     soft = ndimage.binary_opening(soft, structure=_S2, iterations=1)
     heart = _largest(soft) if soft.any() else soft
-    heart = _trim_heart(heart, parts.right[box], lung, cell)
+    heart = _trim_heart(heart, parts.right[box], cell)
     if not heart.any():
         heart = region.copy()
     # the sac: tissue reached from the heart within SAC_MARGIN_MM without crossing lung, air or bone

@@ -48,14 +48,14 @@ def test_coronary_calcification_of_phantoms_lies_in_the_sac(variant):
     assert total >= 10 and inside == total
 
 
-def test_the_heart_is_not_cut_where_triage_found_the_right_lung_on_few_slices():
-    """Varied phantom 24 of the held-out set: triage finds its right lung on 9 of 47 slices only, so the widest
-    "heart" slice among them was the liver's, and the heart was cut 20 slices under its base (13 LAD components,
-    496 Agatston, rejected as outside the sac). Both lungs stand in for the right one there (map version 4)."""
-    case = generate_phantom(case_seed(9999, 24), category="E", variant="varied")
+@pytest.mark.parametrize("index,category", [(24, "E"), (29, "E")])
+def test_the_heart_is_not_cut_under_its_base_when_the_reference_slice_holds_the_liver(index, category):
+    """Held-out varied phantoms 24 and 29: triage finds the right lung on a few low slices only, so the reference
+    slice was the liver's (176-242 cm^2) and the heart was cut 10-20 slices under its base (13 LAD components,
+    496 Agatston, rejected as outside the sac). Map version 4 takes the top's share of at most 120 cm^2 and does
+    not cut where the area grows back above."""
+    case = generate_phantom(case_seed(9999, index), category=category, variant="varied")
     checked, amap = _map(case.hu, case.spacing)
-    right, heart = checked.parts.right, amap.heart
-    assert np.count_nonzero(right.sum(axis=(1, 2))[heart.any(axis=(1, 2))]) < 0.67 * heart.any(axis=(1, 2)).sum()
     c = find_candidates(case.hu)
     nz = np.nonzero(c.comps)
     coronary = np.bincount(c.comps[nz], weights=case.labels[nz] > 0, minlength=c.n + 1)[1:] * 2 > c.count
