@@ -12,11 +12,18 @@ display pixel (about 2x for 0.7-0.8 mm pixels), with
 * the map's heart (blood and muscle) contour in green,
 * the pericardial sac contour in red,
 * the lungs' contour in blue (thin),
+* the map's ascending aorta tube (down to its estimated root) in orange and
+  its descending aorta tube in cyan (thin),
 * voxels >= 130 HU tinted yellow,
 * traced coronary points (``src/cacnet/train/anatomy/*.json``, polylines
   resampled every 1 mm, those within half a slice of the slice) as magenta
   circles; for the phantom example, its truth coronary calcium instead (a
   circle per 2D piece). Up to 3 of the slices are those with the most marks.
+* traced aortic wall points (``aortic_root_wall``, ``ascending_aorta_wall``
+  rings, within half a slice) as small white circles, when a tracing exists.
+
+The slice nearest the estimated aortic root (the ascending tube's lowest
+circle) is always one of the slices, titled "(aortic root, est.)".
 
 The contours are those of the map's coarse cells (``fine_mask``), so they
 are staircases of about 3.5 mm steps. Each PNG is kept under about 400 kB
@@ -45,6 +52,7 @@ from scipy import ndimage
 from experiments._common import ROOT
 TRACINGS = ROOT / "src" / "cacnet" / "train" / "anatomy"
 CORONARY = ("LM", "LAD", "LCX", "RCA")
+AORTIC_WALL = ("aortic_root_wall", "ascending_aorta_wall")
 #: (preview name, path under the data folder or the repository, kind)
 SCANS = [
     ("lung_pet_ct_dx_a0001_series2", "real-ct/lung-pet-ct-dx/A0001-5mm-series2", "real"),
@@ -60,6 +68,7 @@ WINDOW = (-250.0, 250.0)
 MM_PER_PX = 0.45
 MAX_BYTES = 400_000
 GREEN, RED, BLUE, YELLOW, MAGENTA = (40, 230, 40), (255, 50, 50), (70, 140, 255), (255, 225, 0), (255, 0, 255)
+ORANGE, CYAN, WHITE = (255, 150, 0), (0, 230, 230), (255, 255, 255)
 
 
 def _tracing_for(rel: str):
@@ -97,6 +106,25 @@ def traced_coronaries(tracing: dict, image) -> np.ndarray:
     return idx[:, ::-1] if len(idx) else np.zeros((0, 3))
 
 
+def traced_aortic_wall(tracing: dict, image) -> np.ndarray | None:
+    """(n, 3) continuous (z, y, x) indices of the traced aortic root and ascending aorta wall rings' points,
+    or None when the tracing has none."""
+    structures = tracing.get("structures", tracing)
+    pts = [p for name in AORTIC_WALL if name in structures for p in _points(structures[name])]
+    if not pts:
+        return None
+    idx = np.array([image.TransformPhysicalPointToContinuousIndex([float(c) for c in p]) for p in pts])
+    return idx[:, ::-1]
+
+
+def _root_slice(amap) -> int | None:
+    """The fine slice index nearest the estimated aortic root, or None when the ascending aorta was not found."""
+    if not np.isfinite(amap.root_z_mm):
+        return None
+    c = amap.root_z_mm / amap.cell_mm[0]
+    return int(round((c + 0.5) * amap.block[0] - 0.5))
+
+
 def _blobs(mask: np.ndarray) -> np.ndarray | None:
     """(n, 3) (z, y, x) centres of the 2D pieces of ``mask`` on each slice, or None when it is empty."""
     out = []
@@ -121,12 +149,16 @@ def _resize(a: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
 
 def render(hu: np.ndarray, spacing, amap, out: Path, title: str, marks: np.ndarray | None = None,
            mark_label: str = "traced coronary points", max_tiles: int = 8, mm_per_px: float = MM_PER_PX,
-           cols: int = 4) -> int:
+           cols: int = 4, aortic_marks: np.ndarray | None = None) -> int:
     """Write the preview; return its size in bytes."""
     from PIL import Image, ImageDraw
 
     shape = hu.shape
     heart, sac, lung = (amap.fine_mask(w, shape) for w in ("heart", "sac", "lung"))
+    asc, desc = (amap.fine_mask(w, shape) for w in ("asc_aorta", "desc_aorta"))
+    root = _root_slice(amap)
+    if root is not None:
+        root = min(max(root, 0), shape[0] - 1)
     where = sac if sac.any() else np.ones(shape, bool)
     zs_all = np.flatnonzero(where.any(axis=(1, 2)))
     z0, z1 = int(zs_all[0]), int(zs_all[-1])
@@ -135,6 +167,8 @@ def render(hu: np.ndarray, spacing, amap, out: Path, title: str, marks: np.ndarr
         zc = np.round(marks[:, 0]).astype(int)
         counts = np.bincount(zc[(zc >= 0) & (zc < shape[0])], minlength=shape[0])
         picked = [int(z) for z in np.argsort(-counts, kind="stable")[:min(3, max_tiles // 2)] if counts[z] > 0]
+    if root is not None and root not in picked:
+        picked.append(root)
     n = min(max_tiles - len(picked), z1 - z0 + 1)
     even = [int(round(z)) for z in np.linspace(z0, z1, n + 2)[1:-1]] if z1 - z0 + 1 > n else list(range(z0, z1 + 1))
     zs = sorted(set(picked) | set(even))
@@ -148,6 +182,7 @@ def render(hu: np.ndarray, spacing, amap, out: Path, title: str, marks: np.ndarr
     th = int(round((y1 - y0) * spacing[1] / mm_per_px))
     tw = int(round((x1 - x0) * spacing[2] / mm_per_px))
     sy, sx = th / (y1 - y0), tw / (x1 - x0)
+    nearest_root = min(zs, key=lambda q: abs(q - root)) if root is not None else None
     tiles = []
     for z in zs:
         img = _resize(np.asarray(hu[z, y0:y1, x0:x1], np.float32), (th, tw), order=1)
@@ -155,7 +190,7 @@ def render(hu: np.ndarray, spacing, amap, out: Path, title: str, marks: np.ndarr
         rgb = np.stack([g] * 3, -1)
         dense = _resize(np.asarray(hu[z, y0:y1, x0:x1]) >= 130, (th, tw), order=0) > 0.5
         rgb[dense] = 0.4 * rgb[dense] + 0.6 * np.array(YELLOW)
-        for m, col, w in ((lung, BLUE, 1), (sac, RED, 2), (heart, GREEN, 2)):
+        for m, col, w in ((lung, BLUE, 1), (sac, RED, 2), (heart, GREEN, 2), (asc, ORANGE, 1), (desc, CYAN, 1)):
             mm = _resize(m[z, y0:y1, x0:x1], (th, tw), order=0) > 0.5
             rgb[_edge(mm, w)] = col
         im = Image.fromarray(rgb.astype(np.uint8))
@@ -165,8 +200,14 @@ def render(hu: np.ndarray, spacing, amap, out: Path, title: str, marks: np.ndarr
             for _, yy, xx in near:
                 cy, cx = (yy - y0 + 0.5) * sy, (xx - x0 + 0.5) * sx
                 d.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], outline=MAGENTA, width=2)
-        d.rectangle([0, 0, 62, 13], fill=(0, 0, 0))
-        d.text((3, 1), f"slice {z}", fill=(255, 255, 255))
+        if aortic_marks is not None and len(aortic_marks):
+            near = aortic_marks[np.abs(aortic_marks[:, 0] - z) <= 0.5]
+            for _, yy, xx in near:
+                cy, cx = (yy - y0 + 0.5) * sy, (xx - x0 + 0.5) * sx
+                d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], outline=WHITE, width=1)
+        label = f"slice {z}" + (" (aortic root, est.)" if z == nearest_root else "")
+        d.rectangle([0, 0, 8 + 6 * len(label), 13], fill=(0, 0, 0))
+        d.text((3, 1), label, fill=(255, 255, 255))
         tiles.append(np.asarray(im))
     cols = min(cols, len(tiles))
     rows = -(-len(tiles) // cols)
@@ -175,18 +216,28 @@ def render(hu: np.ndarray, spacing, amap, out: Path, title: str, marks: np.ndarr
     gap = np.full((th, 3, 3), 40, np.uint8)
     sheet = np.concatenate([np.concatenate(sum(([t, gap] for t in tiles[r * cols:(r + 1) * cols]), [])[:-1], axis=1)
                             for r in range(rows)], axis=0)
-    head = 44
+    legend = [("heart (map)", GREEN), ("pericardial sac (map)", RED), ("lungs", BLUE),
+              ("ascending aorta (map)", ORANGE), ("descending aorta (map)", CYAN), (">= 130 HU", YELLOW),
+              *(((mark_label, MAGENTA),) if marks is not None else ()),
+              *((("traced aortic wall", WHITE),) if aortic_marks is not None and len(aortic_marks) else ())]
+    placed, x, y = [], 4, 20  # the legend, wrapped to the sheet's width
+    for label, col in legend:
+        w = 14 + 7 * len(label) + 16
+        if x > 4 and x + w - 16 > sheet.shape[1]:
+            x, y = 4, y + 12
+        placed.append((x, y, label, col))
+        x += w
+    head = y + 24
     canvas = Image.fromarray(np.concatenate([np.zeros((head, sheet.shape[1], 3), np.uint8), sheet], axis=0))
     d = ImageDraw.Draw(canvas)
     d.text((4, 2), title, fill=(255, 255, 255))
-    x = 4
-    for label, col in (("heart (map)", GREEN), ("pericardial sac (map)", RED), ("lungs", BLUE),
-                       (">= 130 HU", YELLOW), *(((mark_label, MAGENTA),) if marks is not None else ())):
-        d.rectangle([x, 20, x + 10, 30], outline=col, width=2)
-        d.text((x + 14, 19), label, fill=col)
-        x += 14 + 7 * len(label) + 16
-    d.text((4, 32), f"W {WINDOW[0]:g}..{WINDOW[1]:g} HU, {mm_per_px:g} mm per display pixel; contours are the map's "
-                    f"{' x '.join(f'{c:.1f}' for c in amap.cell_mm)} mm cells", fill=(200, 200, 200))
+    for x, y, label, col in placed:
+        d.rectangle([x, y, x + 10, y + 10], outline=col, width=2)
+        d.text((x + 14, y - 1), label, fill=col)
+    root_txt = "" if root is None else f"; estimated aortic root at slice {root}"
+    d.text((4, head - 12), f"W {WINDOW[0]:g}..{WINDOW[1]:g} HU, {mm_per_px:g} mm per display pixel; contours are the "
+                           f"map's {' x '.join(f'{c:.1f}' for c in amap.cell_mm)} mm cells{root_txt}",
+           fill=(200, 200, 200))
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.quantize(colors=96).save(out, optimize=True)
     return out.stat().st_size
@@ -208,7 +259,9 @@ def render_small_enough(hu, spacing, amap, out: Path, title: str, **kw) -> int:
 
 def _title(name: str, amap, extra: str = "") -> str:
     s = amap.summary()
-    return f"{name}: map heart {s['heart_ml']} mL, sac {s['sac_ml']} mL (margin {s['sac_margin_mm']:g} mm){extra}"
+    yn = {True: "found", False: "not found"}
+    return (f"{name}: map heart {s['heart_ml']} mL, sac {s['sac_ml']} mL (margin {s['sac_margin_mm']:g} mm), "
+            f"ascending aorta {yn[amap.asc_aorta.found]}, descending {yn[amap.desc_aorta.found]}{extra}")
 
 
 def main() -> None:
@@ -234,7 +287,7 @@ def main() -> None:
             print(f"{name}: {path} not found; skipped")
             continue
         scan = read_scan(path)
-        marks, label, extra = None, "traced coronary points", ""
+        marks, label, extra, aortic = None, "traced coronary points", "", None
         tracing, tpath = _tracing_for(rel) if kind == "real" else (None, None)
         if tracing is not None:
             mask = decontrast_mask_of(tracing, path, str(tpath))
@@ -242,6 +295,7 @@ def main() -> None:
                 scan = decontrast_scan(scan, mask)
                 extra = " (de-contrasted with its TotalSegmentator labels)"
             marks = traced_coronaries(tracing, scan.image)
+            aortic = traced_aortic_wall(tracing, scan.image)
         if kind == "example":
             truth = read_mask(path.with_name(path.name.replace(".nii.gz", "_truth.nii.gz")), scan.image)
             marks = _blobs(truth > 0)
@@ -249,7 +303,7 @@ def main() -> None:
         amap = anatomical_map(triage(scan))
         out = args.out / f"map_{name}.png"
         size = render_small_enough(scan.hu, scan.spacing, amap, out, _title(name, amap, extra), marks=marks,
-                                   mark_label=label)
+                                   mark_label=label, aortic_marks=aortic)
         print(f"{out}: {size // 1024} kB, {time.perf_counter() - t:.1f} s")
     for spec in args.phantom:
         from cacnet.phantom import case_seed, generate_phantom
