@@ -6,4 +6,4 @@ imports ``cacnet``. Each release has its section in CHANGELOG.md; the shipped we
 their own (``"version"`` in weights/manifest.json).
 """
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"

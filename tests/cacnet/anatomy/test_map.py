@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cacnet.anatomy import ANATOMY_FEATURES, SAC_MARGIN_MM, anatomical_map
+from cacnet.anatomy import ANATOMY_FEATURES, anatomical_map
 from cacnet.candidates import find_candidates
 from cacnet.io import read_scan
 from cacnet.phantom import case_seed, generate_phantom
