@@ -179,10 +179,9 @@ def find_aortas(v: np.ndarray, parts: Any, heart: np.ndarray, region: np.ndarray
     zlo, zhi = (int(hz[0]), int(hz[-1])) if hz.size else (0, nz - 1)
     yy, xx = np.mgrid[:ny, :nx]
     # the descending aorta: left of the midline, just in front of (and beside) the vertebral bodies
-    desc_ok = np.zeros(v.shape, bool)
-    for z in range(nz):
-        desc_ok[z] = ((yy >= front - 45.0 / cell[1]) & (yy <= front + 12.0 / cell[1])
-                      & (xx >= mid[z] - 8.0 / cell[2]) & (xx <= mid[z] + 55.0 / cell[2]))
+    mid = mid[:, None, None]
+    desc_ok = (((yy >= front - 45.0 / cell[1]) & (yy <= front + 12.0 / cell[1]))[None]
+               & (xx >= mid - 8.0 / cell[2]) & (xx <= mid + 55.0 / cell[2]))
     s = scores[list(_DESC_RADII)] * desc_ok[None]
     s[:, :(zlo + zhi) // 2] = 0.0  # start where it is free of the heart: the upper half and above
     k = np.unravel_index(int(np.argmax(s)), s.shape)
@@ -198,9 +197,8 @@ def find_aortas(v: np.ndarray, parts: Any, heart: np.ndarray, region: np.ndarray
     # ... inside the mediastinum itself and behind the chest wall (not in the breast or the pectoral muscles)
     first = np.where(body.any(axis=1), np.argmax(body, axis=1), ny)  # (z, x): the body's front row
     deep = yy[None] >= first[:, None, :] + _WALL_MM / cell[1]
-    asc_ok = region & deep
-    for z in range(nz):
-        asc_ok[z] &= (yy <= back - 25.0 / cell[1]) & (xx >= mid[z] - 60.0 / cell[2]) & (xx <= mid[z] + 20.0 / cell[2])
+    asc_ok = (region & deep & (yy <= back - 25.0 / cell[1])[None]
+              & (xx >= mid - 60.0 / cell[2]) & (xx <= mid + 20.0 / cell[2]))
     s = (scores[list(_ASC_START_RADII)] * asc_ok[None]).max(axis=0)
     s[:(zlo + zhi) // 2] = 0.0
     # the aortic valve lies near the heart's centre (within about 20 mm on the traced scans): the root is

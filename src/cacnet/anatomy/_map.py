@@ -200,7 +200,10 @@ class AnatomyMap:
             out: dict[str, Any] = {"asc": empty, "desc": empty, "asc_sdist": None, "desc_sdist": None,
                                    "root_z_mm": float("nan")}
             if self.aorta_inputs is not None:
-                vb, local_parts, heart, region, midline, box = self.aorta_inputs
+                vb, local_parts, heart, region, columns, box = self.aorta_inputs
+                # the body's midline per slice: the centre of its columns (on the whole width, not the box's)
+                midline = np.array([float(np.flatnonzero(c).mean()) if c.any() else columns.shape[1] / 2.0
+                                    for c in columns]) - box[2].start
                 found = find_aortas(vb, local_parts, heart, region, midline, self.cell_mm)
                 for key, t in zip(("asc", "desc"), found):
                     if not t.found:
@@ -372,7 +375,7 @@ def anatomical_map(checked: Any) -> AnatomyMap:
     sac &= heart_sdist <= SAC_MARGIN_MM
     sac_sdist = _sdist(sac, cell)
     lung_dist = (ndimage.distance_transform_edt(~lung, sampling=cell) if lung.any()
-                 else np.full(lung.shape, 1e3))
+                 else np.full(lung.shape, _FAR_MM))
     # depth behind the body's front surface, along the column (anterior chest wall: skin, muscle, sternum)
     full_body = parts.body
     front = np.where(full_body.any(axis=1), np.argmax(full_body, axis=1), shape[1])[box[0], box[2]]  # (z, x)
@@ -384,14 +387,13 @@ def anatomical_map(checked: Any) -> AnatomyMap:
         out[box] = a
         return out
 
-    cols = parts.body.any(axis=1)[box[0]]  # (z, x): the body's columns per slice; the midline is their centre
-    midline = np.array([float(np.flatnonzero(c).mean()) if c.any() else shape[2] / 2.0 for c in cols]) - box[2].start
+    # what the aortas are found from, when first asked for (AnatomyMap._aorta): (z, x) the body's columns
     aorta_inputs = (vb, SimpleNamespace(body=body, lung=lung, spine_front=parts.spine_front - box[1].start),
-                    heart, region, midline, box)
+                    heart, region, parts.body.any(axis=1)[box[0]], box)
 
     heart_full, sac_full = paste(heart, False), paste(sac, False)
-    heart_sdist, sac_sdist = paste(heart_sdist, 1e3), paste(sac_sdist, 1e3)
-    lung_dist, skin_dist = paste(lung_dist, 1e3), paste(skin_dist, 1e3)
+    heart_sdist, sac_sdist = paste(heart_sdist, _FAR_MM), paste(sac_sdist, _FAR_MM)
+    lung_dist, skin_dist = paste(lung_dist, _FAR_MM), paste(skin_dist, _FAR_MM)
     heart = heart_full
     idx = np.nonzero(heart)
     mm = np.stack([(i + 0.0) * c for i, c in zip(idx, cell)])

@@ -183,18 +183,24 @@ def test_cac_train_backgrounds_cli(fake_real_ct, tmp_path):
     assert res.exit_code == 2 and "give --second-stage-cases too" in res.output
 
 
-def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(fake_real_ct, tmp_path, toy_weights, monkeypatch):
+@pytest.fixture
+def stage_inputs(fake_real_ct, tmp_path, toy_weights):
+    """The second stage's inputs: the training backgrounds, a copy of the toy weights, a real category-A scan."""
     pytest.importorskip("sklearn", reason="the second stage is fitted with scikit-learn (train extra)")
-    from cacnet.candidates import FEATURE_NAMES
-    from cacnet.ensemble import Ensemble
-    from cacnet.train import _second_stage, train_second_stage
-
     root, tracings = fake_real_ct
     bgs, _ = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
     w = tmp_path / "w"
     shutil.copytree(toy_weights, w)
+    return bgs, w, root / "other" / "bg.nii.gz"
+
+
+def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(stage_inputs, tmp_path, monkeypatch):
+    from cacnet.candidates import FEATURE_NAMES
+    from cacnet.ensemble import Ensemble
+    from cacnet.train import _second_stage, train_second_stage
+
+    bgs, w, negative = stage_inputs  # negative: a category-A scan, every candidate non-coronary
     events = []
-    negative = root / "other" / "bg.nii.gz"  # a category-A scan: every candidate non-coronary
     entry = train_second_stage(w, bgs[:1], 3, negatives=[negative], phantoms=0, cache=tmp_path / "cache",
                                held_out=["other"], emit=lambda kind, info: events.append((kind, info)))
     m = json.loads((w / "manifest.json").read_text())
@@ -221,16 +227,11 @@ def test_second_stage_is_fitted_on_backgrounds_cached_and_loaded(fake_real_ct, t
         np.testing.assert_array_equal(getattr(rerun, name), getattr(ens.stage.model, name))
 
 
-def test_second_stage_thresholds_are_chosen_on_validation_cases(fake_real_ct, tmp_path, toy_weights, monkeypatch):
-    pytest.importorskip("sklearn", reason="the second stage is fitted with scikit-learn (train extra)")
+def test_second_stage_thresholds_are_chosen_on_validation_cases(stage_inputs, tmp_path, monkeypatch):
     from cacnet.ensemble import Ensemble
     from cacnet.train import _second_stage, train_second_stage
 
-    root, tracings = fake_real_ct
-    bgs, _ = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
-    w = tmp_path / "w"
-    shutil.copytree(toy_weights, w)
-    negative = root / "other" / "bg.nii.gz"
+    bgs, w, negative = stage_inputs
     events = []
     entry = train_second_stage(w, bgs[:1], 3, negatives=[negative], phantoms=0, cache=tmp_path / "cache",
                                validation=2, validation_scans=[negative], variants=(),
@@ -269,9 +270,8 @@ def test_second_stage_thresholds_are_chosen_on_validation_cases(fake_real_ct, tm
     np.testing.assert_array_equal(remapped, cached)  # same map code: same columns
 
 
-def test_second_stage_learns_from_lookalike_rich_phantoms(fake_real_ct, tmp_path, toy_weights, monkeypatch):
+def test_second_stage_learns_from_lookalike_rich_phantoms(stage_inputs, tmp_path, monkeypatch):
     """Hard negatives next to the heart: extra phantoms with every look-alike kind (pericardium among them)."""
-    pytest.importorskip("sklearn", reason="the second stage is fitted with scikit-learn (train extra)")
     from cacnet.train import _second_stage, train_second_stage
 
     made = []
@@ -282,10 +282,7 @@ def test_second_stage_learns_from_lookalike_rich_phantoms(fake_real_ct, tmp_path
         return real_generate(seed, **{**kw, "size": 256})
 
     monkeypatch.setattr("cacnet.phantom.generate_phantom", spy)
-    root, tracings = fake_real_ct
-    bgs, _ = find_backgrounds(root, tracings_dir=tracings, hold_out=["other"])
-    w = tmp_path / "w"
-    shutil.copytree(toy_weights, w)
+    bgs, w, _ = stage_inputs
     entry = train_second_stage(w, bgs[:1], 3, phantoms=0, lookalike_phantoms=1, variants=("default",),
                                cache=tmp_path / "cache")
     assert entry["data"]["lookalike_phantoms_per_variant"] == 1
