@@ -111,14 +111,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return round(2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0), 3)
 
 
-def _aorta_measures(amap, z, y, x) -> np.ndarray:
-    """(n, 3): asc_aorta_sdist_mm, desc_aorta_sdist_mm, root_dz_mm at fine positions (1000 where not found);
-    :meth:`AnatomyMap.aorta_at`, or the last three columns of :meth:`AnatomyMap.at` where it has them."""
-    if hasattr(amap, "aorta_at"):
-        return amap.aorta_at(z, y, x)
-    return amap.at(z, y, x)[:, 7:10]
-
-
 def _aorta_found(amap) -> dict[str, bool]:
     """Whether the map found the ascending and the descending aorta (found on first use)."""
     return {"ascending_aorta_found": bool(amap.asc_aorta.found), "descending_aorta_found": bool(amap.desc_aorta.found)}
@@ -319,7 +311,7 @@ def tracings(data: Path, timing: dict) -> list[dict]:
                                                  round(float(feats[:, 0].max()), 1)],
                               "sac_sdist_max_mm": round(float(feats[:, 1].max()), 1),
                               "z": [round(float(idx[:, 2].min()), 1), round(float(idx[:, 2].max()), 1)]}
-                aorta_m = _aorta_measures(amap, idx[:, 2], idx[:, 1], idx[:, 0])
+                aorta_m = amap.aorta_at(idx[:, 2], idx[:, 1], idx[:, 0])
                 if group == "aortic_wall" and amap.asc_aorta.found:
                     d = np.abs(aorta_m[:, 0])
                     per[group]["asc_sdist_abs_mm"] = {
@@ -414,7 +406,7 @@ def phantoms(n: int, timing: dict) -> list[dict]:
                     sel = kind == k
                     rec["lookalikes"][name] = [int(sel.sum()), int((ins & sel).sum())]
                     if "aortic_wall" in name or "aortic_root" in name:
-                        f = _aorta_measures(amap, idx[sel, 0], idx[sel, 1], idx[sel, 2])
+                        f = amap.aorta_at(idx[sel, 0], idx[sel, 1], idx[sel, 2])
                         d = np.minimum(np.abs(f[:, 0]), np.abs(f[:, 1]))
                         wall_d.append(d)
                         rec["aortic_wall_lookalike"] = {"n": int(sel.sum()), "within_5mm": int((d <= 5).sum()),
