@@ -100,7 +100,7 @@ def test_ohif_shows_our_seg_on_the_ct_and_lists_our_sr(tmp_path):
         study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
         d.get(f"{viewer.url}/viewer?StudyInstanceUIDs={study}")
         seg_thumb = _wait(lambda: d.find_element(By.CSS_SELECTOR, '[data-series="9901"]'), what="the SEG series")
-        sr_thumb = d.find_element(By.CSS_SELECTOR, '[data-series="9902"]')
+        sr_thumb = _wait(lambda: d.find_element(By.CSS_SELECTOR, '[data-series="9902"]'), what="the SR series")
         assert "Coronary calcium SEG (cac-toolkit)" in seg_thumb.text and "SEG" in seg_thumb.text
         assert "Coronary calcium report (cac-toolkit)" in sr_thumb.text and "SR" in sr_thumb.text
         _wait(lambda: "I:" in d.find_element(By.CSS_SELECTOR, '[data-cy="viewport-overlay-bottom-right"]').text,
