@@ -1150,7 +1150,7 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
     source = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     source.CopyInformation(image)
     del image
-    hu = sitk.GetArrayViewFromImage(canonical)
+    hu = _pixels_view(canonical)
     if not np.isfinite(hu).all():
         raise InvalidScanError(f"{label}: contains NaN or infinite voxel values.")
     sx, sy, sz = canonical.GetSpacing()
@@ -1164,6 +1164,25 @@ def read_scan(path: Path | str, series: Optional[str] = None) -> Scan:
         slices = [dicom_slices[int(round(_to_source_index(source, (z, 0.0, 0.0))[2]))] for z in range(hu.shape[0])]
     return Scan(id=scan_id(path), hu=hu, spacing=spacing, image=canonical, source_image=source, meta=meta,
                 warnings=_warnings(hu, spacing, meta), slices=slices, source_path=path.resolve())
+
+
+class _ImagePixels:
+    """The pixels of a SimpleITK image as numpy sees them, holding the image: a view of them keeps it alive.
+
+    ``sitk.GetArrayViewFromImage`` gives a view that does not: once the image is freed (a ``Scan`` dropped
+    while its ``hu`` is still used) the view reads freed memory.
+    """
+
+    def __init__(self, image) -> None:
+        import SimpleITK as sitk
+
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
+def _pixels_view(image) -> np.ndarray:
+    """A read-only (z, y, x) view of ``image``'s pixels that keeps ``image`` alive as long as it is used."""
+    return np.asarray(_ImagePixels(image))
 
 
 def _gzipped_files(folder: Path) -> list[Path]:

@@ -41,6 +41,22 @@ def test_reads_every_file_format(tmp_path, suffix):
     assert np.array_equal(scan.hu, hu) and scan.spacing == (3.0, 0.5, 0.5) and scan.id == "scan"
 
 
+def test_hu_outlives_its_scan(tmp_path):
+    """``hu`` is a view of the image's pixels (no copy); kept after the Scan is dropped, it must keep the image
+    alive: a bare SimpleITK array view read freed memory then (garbage HU, or a crash)."""
+    import gc
+
+    hu = ct_like(shape=(40, 64, 64))
+    img = sitk.GetImageFromArray(hu.astype(np.int16))
+    img.SetSpacing((0.5, 0.5, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "scan.nii.gz"))
+    kept = read_scan(tmp_path / "scan.nii.gz").hu  # the Scan itself is dropped at once
+    gc.collect()
+    churn = [sitk.Image(64, 64, 40, sitk.sitkFloat32) + 9999.0 for _ in range(20)]  # reuse freed memory
+    assert len(churn) == 20 and not kept.flags.writeable and not kept.flags.owndata
+    np.testing.assert_array_equal(kept, hu)
+
+
 def test_reads_dicom_folder_zip_and_jpeg2000(tmp_path):
     hu = ct_like()
     write_series(tmp_path / "plain", hu)
